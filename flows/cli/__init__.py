@@ -1,0 +1,24 @@
+"""The ``poisonlab`` command line: one subcommand per kind of work.
+
+Each module in ``COMMAND_MODULES`` adds its commands to ``app`` when imported.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from poisonlab.flows.cli.app import app
+
+COMMAND_MODULES = (
+    "poisonlab.flows.cli.data",
+    "poisonlab.flows.cli.demo",
+)
+
+
+def main() -> None:
+    for name in COMMAND_MODULES:
+        import_module(name)
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,41 @@
+"""The typer application and options shared by every subcommand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+from poisonlab.flows.runtime import RunnerSpec
+
+app = typer.Typer(
+    name="poisonlab",
+    help="Poison and sanitize web-scale image-text datasets stored as WebDataset shards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ExecutorOpt = typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")
+DaskAddressOpt = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")
+WorkersOpt = typer.Option(None, "--workers", help="local Dask workers (default: one per core)")
+JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
+
+
+def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:
+    return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress)
+
+
+def emit(result: Any, as_json: bool, human: str) -> None:
+    """Print JSON for scripts or a short human summary."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        typer.echo(human)
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)

@@ -1,0 +1,68 @@
+"""Dataset commands: ``synth``, ``stats``, ``components``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from poisonlab.flows.cli.app import DaskAddressOpt, ExecutorOpt, JsonOpt, WorkersOpt, app, emit, fail, runner_spec
+from poisonlab.flows.datasets import synth_dataset
+from poisonlab.pipelines.registry import list_registries
+from poisonlab.shards.summary import summarize
+from poisonlab.shards.synth import SynthSpec
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="folder for the shards (the eval split goes to OUT/eval)"),
+    samples: int = typer.Option(20000, "--samples", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    image_size: int = typer.Option(32, "--image-size", min=8, max=1024),
+    samples_per_shard: int = typer.Option(1000, "--samples-per-shard", min=1),
+    eval_per_class: int = typer.Option(50, "--eval-per-class", min=0, help="evaluation images per class"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
+    spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
+    result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json))
+    emit(result, as_json, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
+
+
+@app.command()
+def stats(
+    directory: Path = typer.Argument(..., help="a shard folder"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Counts per shard and in total by status, read from the sidecars without opening tars."""
+    try:
+        summary = summarize(directory)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    lines = [f"{summary['samples']} samples in {summary['shards']} shards: "
+             + ", ".join(f"{k}={v}" for k, v in summary["by_status"].items())]
+    lines += [f"  {k}: {v}" for k, v in summary["reasons"].items()]
+    emit(summary, as_json, "\n".join(lines))
+
+
+@app.command()
+def components(
+    kind: str | None = typer.Argument(None, help="only this kind (attack, detector, stage, ...)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the registered components with their parameters."""
+    registries = list_registries()
+    if kind is not None and kind not in registries:
+        fail(f"unknown kind {kind!r}; known: {', '.join(registries)}")
+    selected = {k: [c.describe() for c in r] for k, r in registries.items() if kind in (None, k)}
+    lines = []
+    for k, comps in selected.items():
+        lines.append(f"{k}:")
+        for c in comps:
+            params = ", ".join(f"{n}={p['default']!r}" if not p["required"] else f"{n} (required)"
+                               for n, p in c["params"].items())
+            lines.append(f"  {c['name']:<20} {c['summary']}" + (f"\n  {'':<20} [{params}]" if params else ""))
+    emit(selected, as_json, "\n".join(lines))

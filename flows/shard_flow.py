@@ -1,0 +1,70 @@
+"""The Prefect flow that runs one task per shard on a ``DaskTaskRunner``.
+
+The flow is thin on purpose: plan, submit, gather. Shard tasks are captured in a closure rather than
+passed as flow parameters, so Prefect never tries to serialise stages into its API database.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from poisonlab.flows import plan_store
+from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.executor import ShardTask, run_shard_task
+
+
+@task(name="shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def shard_task(shard_task: ShardTask) -> tuple[dict, bool]:
+    stats, skipped = run_shard_task(shard_task)
+    return stats.to_dict(), skipped
+
+
+def dask_runner(spec: RunnerSpec) -> DaskTaskRunner:
+    """An existing cluster by address, or a local cluster of worker processes sized to the machine."""
+    if spec.dask_address:
+        return DaskTaskRunner(address=spec.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": spec.worker_count(),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
+def _flow_name(label: str) -> str:
+    return "poisonlab-" + re.sub(r"[^a-z0-9-]+", "-", label.lower()).strip("-")
+
+
+@flow(name="poisonlab-shards", validate_parameters=False)
+def shards_flow(plan_id: str) -> list[dict]:
+    tasks, on_done = plan_store.get(plan_id)
+    futures = [shard_task.with_options(name=f"shard-{t.shard}").submit(t) for t in tasks]
+    position = {id(f): i for i, f in enumerate(futures)}
+    results: list[dict] = [{} for _ in futures]
+    for fut in as_completed(futures):
+        stats_dict, skipped = fut.result()
+        results[position[id(fut)]] = stats_dict
+        on_done(ShardStats.from_dict(stats_dict), skipped)
+    return results
+
+
+def run_shard_flow(
+    tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: Callable[[ShardStats, bool], None]
+) -> list[ShardStats]:
+    plan_id = uuid.uuid4().hex
+    plan_store.put(plan_id, (tasks, on_done))
+    try:
+        configured = shards_flow.with_options(name=_flow_name(label), task_runner=dask_runner(spec))
+        return [ShardStats.from_dict(d) for d in configured(plan_id)]
+    finally:
+        plan_store.discard(plan_id)

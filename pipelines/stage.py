@@ -1,0 +1,191 @@
+"""The stage contract: an iterator of samples in, an iterator of samples out.
+
+Heavy resources (a model, an index) are created in ``setup()``, once per worker process, not once per
+shard. Stages declare what they need (a GPU, memory) so runners can place them. Stages only ever see
+live samples through the helpers below; dropped or errored samples pass through untouched so the
+writer can still account for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
+
+from poisonlab.pipelines.accounting import StageCounts
+from poisonlab.pipelines.sample import Sample, Status
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """Resources a stage asks of the worker that runs it."""
+
+    gpu: bool = False
+    memory_gb: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardContext:
+    """What a stage may know about the shard it is processing (for provenance, not for randomness)."""
+
+    shard: str
+    source: str | None = None
+
+
+class Stage(ABC):
+    """Base class of every stage. Subclasses set ``name`` and implement ``process``."""
+
+    name: ClassVar[str] = "stage"
+    needs: ClassVar[Needs] = Needs()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load heavy resources once per worker (called by the executor before the first shard)."""
+
+    @abstractmethod
+    def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
+        """Transform the stream. Non-live samples must be yielded unchanged and in order."""
+
+    def cache_token(self) -> bytes:
+        """Identity of a configured stage, so a worker sets up an identical stage only once."""
+        return pickle.dumps((type(self).__module__, type(self).__qualname__, self.__getstate__()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class MapStage(Stage):
+    """A stage that maps each live sample to a sample (changed, dropped or errored as it sees fit).
+
+    Exceptions raised by ``map`` become an errored sample with the exception as its reason.
+    """
+
+    @abstractmethod
+    def map(self, sample: Sample, ctx: ShardContext) -> Sample: ...
+
+    def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
+        for sample in samples:
+            if not sample.is_live:
+                yield sample
+                continue
+            try:
+                yield self.map(sample, ctx)
+            except Exception as exc:  # one bad sample never stops the shard
+                yield sample.errored(self.name, f"{type(exc).__name__}: {exc}")
+
+
+class FilterStage(Stage):
+    """A stage that drops samples: ``reject`` returns a reason to drop, or None to keep."""
+
+    @abstractmethod
+    def reject(self, sample: Sample, ctx: ShardContext) -> str | None: ...
+
+    def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
+        for sample in samples:
+            if not sample.is_live:
+                yield sample
+                continue
+            try:
+                reason = self.reject(sample, ctx)
+            except Exception as exc:
+                yield sample.errored(self.name, f"{type(exc).__name__}: {exc}")
+                continue
+            yield sample if reason is None else sample.dropped(self.name, reason)
+
+
+class BatchMapStage(Stage):
+    """A map stage over batches of live samples (for models); order and non-live samples are preserved."""
+
+    batch_size: int = 64
+
+    @abstractmethod
+    def map_batch(self, batch: list[Sample], ctx: ShardContext) -> list[Sample]: ...
+
+    def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
+        pending: list[Sample] = []  # live and non-live, in input order
+        live: list[int] = []
+
+        def flush() -> Iterator[Sample]:
+            out = list(pending)
+            if live:
+                batch = [pending[i] for i in live]
+                try:
+                    mapped = self.map_batch(batch, ctx)
+                    if len(mapped) != len(batch):
+                        raise RuntimeError(f"map_batch returned {len(mapped)} samples for {len(batch)}")
+                except Exception as exc:
+                    mapped = [s.errored(self.name, f"{type(exc).__name__}: {exc}") for s in batch]
+                for i, s in zip(live, mapped):
+                    out[i] = s
+            pending.clear()
+            live.clear()
+            yield from out
+
+        for sample in samples:
+            if sample.is_live:
+                live.append(len(pending))
+            pending.append(sample)
+            if len(live) >= self.batch_size:
+                yield from flush()
+        yield from flush()
+
+
+def run_counted(stage: Stage, samples: Iterator[Sample], ctx: ShardContext) -> tuple[Iterator[Sample], StageCounts]:
+    """Run ``stage`` over ``samples`` and return its output stream plus counts filled as it is consumed."""
+    counts = StageCounts(stage=stage.name)
+    before: dict[str, tuple[str, int]] = {}
+
+    def remember(stream: Iterator[Sample]) -> Iterator[Sample]:
+        for s in stream:
+            if s.is_live:
+                before[s.key] = (s.status, len(s.touched_by))
+                counts.inputs += 1
+            yield s
+
+    def classify(stream: Iterator[Sample]) -> Iterator[Sample]:
+        for s in stream:
+            prior = before.pop(s.key, None)
+            if prior is None:
+                if s.is_live:  # created by this stage; dead pass-throughs are not this stage's business
+                    counts.added += 1
+                yield s
+                continue
+            if s.status == Status.DROPPED.value:
+                counts.dropped += 1
+                counts.reasons[s.reason or "unknown"] += 1
+            elif not s.is_live:
+                counts.errored += 1
+                counts.reasons[s.reason or "unknown"] += 1
+            elif len(s.touched_by) > prior[1]:
+                counts.changed += 1
+            else:
+                counts.kept += 1
+            yield s
+        if before:  # a stage swallowed live samples: account for them instead of losing them silently
+            raise RuntimeError(f"stage {stage.name!r} lost {len(before)} samples, e.g. {next(iter(before))!r}")
+
+    return classify(stage.process(remember(samples), ctx)), counts
+
+
+def chain_stages(
+    stages: Iterable[Stage], samples: Iterator[Sample], ctx: ShardContext
+) -> tuple[Iterator[Sample], list[StageCounts]]:
+    """Compose stages lazily; the returned counts are complete once the stream is exhausted."""
+    all_counts: list[StageCounts] = []
+    stream = samples
+    for stage in stages:
+        stream, counts = run_counted(stage, stream, ctx)
+        all_counts.append(counts)
+    return stream, all_counts
+
+
+def reasons_of(samples: Iterable[Sample]) -> Counter:
+    return Counter(s.reason for s in samples if s.reason)
+
+
+Transform = Callable[[Sample, ShardContext], Sample]

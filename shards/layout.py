@@ -1,0 +1,78 @@
+"""File names of a shard set: ``{shard:05d}.tar`` + ``.parquet`` sidecar + ``_stats.json``, and ``sizes.json``.
+
+This is img2dataset's output layout, so its folders read unchanged and ours train unchanged with
+``open_clip_train --train-data 'DIR/{00000..000NN}.tar'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SHARD_RE = re.compile(r"^(\d{5,})\.tar$")
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def tar_path(directory: Path, shard: str) -> Path:
+    return Path(directory) / f"{shard}.tar"
+
+
+def sidecar_path(directory: Path, shard: str) -> Path:
+    return Path(directory) / f"{shard}.parquet"
+
+
+def stats_path(directory: Path, shard: str) -> Path:
+    return Path(directory) / f"{shard}_stats.json"
+
+
+def list_shards(directory: Path) -> list[str]:
+    """Shard names (without extension) of the tars in ``directory``, sorted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"shard folder {directory} does not exist")
+    return sorted(m.group(1) for p in directory.iterdir() if (m := SHARD_RE.match(p.name)))
+
+
+def list_sidecars(directory: Path) -> list[str]:
+    directory = Path(directory)
+    return sorted(p.stem for p in directory.glob("*.parquet") if p.stem.isdigit())
+
+
+def brace_pattern(directory: Path, shards: list[str]) -> str:
+    """The ``{00000..000NN}.tar`` pattern that open_clip and webdataset expand."""
+    if not shards:
+        raise ValueError(f"no shards in {directory}")
+    return str(Path(directory) / f"{{{shards[0]}..{shards[-1]}}}.tar") if len(shards) > 1 else str(
+        tar_path(directory, shards[0])
+    )
+
+
+def is_complete(directory: Path, shard: str) -> bool:
+    """A shard is complete when its stats file exists: it is renamed into place last."""
+    return stats_path(directory, shard).exists() and tar_path(directory, shard).exists()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_sizes(directory: Path, live_counts: Iterable[tuple[str, int]]) -> Path:
+    """``sizes.json`` maps tar file names to sample counts, as open_clip's ``get_dataset_size`` reads it."""
+    sizes = {f"{shard}.tar": int(n) for shard, n in sorted(live_counts)}
+    path = Path(directory) / "sizes.json"
+    atomic_write_json(path, sizes)
+    return path
