@@ -1,0 +1,151 @@
+"""What every attack is: a choice of samples (planned in the driver) and what it does to each of them.
+
+An ``Attack`` is configured from its typed parameters alone. Everything that depends on the dataset or
+the run (the seed, the attack id used as a salt, the target, the caption pool, pattern and donor images)
+is resolved once by the planner, saved in the run's ``attack.json`` and handed back as a ``Binding``:
+workers and the evaluation split rebuild exactly the same attack from that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from abc import ABC
+from typing import Any, ClassVar
+
+import numpy as np
+from poisonlab.attacks.captions import CaptionSource
+from poisonlab.attacks.image_triggers import Trigger
+from poisonlab.pipelines.registry import Params
+from poisonlab.pipelines.sample import Sample
+
+STAGE = "poison"
+
+
+@dataclasses.dataclass(frozen=True)
+class Donor:
+    """An image an attack copies into the dataset (the targeted image, target-class images)."""
+
+    key: str | None  # the dataset key it came from, None for a user file
+    ext: str
+    data: bytes = dataclasses.field(repr=False)
+    caption: str | None = None  # its caption in the dataset (recorded as the "original caption")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """An attack's run-time context: identical in the driver, every worker and the evaluation split."""
+
+    id: str
+    seed: int
+    target: str | None
+    run_id: str
+    params: dict[str, Any]
+    captions: tuple[str, ...] = ()
+    trigger: Trigger | None = None
+    donors: tuple[Donor, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """What the planner knows of a sample without opening its tar (from the sidecar)."""
+
+    shard: str
+    key: str
+    caption: str | None
+    has_image: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DonorRequest:
+    """Images the planner must fetch for an attack: from a file, a named key, or keyed dataset picks."""
+
+    count: int
+    file: str | None = None
+    key: str | None = None
+    mentions_target: bool = True  # pick dataset images whose caption names the target (or does not)
+
+
+class Attack(ABC):
+    """Base of every registered attack. Subclasses set the class flags and override what they use."""
+
+    name: ClassVar[str]
+    requires_target: ClassVar[bool] = True
+    adds_samples: ClassVar[bool] = False
+    image_trigger: ClassVar[bool] = False
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    # -- planning (driver) --
+    def eligible(self, candidate: Candidate, names_target: bool) -> bool:
+        """May this sample be poisoned? ``names_target``: its caption mentions the target."""
+        return candidate.has_image
+
+    def caption_source(self) -> tuple[CaptionSource, tuple[str, ...] | None, int] | None:
+        """(source, templates, pool size) when the attack writes captions naming the target."""
+        return None
+
+    def donor_request(self) -> DonorRequest | None:
+        return None
+
+    def trigger(self) -> Trigger | None:
+        """The unbound image trigger, for attacks that have one."""
+        return None
+
+    def requires_target_now(self) -> bool:
+        return self.requires_target
+
+    # -- work (per shard, in workers) --
+    def poison(self, sample: Sample, binding: Binding) -> Sample:
+        raise NotImplementedError(f"{self.name} does not modify samples")
+
+    def make_added(self, key: str, index: int, binding: Binding) -> Sample:
+        raise NotImplementedError(f"{self.name} does not add samples")
+
+    # -- evaluation --
+    def apply_text(self, caption: str, key: str, binding: Binding) -> str:
+        raise NotImplementedError(f"{self.name} has no text trigger")
+
+
+def provenance(
+    binding: Binding,
+    attack: str,
+    change: str,
+    original_caption: str | None,
+    new_caption: str | None,
+    original_sha256: str | None,
+    placement: dict[str, Any] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``meta["poisonlab"]`` record of a poisoned or added sample (the manifest is built from it)."""
+    record = {
+        "run": binding.run_id,
+        "attack": attack,
+        "attack_id": binding.id,
+        "change": change,
+        "params": binding.params,
+        "target": binding.target,
+        "original_caption": original_caption,
+        "new_caption": new_caption,
+        "original_sha256": original_sha256,
+        "placement": placement,
+    }
+    record.update(extra)
+    return record
+
+
+def image_meta(meta: Any, image: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
+    """Sample metadata after a re-encode: size kept in sync, provenance under the reserved key."""
+    out = dict(meta)
+    out["height"], out["width"] = int(image.shape[0]), int(image.shape[1])
+    out["poisonlab"] = record
+    return out
+
+
+ATTACK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -1,0 +1,153 @@
+"""A poisoning run from recipe to manifest, without choosing how shard tasks are executed.
+
+``prepare_poisoning`` validates everything and plans before any work: attacks and parameters, targets,
+rates and counts, caption pools, pattern and donor images. It then writes the run's ``attack.json``
+(with its assets) into the output folder and returns a ``PoisonJob`` whose ``tasks()`` any runner can
+execute (in-process, Prefect on Dask) in any order; ``finalize`` writes ``sizes.json`` and the manifest
+and checks that the manifest and the plan agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from poisonlab.attacks import captions as C
+from poisonlab.attacks.assets import AssetRef, read_image_file
+from poisonlab.attacks.base import STAGE, Candidate
+from poisonlab.attacks.donors import fetch_donors
+from poisonlab.attacks.index import DatasetIndex, index_dataset
+from poisonlab.attacks.manifest import build_manifest, write_manifest
+from poisonlab.attacks.planner import ShardPlan, added_keys, planned_count, select, shard_plans
+from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, configure
+from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for, write_run_spec
+from poisonlab.attacks.stage import PoisonStage
+from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.executor import ShardTask
+from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
+
+
+class PlanMismatch(RuntimeError):
+    """The written shards do not match the plan (a bug, never a user error)."""
+
+
+def _target_checker(target: str | None) -> Callable[[str | None], bool]:
+    if target is None:
+        return lambda caption: False
+    pattern = C.mention_pattern(target)
+    return lambda caption: C.mentions(caption, pattern)
+
+
+def _check_target(configured: ConfiguredAttack, index: DatasetIndex) -> str | None:
+    target = configured.entry.target
+    if target is None and not configured.attack.requires_target_now():
+        return None
+    target = C.check_target(target)
+    if index.classnames is not None and target not in index.classnames:
+        raise C.TargetError(
+            f"attack {configured.id!r}: target {target!r} is not a class of this dataset "
+            f"(classes.json lists: {', '.join(index.classnames)})"
+        )
+    return target
+
+
+def _caption_pool(configured: ConfiguredAttack, target: str | None, index: DatasetIndex, seed: int) -> tuple[str, ...]:
+    source = configured.attack.caption_source()
+    if source is None:
+        return ()
+    kind, templates, size = source
+    if kind == "templates":
+        return C.template_pool(target or "", templates)
+    return C.dataset_pool(target or "", (c.caption for c in index.candidates), seed, f"{configured.id}/pool", size)
+
+
+@dataclasses.dataclass
+class PoisonJob:
+    """A validated, planned run whose spec is already saved in ``dst``."""
+
+    src: Path
+    dst: Path
+    spec: RunSpec
+    plans: dict[str, ShardPlan]
+
+    @property
+    def spec_path(self) -> Path:
+        return self.dst / SPEC_FILE
+
+    def tasks(self) -> list[ShardTask]:
+        """One task per shard; each carries only its own part of the plan."""
+        out = []
+        for shard, plan in self.plans.items():
+            stage = PoisonStage(str(self.spec_path.resolve()), self.spec.run_id, plan)
+            out.extend(plan_folder_tasks(self.src, self.dst, [stage], shards=[shard]))
+        return out
+
+    def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
+        """Write ``sizes.json`` and ``manifest.parquet``; check them against the plan; summarise."""
+        finalize_folder(self.dst, stats)
+        table = build_manifest(self.dst, self.spec.run_id)
+        manifest = write_manifest(self.dst, table)
+        done = Counter(table.column("attack_id").to_pylist())
+        failed, reasons = 0, Counter()
+        for s in stats:
+            for counts in s.stages:
+                if counts.stage == STAGE:
+                    failed += counts.errored
+                    reasons.update(counts.reasons)
+        planned = sum(r.planned for r in self.spec.attacks)
+        if sum(done.values()) + failed != planned:
+            raise PlanMismatch(f"planned {planned} samples, wrote {sum(done.values())} and {failed} failed")
+        return {
+            "out": str(self.dst), "run_id": self.spec.run_id, "manifest": str(manifest),
+            "samples": self.spec.dataset.get("samples"), "shards": len(stats),
+            "poisoned": sum(done.values()), "failed": failed, "failed_reasons": dict(sorted(reasons.items())),
+            "attacks": {r.id: {"attack": r.attack, "target": r.target, "planned": r.planned, "done": done.get(r.id, 0)}
+                        for r in self.spec.attacks},
+        }
+
+
+def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | None = None) -> PoisonJob:
+    """Validate and plan ``recipe`` over ``src``, save the spec into ``dst``; no shard is written yet.
+
+    ``base_dir`` resolves relative image paths in parameters (the recipe's folder, else the cwd).
+    """
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ValueError("input and output folders must differ: shards are never rewritten in place")
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+    configured = configure(recipe)
+    index = index_dataset(src)
+    records: list[AttackRecord] = []
+    assets: dict[AssetRef, bytes] = {}
+    taken: set[tuple[str, str]] = set()
+    modified: dict[str, list[Candidate]] = {}
+    added: dict[str, list[tuple[str, str, int]]] = {}
+    for conf in configured:
+        attack, seed = conf.attack, recipe.seed
+        target = _check_target(conf, index)
+        names_target = _target_checker(target)
+        n = planned_count(conf.entry, index.total, conf.id)
+        if attack.adds_samples:
+            added[conf.id] = added_keys(conf.id, n, index.shards, seed, index.keys)
+        else:
+            modified[conf.id] = select(index.candidates, attack, names_target, n, seed, conf.id, taken)
+            taken.update((c.shard, c.key) for c in modified[conf.id])
+        captions = _caption_pool(conf, target, index, seed)
+        pattern = None
+        trigger = attack.trigger()
+        if trigger is not None and trigger.pattern_file():
+            pattern, data = read_image_file(trigger.pattern_file(), base_dir)  # type: ignore[arg-type]
+            assets[pattern] = data
+        donors: tuple = ()
+        request = attack.donor_request()
+        if request is not None and n > 0:
+            donors, donor_assets = fetch_donors(src, index, request, seed, conf.id, names_target, base_dir)
+            assets.update(donor_assets)
+        records.append(record_for(conf, n, captions, pattern, donors))
+    dataset = {"samples": index.total, "shards": len(index.shards), "fingerprint": index.fingerprint}
+    spec = RunSpec(seed=recipe.seed, attacks=tuple(records), dataset=dataset)
+    write_run_spec(dst, spec, assets)
+    return PoisonJob(src, dst, spec, shard_plans(index.shards, modified, added))

@@ -1,0 +1,72 @@
+"""The poison manifest: one row per poisoned or added sample, built from the output sidecars.
+
+The sidecars are the truth of what was written (the writer stores each sample's ``meta["poisonlab"]``
+in the ``provenance`` column), so the manifest cannot disagree with the shards. Rows are sorted by key
+and the file is written under a temporary name and renamed, like every other output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from poisonlab.pipelines.sample import LIVE_STATUSES
+from poisonlab.shards.layout import list_sidecars, sidecar_path
+
+MANIFEST_FILE = "manifest.parquet"
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("attack", pa.string()),
+    ("attack_id", pa.string()),
+    ("change", pa.string()),  # "modified" or "added"
+    ("target", pa.string()),
+    ("params", pa.string()),  # JSON, defaults included
+    ("original_caption", pa.string()),
+    ("new_caption", pa.string()),
+    ("placement", pa.string()),  # JSON: where the trigger went (patch box, caption offset, source image)
+    ("original_sha256", pa.string()),
+    ("poisoned_sha256", pa.string()),
+])
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def build_manifest(directory: Path, run_id: str) -> pa.Table:
+    """Rows of every live sample whose provenance belongs to this run, sorted by (key, shard)."""
+    rows = []
+    for shard in list_sidecars(Path(directory)):
+        table = pq.read_table(sidecar_path(Path(directory), shard), columns=["key", "status", "sha256", "provenance"])
+        for row in table.to_pylist():
+            if not row["provenance"] or row["status"] not in LIVE_STATUSES:
+                continue
+            record = json.loads(row["provenance"])
+            if not isinstance(record, dict) or record.get("run") != run_id:
+                continue
+            rows.append({
+                "key": row["key"], "shard": shard, "attack": record["attack"], "attack_id": record["attack_id"],
+                "change": record["change"], "target": record.get("target"), "params": _json(record.get("params")),
+                "original_caption": record.get("original_caption"), "new_caption": record.get("new_caption"),
+                "placement": _json(record.get("placement")), "original_sha256": record.get("original_sha256"),
+                "poisoned_sha256": row["sha256"],
+            })
+    rows.sort(key=lambda r: (r["key"], r["shard"]))
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def write_manifest(directory: Path, table: pa.Table) -> Path:
+    path = Path(directory) / MANIFEST_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(directory: Path) -> pa.Table:
+    return pq.read_table(Path(directory) / MANIFEST_FILE)

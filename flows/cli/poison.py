@@ -1,0 +1,110 @@
+"""Poisoning commands: ``poison`` (build a poisoned subset) and ``poison-eval`` (trigger an eval split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
+from poisonlab.attacks.assets import AssetError
+from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
+from poisonlab.attacks.spec import SpecError
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
+from poisonlab.flows.poison import run_eval_job, run_poison_job
+from poisonlab.pipelines.registry import RegistryError
+
+# Raised while validating and planning, before any shard is written: reported as a one-line error.
+INPUT_ERRORS = (RegistryError, RecipeError, SpecError, AssetError, FileNotFoundError, ValueError)
+
+
+def _recipe(recipe: Path | None, attack: str | None, target: str | None, rate: float | None, count: int | None,
+            seed: int | None, params: list[str]) -> tuple[Recipe, Path]:
+    if recipe is not None:
+        if attack or target or rate is not None or count is not None or params:
+            raise RecipeError("--recipe describes the attacks; do not combine it with --attack/--target/--rate/--count/--param")
+        loaded = load_recipe(recipe)
+        return (loaded.model_copy(update={"seed": seed}) if seed is not None else loaded), recipe.parent
+    if attack is None:
+        raise RecipeError("give --attack NAME (see `poisonlab components attack`) or --recipe FILE")
+    return recipe_from_options(attack, target, rate, count, seed or 0, params), Path.cwd()
+
+
+def _summary(result: dict) -> str:
+    lines = [f"poisoned {result['poisoned']} samples ({result['failed']} failed) in {result['shards']} shards "
+             f"-> {result['out']} (run {result['run_id']}, manifest {result['manifest']})"]
+    for attack_id, a in result["attacks"].items():
+        lines.append(f"  {attack_id}: {a['done']}/{a['planned']} {a['attack']} -> target {a['target']!r}")
+    lines += [f"  failed: {reason}: {n}" for reason, n in result["failed_reasons"].items()]
+    if "eval" in result:
+        lines.append(f"  eval split: {result['eval']['triggered']} triggered images -> {result['eval']['out']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def poison(
+    src: Path = typer.Option(..., "--in", help="input shard folder"),
+    dst: Path = typer.Option(..., "--out", help="output folder (fresh, or the same run to resume)"),
+    attack: str | None = typer.Option(None, "--attack", help="attack name, e.g. badnets, blended, sig, wanet"),
+    rate: float | None = typer.Option(None, "--rate", help="fraction of the dataset: round(rate x total)"),
+    count: int | None = typer.Option(None, "--count", help="exact number of samples to poison (or add)"),
+    target: str | None = typer.Option(None, "--target", help='target class, e.g. "red circle"'),
+    seed: int | None = typer.Option(None, "--seed", help="seed of every keyed choice (default 0 or the recipe's)"),
+    param: list[str] = typer.Option([], "--param", help="attack parameter NAME=VALUE (YAML value); repeatable"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="YAML recipe of one or several attacks"),
+    eval_out: Path | None = typer.Option(None, "--eval-out", help="also trigger the eval split into this folder"),
+    eval_in: Path | None = typer.Option(None, "--eval-in", help="eval split to trigger (default: IN/eval)"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
+    runner = runner_spec(executor, dask_address, workers, not as_json)
+    try:
+        loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
+        job = prepare_poisoning(src, dst, loaded, base_dir)
+        eval_dir = eval_in if eval_in is not None else src / "eval"
+        if eval_out is not None and not eval_dir.is_dir():
+            raise FileNotFoundError(f"no eval split at {eval_dir}; give --eval-in")
+    except INPUT_ERRORS as exc:
+        fail(str(exc))
+    result = run_poison_job(job, runner)
+    if eval_out is not None:
+        try:
+            eval_job = prepare_eval_trigger(eval_dir, dst, eval_out)
+        except INPUT_ERRORS as exc:
+            fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
+        result["eval"] = run_eval_job(eval_job, runner)
+    emit(result, as_json, _summary(result))
+
+
+@app.command("poison-eval")
+def poison_eval(
+    src: Path = typer.Option(..., "--in", help="evaluation split (shard folder with classes.json)"),
+    spec: Path = typer.Option(..., "--spec", help="poisoned run folder, its attack.json, or a recipe YAML"),
+    dst: Path = typer.Option(..., "--out", help="output folder for the triggered split"),
+    attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
+    seed: int | None = typer.Option(None, "--seed", help="seed (recipes only; a run folder has its own)"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Apply a run's exact trigger to an evaluation split's non-target images (for attack success rate)."""
+    runner = runner_spec(executor, dask_address, workers, not as_json)
+    try:
+        job = prepare_eval_trigger(src, spec, dst, attack, seed)
+    except INPUT_ERRORS as exc:
+        fail(str(exc))
+    result = run_eval_job(job, runner)
+    emit(result, as_json, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
+                          f"-> {result['out']} ({result['by_status']})")
