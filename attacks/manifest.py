@@ -8,13 +8,12 @@ and the file is written under a temporary name and renamed, like every other out
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.layout import list_sidecars, sidecar_path
+from poisonlab.shards.layout import atomic_write_bytes, list_sidecars, sidecar_path
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -61,10 +60,11 @@ def build_manifest(directory: Path, run_id: str) -> pa.Table:
 
 
 def write_manifest(directory: Path, table: pa.Table) -> Path:
+    """Serialise in memory, then write under a temporary name and rename (readers never see half a file)."""
     path = Path(directory) / MANIFEST_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
 
 
