@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "poisonlab.flows.cli.data",
     "poisonlab.flows.cli.demo",
     "poisonlab.flows.cli.poison",
+    "poisonlab.flows.cli.train",
 )
 
 

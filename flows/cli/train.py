@@ -1,0 +1,102 @@
+"""Training commands: ``train`` (contrastive pretraining), ``evaluate`` (a run on a split), ``experiment``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
+
+
+@app.command()
+def train(
+    shards: Path = typer.Option(..., "--in", help="shard folder (NNNNN.tar + sidecars)"),
+    model: str = typer.Option("poisonlab-tiny-32", "--model", help="open_clip architecture name or JSON config"),
+    epochs: int = typer.Option(5, "--epochs", min=1),
+    batch_size: int = typer.Option(128, "--batch-size", min=2),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics, loss plot)"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", min=0.0),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0, help="default: 5% of all steps"),
+    data_workers: int = typer.Option(0, "--data-workers", min=0, help="DataLoader worker processes"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    precision: str = typer.Option("auto", "--precision", help="auto (mixed on CUDA), fp32, amp"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Pretrain a CLIP model on shards with open_clip (streamed through WebDataset)."""
+    from poisonlab.models.zoo import CheckpointError
+    from poisonlab.training import TrainSettings, train_run
+    from poisonlab.training.checkpoint import ResumeError
+    from poisonlab.training.data import DataError
+    from pydantic import ValidationError
+
+    try:
+        settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                 weight_decay=weight_decay, warmup_steps=warmup_steps, workers=data_workers,
+                                 device=device, precision=precision)  # type: ignore[arg-type]
+        result = train_run(shards, out, settings, resume=resume, progress=not as_json)
+    except (ValidationError, DataError, ResumeError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    skipped = sum(result.skipped.values())
+    emit(result.to_dict(), as_json,
+         f"trained {result.epochs} epochs ({result.steps} steps, {result.samples} pairs) in {result.seconds:.0f}s: "
+         f"{result.pairs_per_s:,.0f} pairs/s on {result.device}, final loss {result.final_loss:.4f}; "
+         f"skipped {skipped} samples {result.skipped if skipped else ''}; run in {out}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="a run folder written by `poisonlab train`"),
+    eval_split: Path = typer.Option(..., "--eval", help="labelled split with classes.json (e.g. DATA/eval)"),
+    attack_from: Path | None = typer.Option(None, "--attack-from", help="poisoned folder, its attack.json, or a recipe"),
+    attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
+    device: str = typer.Option("auto", "--device"),
+    save: Path | None = typer.Option(None, "--save", help="also write the result as JSON here"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Zero-shot accuracy, attack success (exact trigger), linear probe and retrieval recall of a run."""
+    import json
+
+    from poisonlab.training.eval_data import EvalError
+    from poisonlab.training.evaluation import evaluate_run, format_evaluation
+
+    try:
+        result = evaluate_run(run, eval_split, attack_from, attack, device)
+    except EvalError as exc:
+        fail(str(exc))
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(result, indent=2, sort_keys=True))
+    emit(result, as_json, format_evaluation(result))
+
+
+@app.command()
+def experiment(
+    recipe: Path = typer.Argument(..., help="experiment recipe YAML (see recipes/)"),
+    out: Path | None = typer.Option(None, "--out", help="experiment folder (default: experiments/<recipe name>)"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate/poison -> train victim -> embed -> detect -> clean -> retrain -> evaluate -> report (resumable)."""
+    from poisonlab.flows.experiment import ExperimentError, load_experiment, run_experiment
+
+    try:
+        spec = load_experiment(recipe)
+        folder = out or Path("experiments") / spec.name
+        result = run_experiment(spec, folder, runner_spec(executor, dask_address, workers, not as_json))
+    except ExperimentError as exc:
+        fail(str(exc))
+    emit(result, as_json, result["summary"])

@@ -1,0 +1,34 @@
+"""Training hyperparameters: one typed, frozen record shared by the CLI, recipes and the trainer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from poisonlab.pipelines.registry import Params
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS
+from pydantic import Field
+
+# Settings that change how fast, not what, a run computes: a resumed run may differ in these.
+RUNTIME_ONLY = frozenset({"device", "log_every"})
+
+
+class TrainSettings(Params):
+    """What a contrastive pretraining run does (the data and output folder are given separately)."""
+
+    model: str = Field("poisonlab-tiny-32", description="open_clip architecture name or JSON config file")
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=2, description="pairs per step (the contrastive loss needs >= 2)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps (default: 5% of all steps)")
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    seed: int = 0
+    shuffle_buffer: int = Field(2000, ge=0, description="samples held by the keyed shuffle buffer")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (order stays deterministic for a fixed count)")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "amp"] = Field("auto", description="auto: mixed precision on CUDA, fp32 on CPU")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images larger than this are skipped, never decoded")
+    log_every: int = Field(10, ge=1, description="steps between rows of the step metrics table")

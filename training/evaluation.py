@@ -1,0 +1,120 @@
+"""Evaluate a trained run: zero-shot accuracy, attack success, linear probe and retrieval on one split.
+
+    result = evaluate_run("runs/victim", "data/eval", attack_from="poisoned/")
+    print(format_evaluation(result))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model
+from poisonlab.training.attack_eval import (
+    AttackUnderTest,
+    image_asr,
+    load_attack_under_test,
+    targeted_success,
+    text_asr,
+    triggered_images,
+)
+from poisonlab.training.data import ImageFormat
+from poisonlab.training.eval_data import EvalError, EvalSplit, load_eval_split
+from poisonlab.training.features import image_features, predict, text_features, zero_shot_weights
+from poisonlab.training.probe import linear_probe_accuracy
+from poisonlab.training.retrieval import recall_at_k
+from poisonlab.training.trainer import pick_device
+
+
+def load_run_model(run_dir: Path, device: torch.device):  # type: ignore[no-untyped-def]
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalError(f"run folder {run_dir} does not exist")
+    try:
+        spec = ModelSpec.from_run(run_dir)
+        return load_model(spec, device)
+    except CheckpointError as exc:
+        raise EvalError(f"run folder {run_dir} has no usable checkpoint ({exc}); train one with `poisonlab train`") from None
+
+
+def evaluate_run(run_dir: Path, eval_dir: Path, attack_from: Path | None = None, attack_id: str | None = None,
+                 device: str = "auto", probe_seed: int = 0) -> dict[str, Any]:
+    """Every metric the split allows; attack metrics only when ``attack_from`` names an attack."""
+    started = time.perf_counter()
+    split = load_eval_split(Path(eval_dir))  # bad splits fail before the model is built
+    attack = load_attack_under_test(attack_from, attack_id) if attack_from is not None else None
+    target = split.label_of(attack.target) if attack is not None else None
+    dev = pick_device(device)
+    loaded = load_run_model(Path(run_dir), dev)
+    model = loaded.model.eval()
+    fmt = ImageFormat.for_model(model, loaded.image_size)
+
+    feats = image_features(model, fmt, split.images, dev)
+    weights = zero_shot_weights(model, loaded.tokenizer, split.classnames, split.templates, dev)
+    preds = predict(feats, weights)
+    result: dict[str, Any] = {
+        "run": str(run_dir), "eval": str(eval_dir), "images": len(split), "classes": len(split.classnames),
+        "skipped": split.skipped,
+        "zero_shot": {"top1": float((preds == split.labels).mean()), "n": len(split)},
+        "linear_probe": linear_probe_accuracy(feats.numpy(), split.labels, split.keys, seed=probe_seed),
+    }
+    with_caption = [i for i, c in enumerate(split.captions) if c]
+    if with_caption:
+        texts = text_features(model, loaded.tokenizer, [split.captions[i] for i in with_caption], dev)  # type: ignore[misc]
+        result["retrieval"] = recall_at_k(feats[with_caption], texts, [split.captions[i] for i in with_caption])  # type: ignore[misc]
+    if attack is not None and target is not None:
+        result["attack"] = _attack_metrics(attack, target, split, model, loaded.tokenizer, fmt, dev, feats, preds, weights)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _attack_metrics(attack: AttackUnderTest, target: int, split: EvalSplit, model: torch.nn.Module, tokenizer,  # type: ignore[no-untyped-def]
+                    fmt: ImageFormat, dev: torch.device, feats: torch.Tensor, preds: np.ndarray,
+                    weights: torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = {"source": attack.source, "name": attack.name, "target": attack.target}
+    if attack.image_trigger is not None:
+        images, rows = triggered_images(split, attack, target)
+        trig_preds = predict(image_features(model, fmt, images, dev), weights)
+        out["asr"] = image_asr(trig_preds, preds[rows], target)
+    if attack.text_trigger is not None:
+        out["text_asr"] = text_asr(split, attack, target, feats,
+                                   lambda texts: text_features(model, tokenizer, texts, dev))
+    if attack.target_images:
+        names = [n for n, _ in attack.target_images]
+        tp = predict(image_features(model, fmt, [a for _, a in attack.target_images], dev), weights)
+        out["targeted"] = targeted_success(tp, names, target, split.classnames)
+    return out
+
+
+def headline(result: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers experiments compare: zero-shot top-1 and the attack's main success measure."""
+    attack = result.get("attack") or {}
+    success = next((attack[k]["value"] for k in ("asr", "text_asr", "targeted") if k in attack), None)
+    return {"zero_shot": result["zero_shot"]["top1"], "attack_success": success,
+            "linear_probe": result["linear_probe"]["accuracy"]}
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    lines = [f"evaluation of {result['run']} on {result['eval']} ({result['images']} images, {result['classes']} classes)",
+             f"  zero-shot top-1 accuracy : {result['zero_shot']['top1']:.4f}",
+             f"  linear-probe accuracy    : {result['linear_probe']['accuracy']:.4f} "
+             f"(train {result['linear_probe']['train']} / test {result['linear_probe']['test']}, keyed split)"]
+    if "retrieval" in result:
+        r = result["retrieval"]
+        lines.append(f"  retrieval recall@1/@5    : image->text {r['image_to_text_r1']:.3f}/{r['image_to_text_r5']:.3f}, "
+                     f"text->image {r['text_to_image_r1']:.3f}/{r['text_to_image_r5']:.3f}")
+    attack = result.get("attack")
+    if attack:
+        lines.append(f"  attack {attack['name']} -> target {attack['target']!r} (from {attack['source']})")
+        for key, label in (("asr", "ASR"), ("text_asr", "text ASR"), ("targeted", "targeted success")):
+            if key in attack:
+                m = attack[key]
+                extra = f", untriggered rate {m['clean_target_rate']:.4f}" if "clean_target_rate" in m else ""
+                lines.append(f"  {label:<25}: {m['value']:.4f} over {m['n']} images{extra}")
+                lines.append(f"    ({m['definition']})")
+    if result.get("skipped"):
+        lines.append(f"  skipped evaluation samples: {result['skipped']}")
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""Linear-probe accuracy: a logistic regression on frozen image features, on a keyed split of the eval set.
+
+The split is a pure function of each sample's key (not of order or a global generator), so the same
+split is used for every model compared, and reruns score identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from poisonlab.pipelines.keyed import keyed_uniform
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+PROBE_STAGE = "eval/linear_probe"
+
+
+def probe_split(keys: Sequence[str], train_fraction: float = 0.6, seed: int = 0) -> np.ndarray:
+    """True where a sample trains the probe, False where it tests it."""
+    return np.asarray([keyed_uniform(seed, PROBE_STAGE, k) < train_fraction for k in keys], dtype=bool)
+
+
+def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
+                          train_fraction: float = 0.6, seed: int = 0) -> dict[str, float | int]:
+    is_train = probe_split(keys, train_fraction, seed)
+    if is_train.all() or not is_train.any() or len(np.unique(labels[is_train])) < 2:
+        return {"accuracy": float("nan"), "train": int(is_train.sum()), "test": int((~is_train).sum())}
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(features[is_train], labels[is_train])
+    accuracy = float((clf.predict(features[~is_train]) == labels[~is_train]).mean())
+    return {"accuracy": accuracy, "train": int(is_train.sum()), "test": int((~is_train).sum())}

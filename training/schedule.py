@@ -1,0 +1,23 @@
+"""Learning-rate schedule: linear warm-up, then cosine decay to zero (open_clip_train's default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineWarmup:
+    """The rate at each optimizer step; a pure function of the step, so a resumed run continues exactly."""
+
+    base_lr: float
+    warmup_steps: int
+    total_steps: int
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.base_lr - self.min_lr)
