@@ -4,20 +4,39 @@ This layer knows nothing about images, Prefect, Dask or torch, so that graph and
 can carry other payloads through the same stages.
 """
 
-from poisonlab.pipelines.accounting import ShardStats, StageCounts
-from poisonlab.pipelines.keyed import keyed_rng, keyed_uniform, keyed_u64
-from poisonlab.pipelines.registry import Registry, get_registry, list_registries, load_plugins
+from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
+from poisonlab.pipelines.keyed import keyed_rng, keyed_u64, keyed_uniform
+from poisonlab.pipelines.registry import (
+    Params,
+    Registry,
+    RegistryError,
+    get_registry,
+    list_registries,
+    load_plugins,
+)
 from poisonlab.pipelines.sample import LIVE_STATUSES, Sample, Status
-from poisonlab.pipelines.stage import BatchMapStage, FilterStage, MapStage, Needs, Stage
+from poisonlab.pipelines.stage import (
+    AccountingError,
+    BatchMapStage,
+    FilterStage,
+    MapStage,
+    Needs,
+    ShardContext,
+    Stage,
+)
 
 __all__ = [
+    "AccountingError",
     "BatchMapStage",
     "FilterStage",
     "LIVE_STATUSES",
     "MapStage",
     "Needs",
+    "Params",
     "Registry",
+    "RegistryError",
     "Sample",
+    "ShardContext",
     "ShardStats",
     "Stage",
     "StageCounts",
@@ -28,4 +47,5 @@ __all__ = [
     "keyed_uniform",
     "list_registries",
     "load_plugins",
+    "reason_category",
 ]

@@ -1,4 +1,9 @@
-"""Per-shard accounting: every stage records in = kept + changed + dropped + errored (plus samples it added)."""
+"""Per-shard accounting: nothing is lost without a trace.
+
+Every stage records, per shard, in = kept + changed + dropped + errored, plus the samples it added. The
+executor records what the source yielded as the first entry (``SOURCE``), so a shard's books close
+when its sidecar holds one row per sample read plus one per sample added.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,21 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
+SOURCE = "source"  # name of the StageCounts entry that counts what the shard's source yielded
+
+
+def reason_category(reason: str) -> str:
+    """'stage: kind: details' -> 'stage: kind', so stats count kinds of failure, not unique messages."""
+    parts = [p.strip() for p in reason.split(";")[0].split(":")]
+    return ": ".join(parts[:2])
+
 
 @dataclasses.dataclass
 class StageCounts:
-    """What one stage did on one shard: inputs = kept + changed + dropped + errored; added are new samples."""
+    """What one stage did on one shard: inputs = kept + changed + dropped + errored; added are new samples.
+
+    For the ``SOURCE`` entry, ``inputs`` is what was read and kept/dropped/errored their state as read.
+    """
 
     stage: str
     inputs: int = 0
@@ -43,6 +59,23 @@ class ShardStats:
     stages: list[StageCounts] = dataclasses.field(default_factory=list)
     shard_errors: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+
+    def expected_rows(self) -> int | None:
+        """Samples read plus samples added by stages; None when the source was not counted."""
+        if not self.stages or self.stages[0].stage != SOURCE:
+            return None
+        return self.stages[0].inputs + sum(s.added for s in self.stages[1:])
+
+    def accounting_problems(self) -> list[str]:
+        """Why the books do not close (empty when every sample is accounted for)."""
+        problems = [f"stage {s.stage!r}: {s.inputs} in != {s.kept} kept + {s.changed} changed + "
+                    f"{s.dropped} dropped + {s.errored} errored" for s in self.stages if not s.balanced]
+        if sum(self.by_status.values()) != self.samples:
+            problems.append(f"statuses count {sum(self.by_status.values())} samples, the sidecar {self.samples}")
+        expected = self.expected_rows()
+        if expected is not None and expected != self.samples:
+            problems.append(f"{expected} samples read or added, but {self.samples} rows in the sidecar")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return {

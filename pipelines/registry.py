@@ -37,8 +37,17 @@ class Component(Generic[T]):
     summary: str
 
     def parse(self, raw: dict[str, Any] | None = None) -> BaseModel:
+        """Validate raw parameters; unknown names are reported with the known ones, before any work."""
+        raw = dict(raw or {})
+        known = sorted(self.params.model_fields)
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise RegistryError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))} for {self.kind} {self.name!r}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
         try:
-            return self.params.model_validate(raw or {})
+            return self.params.model_validate(raw)
         except ValidationError as exc:
             raise RegistryError(f"invalid parameters for {self.kind} {self.name!r}: {exc}") from exc
 
@@ -79,6 +88,8 @@ class Registry(Generic[T]):
         return wrap
 
     def get(self, name: str) -> Component[T]:
+        if name not in self._items:
+            load_plugins()  # a component may live in a package that has not been imported yet
         try:
             return self._items[name]
         except KeyError:
@@ -89,9 +100,11 @@ class Registry(Generic[T]):
         return self.get(name).create(raw)
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[Component[T]]:

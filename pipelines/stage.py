@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
-from poisonlab.pipelines.accounting import StageCounts
+from poisonlab.pipelines.accounting import StageCounts, reason_category
 from poisonlab.pipelines.sample import Sample, Status
 
 
@@ -74,9 +74,12 @@ class MapStage(Stage):
                 yield sample
                 continue
             try:
-                yield self.map(sample, ctx)
+                out = self.map(sample, ctx)
+                if not isinstance(out, Sample):
+                    raise TypeError(f"map returned {type(out).__name__}, not a Sample")
             except Exception as exc:  # one bad sample never stops the shard
-                yield sample.errored(self.name, f"{type(exc).__name__}: {exc}")
+                out = sample.errored(self.name, f"{type(exc).__name__}: {exc}")
+            yield out
 
 
 class FilterStage(Stage):
@@ -115,12 +118,14 @@ class BatchMapStage(Stage):
             if live:
                 batch = [pending[i] for i in live]
                 try:
-                    mapped = self.map_batch(batch, ctx)
+                    mapped = list(self.map_batch(batch, ctx))
                     if len(mapped) != len(batch):
                         raise RuntimeError(f"map_batch returned {len(mapped)} samples for {len(batch)}")
+                    if not all(isinstance(m, Sample) for m in mapped):
+                        raise TypeError("map_batch returned something other than Samples")
                 except Exception as exc:
                     mapped = [s.errored(self.name, f"{type(exc).__name__}: {exc}") for s in batch]
-                for i, s in zip(live, mapped):
+                for i, s in zip(live, mapped, strict=True):
                     out[i] = s
             pending.clear()
             live.clear()
@@ -135,39 +140,60 @@ class BatchMapStage(Stage):
         yield from flush()
 
 
+class AccountingError(RuntimeError):
+    """A stage lost, duplicated or invented samples: the shard is not committed."""
+
+
 def run_counted(stage: Stage, samples: Iterator[Sample], ctx: ShardContext) -> tuple[Iterator[Sample], StageCounts]:
-    """Run ``stage`` over ``samples`` and return its output stream plus counts filled as it is consumed."""
+    """Run ``stage`` over ``samples`` and return its output stream plus counts filled as it is consumed.
+
+    Live inputs are matched to outputs by key (a stage returns a new, frozen record), non-live inputs by
+    identity (they must come back untouched), so duplicate keys and dead samples sharing a key with a
+    live one are still told apart. Anything the stage did not return raises ``AccountingError`` when
+    its stream ends, before a writer can commit the shard.
+    """
     counts = StageCounts(stage=stage.name)
-    before: dict[str, tuple[str, int]] = {}
+    live_in: dict[str, deque[int]] = {}  # key -> len(touched_by) of live inputs not yet returned
+    dead_in: dict[int, Sample] = {}  # id -> non-live inputs not yet returned (held, so ids stay unique)
 
     def remember(stream: Iterator[Sample]) -> Iterator[Sample]:
         for s in stream:
             if s.is_live:
-                before[s.key] = (s.status, len(s.touched_by))
+                live_in.setdefault(s.key, deque()).append(len(s.touched_by))
                 counts.inputs += 1
+            else:
+                dead_in[id(s)] = s
             yield s
 
     def classify(stream: Iterator[Sample]) -> Iterator[Sample]:
         for s in stream:
-            prior = before.pop(s.key, None)
-            if prior is None:
-                if s.is_live:  # created by this stage; dead pass-throughs are not this stage's business
-                    counts.added += 1
+            if not isinstance(s, Sample):
+                raise AccountingError(f"stage {stage.name!r} yielded {type(s).__name__}, not a Sample")
+            if dead_in.pop(id(s), None) is not None:  # a non-live sample passed through: not this stage's
                 yield s
                 continue
+            pending = live_in.get(s.key)
+            if not pending:  # created by this stage
+                counts.added += 1
+                yield s
+                continue
+            touched_before = pending.popleft()
+            if not pending:
+                del live_in[s.key]
             if s.status == Status.DROPPED.value:
                 counts.dropped += 1
-                counts.reasons[s.reason or "unknown"] += 1
+                counts.reasons[reason_category(s.reason or "unknown")] += 1
             elif not s.is_live:
                 counts.errored += 1
-                counts.reasons[s.reason or "unknown"] += 1
-            elif len(s.touched_by) > prior[1]:
+                counts.reasons[reason_category(s.reason or "unknown")] += 1
+            elif len(s.touched_by) > touched_before:
                 counts.changed += 1
             else:
                 counts.kept += 1
             yield s
-        if before:  # a stage swallowed live samples: account for them instead of losing them silently
-            raise RuntimeError(f"stage {stage.name!r} lost {len(before)} samples, e.g. {next(iter(before))!r}")
+        lost = [k for k, q in live_in.items() for _ in q] + [s.key for s in dead_in.values()]
+        if lost:  # a stage swallowed samples: refuse to lose them silently
+            raise AccountingError(f"stage {stage.name!r} lost {len(lost)} samples, e.g. {lost[0]!r}")
 
     return classify(stage.process(remember(samples), ctx)), counts
 

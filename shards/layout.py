@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,33 @@ def brace_pattern(directory: Path, shards: list[str]) -> str:
 
 def is_complete(directory: Path, shard: str) -> bool:
     """A shard is complete when its stats file exists: it is renamed into place last."""
-    return stats_path(directory, shard).exists() and tar_path(directory, shard).exists()
+    return all(p.exists() for p in (stats_path(directory, shard), tar_path(directory, shard),
+                                    sidecar_path(directory, shard)))
+
+
+def temp_files(directory: Path) -> list[Path]:
+    """Files a writer has not renamed into place yet (or never will: it was killed)."""
+    return sorted(Path(directory).glob(".*.tmp"))
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Clean up after killed writers; call only when no writer is running on ``directory``."""
+    paths = temp_files(directory)
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    """Write under a unique temporary name, then rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

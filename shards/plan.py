@@ -15,7 +15,7 @@ from poisonlab.pipelines.accounting import ShardStats, StageCounts
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import Stage
-from poisonlab.shards.layout import is_complete, list_shards, stats_path, write_sizes
+from poisonlab.shards.layout import is_complete, list_shards, remove_temp_files, stats_path, write_sizes
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.writer import ShardWriter
 
@@ -33,11 +33,12 @@ class FolderSource:
 @dataclasses.dataclass(frozen=True)
 class FolderSink:
     directory: str
+    source_name: str | None = None
 
     def __call__(
         self, shard: str, samples: Iterable[Sample], stages: list[StageCounts], shard_errors: list[str]
     ) -> ShardStats:
-        with ShardWriter(Path(self.directory), shard, source=None) as writer:
+        with ShardWriter(Path(self.directory), shard, source=self.source_name) as writer:
             for sample in samples:
                 writer.write(sample)
             return writer.close(stages=stages, shard_errors=shard_errors)
@@ -74,13 +75,15 @@ def plan_source_tasks(
     source_name: str | None = None,
 ) -> list[ShardTask]:
     """One task per shard name, from any source (a folder, a generator, a URL-list part) into ``dst``."""
-    sink = FolderSink(str(dst))
+    sink = FolderSink(str(dst), source_name)
     return [
         ShardTask(shard=n, source=source, stages=tuple(stages), sink=sink, is_done=sink.is_done,
                   load_done=sink.load_done, source_name=source_name)
         for n in shards
     ]
 
+
 def finalize_folder(dst: Path, results: Iterable[ShardStats]) -> Path:
-    """Write the dataset-level ``sizes.json`` once every shard is complete."""
+    """Once every shard is complete: write the dataset-level ``sizes.json``, remove killed writers' temp files."""
+    remove_temp_files(Path(dst))
     return write_sizes(Path(dst), ((s.shard, s.written) for s in results))

@@ -1,52 +1,71 @@
 """Reading shards without trusting them.
 
-The tar is streamed member by member with ``tarfile`` (never extracted, never unpickled): members are
+The tar is streamed member by member (never extracted, never unpickled): members are
 grouped into samples by key as WebDataset does, and each sample is checked:
 
-* only payload, ``.txt`` and ``.json`` members are accepted; anything else (``.pyd``, ``.pickle``,
-  ``.pth``, ...) quarantines the sample with a reason instead of being decoded;
-* member names with absolute paths or ``..`` are refused (path traversal);
-* duplicate keys, missing or non-UTF-8 captions, oversized captions and image headers that are empty,
+* only payload, ``.txt`` and ``.json`` members are read; anything else (``.pyd``, ``.pickle``,
+  ``.pth``, links, devices, ...) quarantines the sample with a reason and its bytes are never even
+  loaded (webdataset's default decoders would unpickle ``.pyd``/``.pickle`` and ``torch.load`` ``.pth``);
+* member names with absolute paths, ``..`` or bytes that are not UTF-8 are refused (path traversal);
+* duplicate keys, missing or non-UTF-8 captions, oversized members and image headers that are empty,
   undecodable or larger than the pixel cap are errors with a reason;
-* a truncated tar ends the stream with a shard-level error, and rows of the input sidecar that never
-  appeared in the tar (img2dataset's failed downloads, or samples lost to truncation) are carried
-  forward as non-live samples, so every input row is accounted for.
+* a truncated or corrupt tar ends the stream with a shard-level error (also when it was cut exactly
+  between two members, which ``tarfile`` takes for a normal end: see ``tarformat``), and rows of the input sidecar
+  that never appeared in the tar (img2dataset's failed downloads, or samples lost to truncation) are
+  carried forward as non-live samples, so every input row is accounted for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import tarfile
+import lzma
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, probe_image
 from poisonlab.shards.layout import sidecar_path, tar_path
+from poisonlab.shards.sidecar import printable
+from poisonlab.shards.tarformat import TarFormatError, iter_members, open_stream
 
 STAGE = "read"
-# Non-image payloads that adapters may carry; none of them is ever unpickled (numpy loads them with
-# allow_pickle=False).
-OTHER_PAYLOAD_EXTENSIONS = frozenset({"npz", "npy", "graph.npz"})
+# Non-image payloads that adapters may opt into (ReadPolicy(payload_extensions=...)); numpy loads them
+# with allow_pickle=False, so they are never unpickled either.
+ARRAY_PAYLOAD_EXTENSIONS = frozenset({"npz", "npy", "graph.npz"})
 TEXT_EXTENSIONS = frozenset({"txt"})
 META_EXTENSIONS = frozenset({"json"})
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+_READ_BUFFER = 1 << 20  # whole images per system call, not 8 KiB pieces
 
 
 @dataclasses.dataclass(frozen=True)
 class ReadPolicy:
     """What a reader accepts. Defaults fit image-caption pairs; adapters widen ``payload_extensions``."""
 
-    payload_extensions: frozenset[str] = IMAGE_EXTENSIONS | OTHER_PAYLOAD_EXTENSIONS
+    payload_extensions: frozenset[str] = IMAGE_EXTENSIONS
     require_text: bool = True
     require_payload: bool = True
     max_caption_bytes: int = 64 * 1024
+    max_meta_bytes: int = 1024 * 1024
+    max_member_bytes: int = MAX_MEMBER_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     probe_images: bool = True
+
+    def accepts(self, ext: str) -> bool:
+        return ext in self.payload_extensions or ext in TEXT_EXTENSIONS or ext in META_EXTENSIONS
+
+    def size_limit(self, ext: str) -> int:
+        if ext in TEXT_EXTENSIONS:
+            return self.max_caption_bytes
+        if ext in META_EXTENSIONS:
+            return self.max_meta_bytes
+        return self.max_member_bytes
 
 
 @dataclasses.dataclass
@@ -65,12 +84,25 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def _unsafe_name(name: str) -> bool:
-    parts = name.replace("\\", "/").split("/")
-    return name.startswith(("/", "\\")) or ".." in parts or any(":" in p for p in parts[:1])
+_UNSAFE_PATH = re.compile(r"^[/\\]|^[^/\\]*:|(^|[/\\])\.\.([/\\]|$)|[\x00-\x1f]")
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name must not be used, or None."""
+    if name.isascii() and not _UNSAFE_PATH.search(name):
+        return None
+    if printable(name) != name:
+        return "not valid UTF-8"
+    if re.search(r"[\x00-\x1f]", name):
+        return "control character"
+    if re.search(r"(^|[/\\])\.\.([/\\]|$)", name):
+        return "parent directory"
+    return "absolute path"
 
 
 class _Group:
+    """The members of one key, as read so far."""
+
     __slots__ = ("key", "members", "problems")
 
     def __init__(self, key: str) -> None:
@@ -79,64 +111,79 @@ class _Group:
         self.problems: list[str] = []
 
 
-def _iter_groups(path: Path, report: ReadReport) -> Iterator[_Group]:
+def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator[_Group]:
+    """Members grouped by key, as WebDataset groups them (consecutive members sharing a key)."""
+
+    parsed: dict[str, tuple[str, str, str | None]] = {}  # name -> (key, ext, why unsafe), for the loop
+
+    def parse(name: str) -> tuple[str, str, str | None]:
+        return (*split_member_name(name), unsafe_name(name))
+
+    def wanted(name: str, kind: str, size: int) -> bool:  # refused or oversized data is never read
+        parsed[name] = key_ext_why = parse(name)
+        ext = key_ext_why[1]
+        return key_ext_why[2] is None and policy.accepts(ext) and size <= policy.size_limit(ext)
+
     group: _Group | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
+        with open(path, "rb", buffering=_READ_BUFFER) as raw, open_stream(raw) as stream:
+            for member in iter_members(stream, wanted):
+                if member.kind == "dir":
                     continue
-                key, ext = split_member_name(info.name)
+                name = member.name
+                key, ext, why_unsafe = parsed.pop(name, None) or parse(name)
+                if why_unsafe:
+                    key = printable(key)
                 if group is None or key != group.key:
                     if group is not None:
                         yield group
                     group = _Group(key)
-                if _unsafe_name(info.name):
-                    group.problems.append(f"unsafe_member_name: {info.name!r}")
-                    continue
-                if info.size > MAX_MEMBER_BYTES:
-                    group.problems.append(f"member_too_large: {info.name!r} is {info.size} bytes")
-                    continue
-                fh = tar.extractfile(info)
-                data = fh.read() if fh is not None else b""
-                if ext in group.members:
-                    group.problems.append(f"duplicate_member: {info.name!r}")
-                group.members[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        report.shard_errors.append(f"truncated_or_corrupt_tar: {type(exc).__name__}: {exc}")
+                if why_unsafe:
+                    group.problems.append(f"unsafe_member_name: {printable(name)!r} ({why_unsafe})")
+                elif member.kind != "file":
+                    group.problems.append(f"refused_member: {name!r} is not a regular file")
+                elif not policy.accepts(ext):
+                    group.problems.append(f"refused_member: .{ext} (not payload, text or JSON; never decoded)")
+                elif member.data is None:
+                    kind = "caption_too_long" if ext in TEXT_EXTENSIONS else "member_too_large"
+                    group.problems.append(f"{kind}: .{ext} is {member.size} bytes > {policy.size_limit(ext)}")
+                else:
+                    if ext in group.members:
+                        group.problems.append(f"duplicate_member: {name!r}")
+                    group.members[ext] = member.data
+    except (TarFormatError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        report.shard_errors.append(f"truncated_or_corrupt_tar: {exc}")
         if group is not None:
-            group.problems.append("truncated_tar: the shard ended inside this sample")
+            group.problems.append("truncated_tar: the shard ended inside or right after this sample")
     if group is not None:
         yield group
+
+
+def _parse_meta(raw: bytes, problems: list[str]) -> dict[str, Any]:
+    try:
+        loaded = json.loads(raw.decode("utf-8"))
+        if b"\\u" in raw:  # escapes can encode lone surrogates, which no UTF-8 file can hold
+            json.dumps(loaded, ensure_ascii=False).encode("utf-8")
+    except Exception as exc:  # bad UTF-8, bad JSON, or nesting deep enough to exhaust the recursion limit
+        problems.append(f"invalid_json: {type(exc).__name__}")
+        return {}
+    return loaded if isinstance(loaded, dict) else {"value": loaded}
 
 
 def _sample_from_group(group: _Group, policy: ReadPolicy) -> Sample:
     members = group.members
     problems = list(group.problems)
-    payload_exts = [e for e in members if e in policy.payload_extensions]
-    refused = [e for e in members if e not in policy.payload_extensions | TEXT_EXTENSIONS | META_EXTENSIONS]
-    if refused:
-        problems.append("refused_member: " + ", ".join(f".{e}" for e in sorted(refused)) + " (not payload, text or JSON)")
+    payload_exts = sorted(e for e in members if e in policy.payload_extensions)
     if len(payload_exts) > 1:
-        problems.append("multiple_payloads: " + ", ".join(sorted(payload_exts)))
-    meta: dict[str, Any] = {}
-    if "json" in members:
-        try:
-            loaded = json.loads(members["json"].decode("utf-8"))
-            meta = loaded if isinstance(loaded, dict) else {"value": loaded}
-        except (UnicodeDecodeError, ValueError) as exc:
-            problems.append(f"invalid_json: {exc}")
+        problems.append("multiple_payloads: " + ", ".join(payload_exts))
+    meta = _parse_meta(members["json"], problems) if "json" in members else {}
     text: str | None = None
     if "txt" in members:
-        raw = members["txt"]
-        if len(raw) > policy.max_caption_bytes:
-            problems.append(f"caption_too_long: {len(raw)} bytes > {policy.max_caption_bytes}")
-        else:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problems.append(f"caption_not_utf8: {exc}")
-    elif policy.require_text:
+        try:
+            text = members["txt"].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"caption_not_utf8: invalid byte at position {exc.start}")
+    elif policy.require_text and not any(p.startswith("caption_too_long") for p in problems):
         problems.append("missing_caption: no .txt member")
     payload_ext = payload_exts[0] if payload_exts else "jpg"
     payload = members.get(payload_ext) if payload_exts else None
@@ -145,40 +192,64 @@ def _sample_from_group(group: _Group, policy: ReadPolicy) -> Sample:
     if payload is not None and payload_ext in IMAGE_EXTENSIONS and policy.probe_images and not problems:
         try:
             width, height = probe_image(payload, policy.max_pixels)
-            if meta.get("width") != width or meta.get("height") != height:
-                meta = {**meta, "width": width, "height": height}
         except ImageError as exc:
             problems.append(str(exc))
+        else:
+            if meta.get("width") != width or meta.get("height") != height:
+                meta = {**meta, "width": width, "height": height}
     sample = Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta)
     if problems:
         return dataclasses.replace(sample, status=Status.ERROR.value, reason=f"{STAGE}: " + "; ".join(problems))
     return sample
 
 
-def _sidecar_rows(directory: Path, shard: str) -> list[dict[str, Any]]:
-    path = sidecar_path(directory, shard)
-    if not path.exists():
-        return []
-    table = pq.read_table(path)
-    return table.to_pylist()
-
-
-_CARRY_COLUMNS = ("status", "reason", "error", "key", "caption", "shard", "sha256", "width", "height", "payload_ext", "bytes")
+# Sidecar columns that describe a row rather than its sample's metadata (ours and img2dataset's).
+_ROW_COLUMNS = frozenset({
+    "key", "shard", "status", "reason", "error", "error_message", "caption", "sha256", "payload_ext", "bytes",
+    "touched_by", "provenance",
+})
 
 
 def _carried_sample(row: dict[str, Any]) -> Sample:
     """A sidecar row with no tar member: a failed download upstream, or a sample lost to truncation."""
     status = str(row.get("status") or "")
-    reason = row.get("reason") or row.get("error") or status or "missing_from_tar"
-    meta = {k: v for k, v in row.items() if k not in _CARRY_COLUMNS and v is not None}
+    reason = row.get("reason") or row.get("error_message") or row.get("error") or status or "missing_from_tar"
+    meta = {k: v for k, v in row.items() if k not in _ROW_COLUMNS and v is not None}
+    if row.get("provenance"):
+        try:
+            meta["poisonlab"] = json.loads(row["provenance"])
+        except ValueError:
+            meta["poisonlab"] = row["provenance"]
     meta["source_status"] = status
-    # img2dataset marks good rows "success"; a good row that is not in the tar was lost to truncation.
+    touched = tuple(str(row["touched_by"]).split(",")) if row.get("touched_by") else ()
     final = Status.DROPPED.value if status == Status.DROPPED.value else Status.ERROR.value
+    # img2dataset marks good rows "success"; a good row that is not in the tar was lost to truncation.
     if status in ("success", Status.OK.value, Status.CHANGED.value, Status.ADDED.value):
-        reason = "missing_from_tar: the sidecar lists this sample but the tar does not contain it"
+        reason = f"{STAGE}: missing_from_tar: the sidecar lists this sample but the tar does not contain it"
     elif status not in (Status.DROPPED.value, Status.ERROR.value):
         reason = f"{status}: {reason}" if reason != status else status
-    return Sample(key=str(row["key"]), payload=None, text=row.get("caption"), meta=meta, status=final, reason=reason)
+    caption = row.get("caption")
+    return Sample(key=str(row["key"]), payload=None, text=caption if isinstance(caption, str) else None,
+                  meta=meta, status=final, reason=str(reason), touched_by=touched)
+
+
+def _missing_rows(directory: Path, shard: str, seen: set[str], report: ReadReport) -> Iterator[Sample]:
+    """Sidecar rows whose key never appeared in the tar (reads the full rows only when there are some)."""
+    path = sidecar_path(directory, shard)
+    if not path.exists():
+        return
+    try:
+        keys = pq.read_table(path, columns=["key"]).column("key").cast("string")
+        missing = pc.invert(pc.is_in(keys, value_set=pc.cast(list(seen) or [""], "string")))
+        if not pc.any(missing).as_py():
+            return
+        rows = pq.read_table(path).filter(missing).to_pylist()
+    except Exception as exc:  # an unreadable sidecar is the shard's problem, not a crash of the run
+        report.shard_errors.append(f"unreadable_sidecar: {type(exc).__name__}: {exc}")
+        return
+    for row in rows:
+        if row.get("key") is not None:
+            yield _carried_sample(row)
 
 
 def read_shard(
@@ -190,16 +261,39 @@ def read_shard(
     seen: set[str] = set()
     path = tar_path(directory, shard)
     if not path.exists():
-        report.shard_errors.append(f"missing_tar: {path}")
+        report.shard_errors.append(f"missing_tar: {path.name}")
     else:
-        for group in _iter_groups(path, report):
+        for group in _iter_groups(path, policy, report):
             sample = _sample_from_group(group, policy)
             if sample.key in seen:
                 sample = dataclasses.replace(
-                    sample, status=Status.ERROR.value, reason=f"{STAGE}: duplicate_key: {sample.key!r} appeared earlier in the shard"
+                    sample, status=Status.ERROR.value,
+                    reason=f"{STAGE}: duplicate_key: {sample.key!r} appeared earlier in the shard",
                 )
             seen.add(sample.key)
             yield sample
-    for row in _sidecar_rows(directory, shard):
-        if str(row.get("key")) not in seen:
-            yield _carried_sample(row)
+    yield from _missing_rows(directory, shard, seen, report)
+
+
+def audit_tar(path: Path, policy: ReadPolicy | None = None) -> list[str]:
+    """Problems that make a tar unsafe to hand to a plain WebDataset pipeline (empty when it is safe).
+
+    ``webdataset``'s default decoders unpickle ``.pyd``/``.pickle`` members and ``torch.load`` ``.pth``
+    ones, so a tool that trains straight from tars (open_clip) must only see tars that pass this check:
+    every member a regular file with a safe name and an accepted extension. Headers only, no payloads.
+    """
+    policy = policy or ReadPolicy()
+    problems: list[str] = []
+    try:
+        with open(path, "rb") as raw, open_stream(raw) as stream:
+            for member in iter_members(stream, lambda name, kind, size: False):
+                why = unsafe_name(member.name)
+                if why:
+                    problems.append(f"unsafe_member_name: {printable(member.name)!r} ({why})")
+                elif member.kind == "other":
+                    problems.append(f"refused_member: {member.name!r} is not a regular file")
+                elif member.kind == "file" and not policy.accepts(split_member_name(member.name)[1]):
+                    problems.append(f"refused_member: {member.name!r}")
+    except (TarFormatError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        problems.append(f"truncated_or_corrupt_tar: {exc}")
+    return problems

@@ -8,38 +8,40 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
+from poisonlab.pipelines.accounting import reason_category
+from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.layout import list_sidecars, sidecar_path
 
 
 def summarize(directory: Path) -> dict[str, Any]:
+    """Samples by status and failure kind, per shard and in total; ``live`` is what the tars hold."""
     directory = Path(directory)
-    shards = list_sidecars(directory)
+    shards = list_sidecars(directory) if directory.is_dir() else []
     if not shards:
         raise FileNotFoundError(f"no sidecars (NNNNN.parquet) in {directory}")
     per_shard: dict[str, dict[str, Any]] = {}
     total: Counter = Counter()
     reasons: Counter = Counter()
     for shard in shards:
-        table = pq.read_table(sidecar_path(directory, shard), columns=None)
-        status = table.column("status")
-        counts = Counter({str(k): int(v) for k, v in zip(*_value_counts(status))})
+        path = sidecar_path(directory, shard)
+        columns = [c for c in ("status", "reason") if c in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=columns)
+        counts = Counter(_value_counts(table.column("status"))) if "status" in columns else Counter()
         per_shard[shard] = {"samples": table.num_rows, "by_status": dict(sorted(counts.items()))}
         total.update(counts)
-        if "reason" in table.column_names:
-            for r in table.column("reason").to_pylist():
-                if r:
-                    reasons[":".join(p.strip() for p in r.split(":")[:2])] += 1
+        if "reason" in columns:
+            reasons.update(reason_category(r) for r in table.column("reason").drop_null().to_pylist() if r)
     return {
         "directory": str(directory),
         "shards": len(shards),
-        "samples": sum(total.values()),
+        "samples": sum(v["samples"] for v in per_shard.values()),
+        "live": sum(v for k, v in total.items() if k in LIVE_STATUSES),
         "by_status": dict(sorted(total.items())),
         "reasons": dict(sorted(reasons.items())),
         "per_shard": per_shard,
     }
 
 
-def _value_counts(column) -> tuple[list[str], list[int]]:  # type: ignore[no-untyped-def]
+def _value_counts(column) -> dict[str, int]:  # type: ignore[no-untyped-def]
     vc = pc.value_counts(column)
-    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+    return {str(k): int(v) for k, v in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)}

@@ -1,162 +1,179 @@
 """Writing a shard atomically: ``NNNNN.tar`` + ``NNNNN.parquet`` sidecar + ``NNNNN_stats.json``.
 
-Everything is written under a temporary name and renamed into place only when the shard is complete,
+All three are written under temporary names and renamed into place only when the shard is complete,
 the stats file last: it doubles as the completion marker, so a rerun can skip the shard and no reader
-ever sees a partial tar under its final name. Tars are byte-reproducible (fixed mtime, owner and mode).
-The sidecar holds one row per sample the writer received, live or not, with its status and reason.
+ever sees a partial tar under its final name. Temporary names are unique per writer, so two attempts
+at the same shard (a retried Dask task) never write into each other's files.
+
+Tars are byte-reproducible: members are plain GNU tar entries with a fixed mtime, owner and mode, and
+metadata is canonical JSON. The sidecar holds one row per sample the writer received, live or not,
+with its status and reason, in a fixed schema so that every shard's sidecar reads into one table.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
+import re
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
-
-from poisonlab.pipelines.accounting import ShardStats, StageCounts
+from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import IMAGE_EXTENSIONS, ImageError, probe_image
-from poisonlab.shards.layout import atomic_write_json, sidecar_path, stats_path, tar_path
+from poisonlab.shards.layout import sidecar_path, stats_path, tar_path
+from poisonlab.shards.reader import split_member_name, unsafe_name
+from poisonlab.shards.sidecar import SIDECAR_COLUMNS, SIDECAR_SCHEMA, SidecarBuilder, printable
+from poisonlab.shards.tarformat import BLOCK, archive_end, member_header
 
-SIDECAR_COLUMNS = (
-    "key", "shard", "status", "reason", "caption", "payload_ext", "bytes", "sha256", "width", "height",
-    "touched_by", "provenance",
-)
+__all__ = ["SIDECAR_COLUMNS", "SIDECAR_SCHEMA", "ShardWriter", "encode_meta", "reason_category"]
+
+_EXTENSION = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)*$")
+_NUL = b"\0"
+_BUFFER = 1 << 20  # large writes: a few system calls per shard, not several per sample
+_META_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def encode_meta(meta: dict[str, Any]) -> bytes:
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
     """Canonical JSON for ``.json`` members, so unchanged samples stay byte-identical across runs."""
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return _META_JSON.encode(meta).encode("utf-8")
 
 
-def reason_category(reason: str) -> str:
-    """'stage: kind: details' -> 'stage: kind', so stats count kinds of failure, not unique messages."""
-    parts = [p.strip() for p in reason.split(":")]
-    return ": ".join(parts[:2])
+def _pixels(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31 else None
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def _flatten_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for k, v in meta.items():
-        if k in ("width", "height", "poisonlab"):
-            continue
-        name = f"meta_{k}" if k in SIDECAR_COLUMNS else k
-        row[name] = v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, sort_keys=True, default=str)
-    return row
-
-
-def _rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    columns: list[str] = list(SIDECAR_COLUMNS)
-    extra = sorted({k for r in rows for k in r} - set(columns))
-    names = columns + extra
-    arrays = {}
-    for name in names:
-        values = [r.get(name) for r in rows]
-        try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a source column: keep them as text
-            arrays[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
-    if not rows:
-        return pa.table({n: pa.array([], type=pa.string()) for n in columns})
-    return pa.table(arrays)
+def _text(value: str | None) -> str | None:
+    return None if value is None else printable(value)
 
 
 class ShardWriter:
-    """Write one shard; use as a context manager. On an exception nothing is renamed into place."""
+    """Write one shard; use as a context manager. Unless ``close()`` completes, nothing is renamed into place."""
 
     def __init__(self, directory: Path, shard: str, source: str | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard = shard
         self.stats = ShardStats(shard=shard, source=source)
-        self._rows: list[dict[str, Any]] = []
-        self._tmp_tar = tar_path(self.directory, shard).with_suffix(".tar.tmp")
-        self._fh = open(self._tmp_tar, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.GNU_FORMAT)
+        self._sidecar = SidecarBuilder()
+        self._keys: set[str] = set()
+        self._final = {
+            "tar": tar_path(self.directory, shard),
+            "sidecar": sidecar_path(self.directory, shard),
+            "stats": stats_path(self.directory, shard),
+        }
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._tmp = {kind: p.with_name(f".{p.name}.{token}.tmp") for kind, p in self._final.items()}
+        self._fh = open(self._tmp["tar"], "wb", buffering=_BUFFER)
+        self._offset = 0
+        self._closed = False
 
     def _add_member(self, name: str, data: bytes) -> None:
-        self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        header = member_header(name, len(data))
+        pad = -len(data) % BLOCK
+        self._fh.write(header)
+        self._fh.write(data)
+        if pad:
+            self._fh.write(_NUL * pad)
+        self._offset += len(header) + len(data) + pad
+
+    def _refusal(self, sample: Sample) -> str | None:
+        """Why a live sample cannot go into the tar as it is (it is then recorded as an error)."""
+        key = sample.key
+        if not key or unsafe_name(key) or "." in key.rpartition("/")[2] or split_member_name(f"{key}.txt")[0] != key:
+            return f"invalid_key: {printable(key)!r} cannot be a WebDataset key"
+        if key in self._keys:
+            return f"duplicate_key: {key!r} was already written to this shard"
+        if sample.payload is not None and not _EXTENSION.match(sample.payload_ext or ""):
+            return f"invalid_payload_ext: {printable(sample.payload_ext or '')!r}"
+        if sample.payload_ext in ("txt", "json"):
+            return f"invalid_payload_ext: {sample.payload_ext!r} is reserved for captions and metadata"
+        if sample.text is not None and printable(sample.text) != sample.text:
+            return "caption_not_utf8: the caption cannot be encoded as UTF-8"
+        return None
 
     def write(self, sample: Sample) -> None:
+        """Record a sample: live ones go into the tar and the sidecar, the others into the sidecar only."""
+        if self._closed:
+            raise RuntimeError(f"shard {self.shard} is already closed")
         meta = dict(sample.meta)
-        row: dict[str, Any] = {
-            "key": sample.key,
-            "shard": self.shard,
-            "status": sample.status,
-            "reason": sample.reason,
-            "caption": sample.text,
-            "payload_ext": sample.payload_ext if sample.payload is not None else None,
-            "bytes": len(sample.payload) if sample.payload is not None else None,
-            "sha256": hashlib.sha256(sample.payload).hexdigest() if sample.payload is not None else None,
-            "width": meta.get("width"),
-            "height": meta.get("height"),
-            "touched_by": ",".join(sample.touched_by) or None,
-            "provenance": json.dumps(meta["poisonlab"], sort_keys=True) if "poisonlab" in meta else None,
-        }
+        payload = sample.payload
+        width, height = _pixels(meta.get("width")), _pixels(meta.get("height"))
+        meta_json = b""
         if sample.is_live:
-            if sample.payload is not None and sample.payload_ext in IMAGE_EXTENSIONS and row["width"] is None:
-                try:
-                    row["width"], row["height"] = probe_image(sample.payload)
-                    meta["width"], meta["height"] = row["width"], row["height"]
+            if payload is not None and width is None and sample.payload_ext in IMAGE_EXTENSIONS:
+                try:  # only when the source did not say: the reader already probed every image it read
+                    width, height = probe_image(payload)
+                    meta["width"], meta["height"] = width, height
                 except ImageError:
                     pass
-            if sample.payload is not None:
-                self._add_member(f"{sample.key}.{sample.payload_ext}", sample.payload)
+            refusal = self._refusal(sample)
+            if refusal is None:
+                try:
+                    meta_json = encode_meta(meta)
+                except (UnicodeEncodeError, TypeError, ValueError) as exc:
+                    refusal = f"invalid_meta: {type(exc).__name__}"
+            if refusal is not None:
+                sample = sample.errored("write", refusal)
+        if sample.is_live:
+            if payload is not None:
+                self._add_member(f"{sample.key}.{sample.payload_ext}", payload)
             if sample.text is not None:
                 self._add_member(f"{sample.key}.txt", sample.text.encode("utf-8"))
-            self._add_member(f"{sample.key}.json", encode_meta(meta))
+            self._add_member(f"{sample.key}.json", meta_json)
+            self._keys.add(sample.key)
             self.stats.written += 1
         else:
             self.stats.reasons[reason_category(sample.reason or sample.status)] += 1
-        row.update(_flatten_meta(meta))
-        self._rows.append(row)
+        provenance = meta.get("poisonlab")
+        self._sidecar.append((
+            printable(sample.key),
+            self.shard,
+            sample.status,
+            _text(sample.reason),
+            _text(sample.text),
+            sample.payload_ext if payload is not None else None,
+            len(payload) if payload is not None else None,
+            hashlib.sha256(payload).hexdigest() if payload is not None else None,
+            width,
+            height,
+            ",".join(sample.touched_by) or None,
+            None if provenance is None else json.dumps(provenance, sort_keys=True, default=str),
+        ), meta)
         self.stats.samples += 1
         self.stats.by_status[sample.status] += 1
 
     def close(self, stages: list[StageCounts] | None = None, shard_errors: list[str] | None = None) -> ShardStats:
-        """Finish the tar and sidecar and rename everything into place (stats last)."""
-        self._tar.close()
+        """Finish the tar, sidecar and stats under temporary names, then rename them into place (stats last)."""
+        self.stats.stages = list(stages or [])
+        self.stats.shard_errors = list(shard_errors or [])
+        self._fh.write(archive_end(self._offset))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        self.stats.stages = list(stages or [])
-        self.stats.shard_errors = list(shard_errors or [])
-        table = _rows_to_table(self._rows)
-        side = sidecar_path(self.directory, self.shard)
-        tmp_side = side.with_name(side.name + ".tmp")
-        pq.write_table(table, tmp_side, compression="zstd")
-        os.replace(self._tmp_tar, tar_path(self.directory, self.shard))
-        os.replace(tmp_side, side)
-        atomic_write_json(stats_path(self.directory, self.shard), self.stats.to_dict())
+        pq.write_table(self._sidecar.table(), self._tmp["sidecar"], compression="zstd")
+        self._tmp["stats"].write_text(json.dumps(self.stats.to_dict(), indent=2, sort_keys=True) + "\n")
+        for kind in ("tar", "sidecar", "stats"):
+            os.replace(self._tmp[kind], self._final[kind])
+        self._closed = True
         return self.stats
 
     def abort(self) -> None:
-        try:
-            self._tar.close()
+        """Remove the temporary files; whatever was already complete under final names stays as it was."""
+        self._closed = True
+        if not self._fh.closed:
             self._fh.close()
-        finally:
-            self._tmp_tar.unlink(missing_ok=True)
+        for path in self._tmp.values():
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
-        if exc_type is not None:
+        if not self._closed:  # an exception, or a writer left without close(): never half-commit
             self.abort()
 

@@ -1,0 +1,170 @@
+"""Shard I/O against plain baselines measured in the same run, on 256 px generated images.
+
+* passthrough: ``read_shard`` -> ``ShardWriter`` through the executor (every check, the sidecar and the
+  accounting included) vs a raw ``tarfile`` member-by-member copy of the same tars;
+* re-encode: the same path with a stage that decodes and re-encodes every image vs a plain PIL
+  decode + encode loop over the same image bytes already in memory, with the same JPEG settings;
+* memory: peak RSS of a child process running the passthrough over 10x the input vs 1x (streaming
+  must keep it flat). Inputs grow by shards, the way datasets grow, and in a second row by shard size.
+
+    .venv/bin/python benchmarks/run.py -k shards
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+from poisonlab.pipelines.executor import run_local
+from poisonlab.pipelines.sample import Sample
+from poisonlab.pipelines.stage import MapStage, ShardContext
+from poisonlab.shards.images import decode_image, encode_image
+from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
+from poisonlab.shards.plan import finalize_folder, plan_folder_tasks, plan_source_tasks
+from poisonlab.shards.synth import SynthSource, SynthSpec
+from run import Row
+
+IMAGE_SIZE = 256
+QUALITY = 95
+
+
+class Reencode(MapStage):
+    """Decode and re-encode every image, as an attack or a resize stage does."""
+
+    name = "reencode"
+
+    def map(self, sample: Sample, ctx: ShardContext) -> Sample:
+        image = decode_image(sample.payload)
+        return sample.changed(self.name, payload=encode_image(image, "jpg", QUALITY))
+
+
+def _generate(out: Path, samples: int, per_shard: int) -> Path:
+    source = SynthSource(SynthSpec(samples=samples, seed=7, image_size=IMAGE_SIZE, samples_per_shard=per_shard))
+    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
+    return out
+
+
+def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Best of a few runs: the least disturbed by the other processes sharing the machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _raw_tar_copy(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for shard in list_shards(src):
+        with tarfile.open(tar_path(src, shard), "r|") as tin, tarfile.open(tar_path(dst, shard), "w") as tout:
+            for info in tin:
+                tout.addfile(info, tin.extractfile(info))
+
+
+def _passthrough(src: Path, dst: Path, stages=()) -> None:  # type: ignore[no-untyped-def]
+    shutil.rmtree(dst, ignore_errors=True)
+    finalize_folder(dst, run_local(plan_folder_tasks(src, dst, list(stages))))
+
+
+def _pil_loop(images: list[bytes]) -> None:
+    for data in images:
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = img.convert("RGB")
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=QUALITY, subsampling=0, optimize=False)
+
+
+def _images(src: Path) -> list[bytes]:
+    out = []
+    for shard in list_shards(src):
+        with tarfile.open(tar_path(src, shard)) as tar:
+            out += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    return out
+
+
+def _replicate(src: Path, dst: Path, copies: int) -> Path:
+    """``copies`` x the shards of ``src`` under new names (same bytes: the passthrough does not care)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shards = list_shards(src)
+    for c in range(copies):
+        for i, shard in enumerate(shards):
+            name = f"{c * len(shards) + i:05d}"
+            shutil.copyfile(tar_path(src, shard), tar_path(dst, name))
+            shutil.copyfile(sidecar_path(src, shard), sidecar_path(dst, name))
+    return dst
+
+
+_CHILD = """
+import resource, sys, json
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from bench_shards import _passthrough
+_passthrough(Path(sys.argv[1]), Path(sys.argv[2]))
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _peak_rss_mb(src: Path, dst: Path) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(src), str(dst), str(Path(__file__).parent)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])["maxrss_kb"] / 1024
+
+
+def run(quick: bool) -> list[Row]:
+    samples, per_shard, repeats = (400, 200, 1) if quick else (2000, 1000, 3)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
+        root = Path(tmp)
+        src = _generate(root / "src", samples, per_shard)
+        n = samples
+
+        raw = _best(lambda: _raw_tar_copy(src, root / "raw"), repeats)
+        ours = _best(lambda: _passthrough(src, root / "pass"), repeats)
+        rows.append(Row("shards: read->write passthrough (256px)", n / ours, "samples/s", n / raw,
+                        "raw tarfile copy", floor=0.5,
+                        note="checks, sidecar, stats and accounting included"))
+
+        images = _images(src)
+        pil = _best(lambda: _pil_loop(images), repeats)
+        reenc = _best(lambda: _passthrough(src, root / "reenc", [Reencode()]), repeats)
+        rows.append(Row("shards: read+decode+re-encode+write (256px)", n / reenc, "samples/s", n / pil,
+                        "PIL decode+encode loop in memory", floor=0.9, note=f"JPEG q{QUALITY} 4:4:4 both"))
+
+        copies = 10
+        big = _replicate(src, root / "x10", copies)
+        rss1 = _peak_rss_mb(src, root / "m1")
+        rss10 = _peak_rss_mb(big, root / "m10")
+        rows.append(Row(f"shards: peak RSS, passthrough of {copies}x the shards", rss10, "MB", rss1,
+                        f"1x ({len(list_shards(src))} shards)", higher_is_better=False, floor=1 / 1.1,
+                        note="child process per size; ratio = RSS(1x)/RSS(10x)"))
+        fat = _replicate_fat(src, root / "fat", copies)
+        rss_fat = _peak_rss_mb(fat, root / "mfat")
+        rows.append(Row(f"shards: peak RSS, one shard {copies}x larger", rss_fat, "MB", rss1,
+                        f"1x ({per_shard} per shard)", higher_is_better=False, floor=1 / 1.1,
+                        note="sidecar rows grow with the shard; images stream"))
+    return rows
+
+
+def _replicate_fat(src: Path, dst: Path, copies: int) -> Path:
+    """One shard holding ``copies`` x the samples of ``src`` (keys made unique per copy)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path(dst, "00000"), "w") as tout:
+        for c in range(copies):
+            for shard in list_shards(src):
+                with tarfile.open(tar_path(src, shard), "r|") as tin:
+                    for info in tin:
+                        data = tin.extractfile(info).read()
+                        info.name = f"c{c}_{info.name}"
+                        tout.addfile(info, io.BytesIO(data))
+    return dst
