@@ -71,9 +71,14 @@ class Component(Generic[T]):
 class Registry(Generic[T]):
     """Components of one kind, by name."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, autoload: bool = False) -> None:
         self.kind = kind
+        self.autoload = autoload  # import the entry-point plugins before answering "what is there?"
         self._items: dict[str, Component[T]] = {}
+
+    def _load(self) -> None:
+        if self.autoload:
+            load_plugins()
 
     def register(self, name: str, params: type[BaseModel] = Params, summary: str | None = None):
         """Decorator: register a factory ``f(params) -> component`` (a class works too)."""
@@ -89,7 +94,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Component[T]:
         if name not in self._items:
-            load_plugins()  # a component may live in a package that has not been imported yet
+            self._load()  # a component may live in a package that has not been imported yet
         try:
             return self._items[name]
         except KeyError:
@@ -100,11 +105,11 @@ class Registry(Generic[T]):
         return self.get(name).create(raw)
 
     def names(self) -> list[str]:
-        load_plugins()
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
-        load_plugins()
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[Component[T]]:
@@ -117,7 +122,7 @@ _REGISTRIES: dict[str, Registry[Any]] = {}
 def get_registry(kind: str) -> Registry[Any]:
     """The registry of a kind, created on first use (so modules can register without import order)."""
     if kind not in _REGISTRIES:
-        _REGISTRIES[kind] = Registry(kind)
+        _REGISTRIES[kind] = Registry(kind, autoload=True)
     return _REGISTRIES[kind]
 
 

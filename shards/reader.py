@@ -153,8 +153,16 @@ def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator
                     group.members[ext] = member.data
     except (TarFormatError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         report.shard_errors.append(f"truncated_or_corrupt_tar: {exc}")
-        if group is not None:
-            group.problems.append("truncated_tar: the shard ended inside or right after this sample")
+        broken = getattr(exc, "member", None)
+        if broken is not None:  # the member whose data was cut: its sample is the damaged one
+            key = printable(split_member_name(broken)[0])
+            if group is None or key != group.key:
+                if group is not None:
+                    yield group
+                group = _Group(key)
+            group.problems.append(f"truncated_tar: the shard ends inside {printable(broken)!r}")
+        elif group is not None:  # cut between members: the last sample may have lost members
+            group.problems.append("truncated_tar: the shard ends right after this sample")
     if group is not None:
         yield group
 

@@ -38,7 +38,11 @@ _OPENERS: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
 
 
 class TarFormatError(ValueError):
-    """The archive is truncated or corrupt; the message says where."""
+    """The archive is truncated or corrupt; the message says where, ``member`` names the member when known."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
 
 
 class TarMember(NamedTuple):
@@ -117,18 +121,20 @@ def _pax_records(data: bytes, where: int) -> dict[bytes, bytes]:
     return records
 
 
-def _skip(fh: BinaryIO, n: int, where: int) -> None:
+def _skip(fh: BinaryIO, n: int, where: int, name: str | None = None) -> None:
     while n > 0:
         chunk = fh.read(min(n, 1 << 20))
         if not chunk:
-            raise TarFormatError(f"unexpected end of data in the member at byte {where}")
+            raise TarFormatError(f"unexpected end of data in the member at byte {where}", name)
         n -= len(chunk)
 
 
-def _read_exact(fh: BinaryIO, n: int, where: int) -> bytes:
+def _read_exact(fh: BinaryIO, n: int, where: int, name: str | None = None) -> bytes:
     data = fh.read(n)
     if len(data) != n:
-        raise TarFormatError(f"unexpected end of data in the member at byte {where} ({len(data)} of {n} bytes)")
+        raise TarFormatError(
+            f"unexpected end of data in the member at byte {where} ({len(data)} of {n} bytes)", name
+        )
     return data
 
 
@@ -183,10 +189,10 @@ def iter_members(fh: BinaryIO, want: Callable[[str, str, int], bool]) -> Iterato
         kind = "file" if kind_flag in _FILE_TYPES else "dir" if kind_flag == _DIR_TYPE else "other"
         offset += padded
         if kind == "file" and want(name, kind, size):
-            data = _read_exact(fh, padded, where)
+            data = _read_exact(fh, padded, where, name)
             yield TarMember(name, kind, size, data if padded == size else data[:size])
         else:
-            _skip(fh, padded, where)
+            _skip(fh, padded, where, name)
             yield TarMember(name, kind, size, None)
 
 
