@@ -89,10 +89,10 @@ _UNSAFE_PATH = re.compile(r"^[/\\]|^[^/\\]*:|(^|[/\\])\.\.([/\\]|$)|[\x00-\x1f]"
 
 def unsafe_name(name: str) -> str | None:
     """Why a member name must not be used, or None."""
-    if name.isascii() and not _UNSAFE_PATH.search(name):
-        return None
-    if printable(name) != name:
+    if not name.isascii() and printable(name) != name:
         return "not valid UTF-8"
+    if not _UNSAFE_PATH.search(name):
+        return None
     if re.search(r"[\x00-\x1f]", name):
         return "control character"
     if re.search(r"(^|[/\\])\.\.([/\\]|$)", name):

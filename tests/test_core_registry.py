@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from poisonlab.pipelines.registry import Params, Registry, RegistryError, get_registry, list_registries
+from poisonlab.pipelines.registry import Params, Registry, RegistryError, get_registry
 from pydantic import Field, ValidationError
 
 
@@ -73,9 +73,12 @@ def test_describe_gives_the_schema() -> None:
 
 
 def test_plugins_register_through_entry_points() -> None:
-    """The shards layer contributes validate_images via the poisonlab.components entry point."""
-    registries = list_registries()
-    assert "stage" in registries
-    assert "validate_images" in get_registry("stage")
-    stage = get_registry("stage").create("validate_images", {"max_pixels": 100})
+    """The shards layer contributes validate_images through the poisonlab.components entry point."""
+    from importlib import import_module
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="poisonlab.components")}
+    assert eps["shards"] == "poisonlab.shards.components"
+    import_module(eps["shards"])
+    stage = get_registry("stage").get("validate_images").create({"max_pixels": 100})
     assert stage.max_pixels == 100
