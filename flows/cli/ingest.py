@@ -1,0 +1,207 @@
+"""Commands that bring data in: ``ingest`` (URL lists through img2dataset), ``import`` (local folders)
+and ``splitview serve|build`` (the split-view poisoning testbed)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
+from poisonlab.flows.ingest import import_folder, ingest, splitview_build, write_table
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS
+from poisonlab.shards.ingest import ENCODE_FORMATS, RESIZE_MODES, DownloadOptions, IngestSpec
+from poisonlab.shards.local_import import ImportSpec
+from poisonlab.shards.loopback import LoopbackServer
+from poisonlab.shards.parts import PlanError
+from poisonlab.shards.splitview import SplitViewSpec, SplitViewWeb, load_items
+from poisonlab.shards.urllists import HASH_LENGTHS, UrlColumns, UrlListError
+
+splitview_app = typer.Typer(help="The split-view poisoning testbed: a loopback web where some domains expired.",
+                            no_args_is_help=True)
+app.add_typer(splitview_app, name="splitview")
+
+ImageSizeOpt = typer.Option(256, "--image-size", min=8, help="img2dataset resizes to this size")
+ResizeModeOpt = typer.Option("border", "--resize-mode", help=f"img2dataset's resize mode: {', '.join(RESIZE_MODES)}")
+EncodeOpt = typer.Option("jpg", "--encode-format", help=f"{', '.join(ENCODE_FORMATS)}")
+ProcessesOpt = typer.Option(None, "--processes", min=1, help="img2dataset download processes (default: one per core)")
+ThreadsOpt = typer.Option(64, "--threads", min=1, help="download threads per process")
+TimeoutOpt = typer.Option(10.0, "--timeout", min=0.1, help="seconds before a download is given up")
+RetriesOpt = typer.Option(0, "--retries", min=0)
+MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="larger images are refused before decoding")
+PerShardOpt = typer.Option(10_000, "--samples-per-shard", min=1)
+HashTypeOpt = typer.Option("sha256", "--hash-type", help=f"{', '.join(HASH_LENGTHS)}")
+VerifyOpt = typer.Option(True, "--verify/--no-verify",
+                         help="with a hash column: refuse images whose downloaded bytes do not match it")
+
+
+def _download(image_size: int, resize_mode: str, encode_format: str, processes: int | None, threads: int,
+              timeout: float, retries: int, max_pixels: int) -> DownloadOptions:
+    return DownloadOptions(image_size=image_size, resize_mode=resize_mode, encode_format=encode_format,
+                           processes=processes or max(1, os.cpu_count() or 1), threads=threads, timeout=timeout,
+                           retries=retries, max_pixels=max_pixels)
+
+
+def _summary(result: dict) -> str:
+    statuses = ", ".join(f"{k}={v}" for k, v in result["by_status"].items())
+    lines = [f"{result['written']} of {result['samples']} rows written in {len(result['shards'])} shards ({statuses})"]
+    lines += [f"  {k}: {v}" for k, v in result["reasons"].items()]
+    return "\n".join(lines)
+
+
+@app.command("ingest")
+def ingest_command(
+    urls: Path = typer.Option(..., "--urls", help="URL list: parquet, csv, tsv, jsonl, json or txt (.gz too), or a folder of them"),
+    out: Path = typer.Option(..., "--out", help="folder for the shards"),
+    url_col: str = typer.Option("url", "--url-col"),
+    caption_col: str = typer.Option("caption", "--caption-col", help="'' for a list without captions"),
+    hash_col: str | None = typer.Option(None, "--hash-col", help="the curator's content hash of each image"),
+    hash_type: str = HashTypeOpt,
+    verify: bool = VerifyOpt,
+    image_size: int = ImageSizeOpt,
+    resize_mode: str = ResizeModeOpt,
+    encode_format: str = EncodeOpt,
+    processes: int | None = ProcessesOpt,
+    threads: int = ThreadsOpt,
+    timeout: float = TimeoutOpt,
+    retries: int = RetriesOpt,
+    max_pixels: int = MaxPixelsOpt,
+    samples_per_shard: int = PerShardOpt,
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Download a URL list with img2dataset into poisonlab shards; every row gets a sidecar row."""
+    try:
+        spec = IngestSpec(
+            urls=urls, out=out, samples_per_shard=samples_per_shard, verify=verify,
+            columns=UrlColumns(url=url_col, caption=caption_col or None, hash=hash_col, hash_type=hash_type),
+            download=_download(image_size, resize_mode, encode_format, processes, threads, timeout, retries, max_pixels),
+        )
+        result = ingest(spec, runner_spec(executor, dask_address, workers, not as_json))
+    except (UrlListError, PlanError, ValueError) as exc:
+        fail(str(exc))
+    emit(result, as_json, _summary(result))
+
+
+@app.command("import")
+def import_command(
+    images: Path = typer.Option(..., "--images", help="folder of images (searched recursively)"),
+    out: Path = typer.Option(..., "--out", help="folder for the shards"),
+    captions: Path | None = typer.Option(
+        None, "--captions", help="table (csv, tsv, parquet, jsonl) of file name -> caption; default: NAME.txt beside each image"),
+    file_col: str = typer.Option("file", "--file-col", help="the captions table's column of paths relative to --images"),
+    caption_col: str = typer.Option("caption", "--caption-col"),
+    max_pixels: int = MaxPixelsOpt,
+    samples_per_shard: int = PerShardOpt,
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Import a local image folder (images as they are) into poisonlab shards, in sorted file order."""
+    try:
+        spec = ImportSpec(images=images, out=out, captions=captions, file_col=file_col, caption_col=caption_col,
+                          samples_per_shard=samples_per_shard, max_pixels=max_pixels)
+        result = import_folder(spec, runner_spec(executor, dask_address, workers, not as_json))
+    except (UrlListError, PlanError, ValueError) as exc:
+        fail(str(exc))
+    emit(result, as_json, _summary(result))
+
+
+def _web(originals: Path, attacker: Path, fraction: float, seed: int, urls_per_domain: int, poisoned_only: bool) -> SplitViewWeb:
+    try:
+        return SplitViewWeb(load_items(originals), load_items(attacker, poisoned_only),
+                            SplitViewSpec(fraction=fraction, seed=seed, urls_per_domain=urls_per_domain))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+OriginalsOpt = typer.Option(..., "--originals", help="shard folder the curator collected (e.g. from `poisonlab synth`)")
+AttackerOpt = typer.Option(..., "--attacker", help="what expired domains serve: a shard folder (e.g. from `poisonlab poison`) or an image folder")
+FractionOpt = typer.Option(0.01, "--fraction", min=0.0, max=1.0, help="fraction of URLs whose domain expired")
+SeedOpt = typer.Option(0, "--seed")
+PerDomainOpt = typer.Option(1, "--urls-per-domain", min=1, help="URLs per domain (an attacker buys whole domains)")
+PoisonedOnlyOpt = typer.Option(True, "--poisoned-only/--all-attacker-images",
+                               help="from an attacker shard folder, serve only its changed and added samples")
+
+
+@splitview_app.command("serve")
+def splitview_serve(
+    originals: Path = OriginalsOpt,
+    attacker: Path = AttackerOpt,
+    out: Path = typer.Option(..., "--out", help="folder for urls.parquet and manifest.parquet"),
+    fraction: float = FractionOpt,
+    seed: int = SeedOpt,
+    urls_per_domain: int = PerDomainOpt,
+    poisoned_only: bool = PoisonedOnlyOpt,
+) -> None:
+    """Serve the split-view web on 127.0.0.1 until Ctrl-C; ingest OUT/urls.parquet meanwhile
+    (``--hash-col sha256`` to verify), compare with OUT/manifest.parquet."""
+    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    out.mkdir(parents=True, exist_ok=True)
+    with LoopbackServer(web.resolve) as server:
+        write_table(web.url_table(server.url("")), out / "urls.parquet")
+        write_table(web.manifest(server.url("")), out / "manifest.parquet")
+        typer.echo(f"serving {len(web.originals)} URLs ({len(web.served)} swapped) at {server.url('')}")
+        typer.echo(f"URL list: {out / 'urls.parquet'}\nmanifest: {out / 'manifest.parquet'}\nCtrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+
+
+@splitview_app.command("build")
+def splitview_build_command(
+    originals: Path = OriginalsOpt,
+    attacker: Path = AttackerOpt,
+    out: Path = typer.Option(..., "--out", help="folder for shards/, urls.parquet, manifest.parquet, report.json"),
+    fraction: float = FractionOpt,
+    seed: int = SeedOpt,
+    urls_per_domain: int = PerDomainOpt,
+    poisoned_only: bool = PoisonedOnlyOpt,
+    verify: bool = typer.Option(False, "--verify/--no-verify",
+                                help="verify the curator's hashes (the defence) or not (a poisoned dataset)"),
+    image_size: int = ImageSizeOpt,
+    resize_mode: str = ResizeModeOpt,
+    encode_format: str = EncodeOpt,
+    processes: int | None = ProcessesOpt,
+    threads: int = ThreadsOpt,
+    timeout: float = TimeoutOpt,
+    samples_per_shard: int = PerShardOpt,
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Serve the split-view web, ingest it (with or without verification) and score the result."""
+    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    try:
+        spec = IngestSpec(
+            urls=out / "urls.parquet", out=out / "shards", samples_per_shard=samples_per_shard, verify=verify,
+            columns=UrlColumns(hash="sha256"),
+            download=_download(image_size, resize_mode, encode_format, processes, threads, timeout, 0, DEFAULT_MAX_PIXELS),
+        )
+        report = splitview_build(web, out, spec, runner_spec(executor, dask_address, workers, not as_json))
+    except (UrlListError, PlanError, ValueError) as exc:
+        fail(str(exc))
+    human = (f"{report['swapped']} of {report['urls']} URLs swapped; "
+             + (f"verification caught {report['recall']:.3f} of them, {report['originals_not_written']} originals not written"
+                if report["verified"] else
+                f"{report['poisoned_written']} poisoned samples written; changed keys match the manifest: "
+                f"{report['changed_keys_match_manifest']}")
+             + f"\nshards: {report['shards']}\nmanifest: {out / 'manifest.parquet'}")
+    emit(report, as_json, human)

@@ -1,0 +1,227 @@
+"""Local folders to poisonlab shards: images with captions from a table, or from ``.txt`` files beside them.
+
+The inputs are the image files under a folder (regular files with an image extension, symbolic links
+not followed) and, with a captions table, every file the table names. They are taken in sorted order
+of their path relative to the folder, so the keys (img2dataset's layout, by position) are the same on
+every machine and every run. Images are stored as they are (no re-encoding) after a full decode under
+the pixel cap; an input that cannot become a sample (no such file, not an image, no caption, an empty
+caption, a path leaving the folder) is a sidecar row with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow as pa
+from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.executor import ShardTask
+from poisonlab.pipelines.sample import Sample, Status
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
+from poisonlab.shards.layout import atomic_write_json
+from poisonlab.shards.parts import finish_plan, read_part, saved_plan, write_parts
+from poisonlab.shards.plan import plan_source_tasks
+from poisonlab.shards.reader import MAX_MEMBER_BYTES
+from poisonlab.shards.sidecar import SIDECAR_COLUMNS
+from poisonlab.shards.urllists import UrlListError, extra_name, read_url_list
+
+WORK_DIR = "_import"
+RECORD = "import.json"
+STAGE = "import"
+FILE = "source_file"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSpec:
+    images: Path
+    out: Path
+    captions: Path | None = None  # a table (csv, tsv, parquet, jsonl) naming files; else FILE.txt beside each image
+    file_col: str = "file"
+    caption_col: str = "caption"
+    samples_per_shard: int = 10_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def describe(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def scan_images(root: Path) -> list[str]:
+    """Relative POSIX paths of the image files under ``root``, sorted (links are not followed)."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(folder) / name
+            if name.startswith(".") or path.is_symlink() or not path.is_file():
+                continue
+            if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _safe_relative(value: Any) -> str | None:
+    """A captions-table path as a relative POSIX path inside the folder, or None if it would leave it."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = PurePosixPath(value.strip().replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or ":" in value:
+        return None
+    return path.as_posix()
+
+
+def _captions_from_table(spec: ImportSpec) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of the captions table by relative path, plus rows that cannot name a file in the folder."""
+    table = read_url_list(Path(spec.captions), what="captions table")  # type: ignore[arg-type]
+    missing = [c for c in (spec.file_col, spec.caption_col) if c not in table.column_names]
+    if missing:
+        raise UrlListError(f"the captions table has no column {' or '.join(map(repr, missing))}; "
+                           f"its columns are {', '.join(table.column_names)}")
+    taken = {FILE, "caption", "skip_status", "skip_reason", "key", *SIDECAR_COLUMNS}
+    renames = {}
+    for name in table.column_names:
+        if name not in (spec.file_col, spec.caption_col):
+            renames[name] = extra_name(name, taken)
+            taken.add(renames[name])
+    by_path: dict[str, dict[str, Any]] = {}
+    refused: list[dict[str, Any]] = []
+    for record in table.to_pylist():
+        row = {"caption": None if record[spec.caption_col] is None else str(record[spec.caption_col])}
+        row.update((renames[k], v) for k, v in record.items() if k in renames)
+        path = _safe_relative(record[spec.file_col])
+        if path is None:
+            refused.append({**row, FILE: str(record[spec.file_col]), "skip_status": Status.ERROR.value,
+                            "skip_reason": f"{STAGE}: unsafe_path: not a relative path inside the image folder"})
+        elif path in by_path:
+            refused.append({**row, FILE: path, "skip_status": Status.DROPPED.value,
+                            "skip_reason": f"{STAGE}: duplicate_file: the captions table names this file twice"})
+        else:
+            by_path[path] = row
+    return by_path, refused
+
+
+def _caption_beside(root: Path, rel: str) -> tuple[str | None, str | None]:
+    path = (root / rel).with_suffix(".txt")
+    if not path.is_file():
+        return None, f"{STAGE}: missing_caption: no {path.name} beside the image"
+    try:
+        return path.read_bytes().decode("utf-8").strip(), None
+    except UnicodeDecodeError as exc:
+        return None, f"{STAGE}: caption_not_utf8: invalid byte at position {exc.start}"
+
+
+def plan_import(spec: ImportSpec) -> pa.Table:
+    """One plan row per input, in sorted path order; rows that cannot become samples carry their reason."""
+    root = Path(spec.images)
+    if not root.is_dir():
+        raise UrlListError(f"image folder {root} does not exist")
+    images = set(scan_images(root))
+    listed, refused = _captions_from_table(spec) if spec.captions else ({}, [])
+    rows = []
+    for rel in sorted(images | set(listed)):
+        row: dict[str, Any] = {FILE: rel, "caption": None, "skip_status": None, "skip_reason": None}
+        reason = None
+        if spec.captions:
+            row.update(listed.get(rel) or {})
+            if rel not in listed:
+                reason = f"{STAGE}: missing_caption: the captions table does not name this image"
+        else:
+            row["caption"], reason = _caption_beside(root, rel)
+        if rel not in images:
+            reason = (f"{STAGE}: unsupported_image_format: not one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                      if (root / rel).is_file() else f"{STAGE}: missing_image: no such file in the folder")
+        if reason is None and not (row["caption"] or "").strip():
+            row["skip_status"], row["skip_reason"] = Status.DROPPED.value, f"{STAGE}: empty_caption: nothing to pair the image with"
+        elif reason is not None:
+            row["skip_status"], row["skip_reason"] = Status.ERROR.value, reason
+        rows.append(row)
+    rows += sorted(refused, key=lambda r: r[FILE])
+    if not rows:
+        raise UrlListError(f"no images in {root}" + (" and no rows in the captions table" if spec.captions else ""))
+    return pa.Table.from_pylist(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSource:
+    """The samples of one planned shard, read from the image folder."""
+
+    parts: str
+    root: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __call__(self, shard: str, shard_errors: list[str]) -> Iterator[Sample]:
+        for row in read_part(Path(self.parts), shard):
+            yield self._sample(row)
+
+    def _sample(self, row: dict[str, Any]) -> Sample:
+        meta = {k: v for k, v in row.items() if k not in ("key", "caption", "skip_status", "skip_reason") and v is not None}
+        base = Sample(key=row["key"], text=row["caption"], meta=meta)
+        if row["skip_status"]:
+            return dataclasses.replace(base, status=row["skip_status"], reason=row["skip_reason"])
+        path = Path(self.root) / row[FILE]
+        try:
+            if path.stat().st_size > MAX_MEMBER_BYTES:
+                return base.errored(STAGE, f"file_too_large: {path.stat().st_size} bytes")
+            payload = path.read_bytes()
+            with decode_image(payload, self.max_pixels) as image:
+                width, height = image.size
+        except ImageError as exc:
+            return base.errored(STAGE, str(exc))
+        except OSError as exc:
+            return base.errored(STAGE, f"unreadable_file: {exc.strerror or type(exc).__name__}")
+        ext = path.suffix.lower().lstrip(".")
+        return dataclasses.replace(base, payload=payload, payload_ext=ext, text=row["caption"].strip(),
+                                   meta={**meta, "width": width, "height": height})
+
+
+def fingerprint_import(spec: ImportSpec) -> str:
+    """Identity of an import: the options, the captions table's bytes and every file's name, size and time."""
+    digest = hashlib.sha256(json.dumps(spec.describe() | {"out": None}, sort_keys=True).encode())
+    root = Path(spec.images)
+    for folder, dirs, files in sorted(os.walk(root, followlinks=False)):
+        dirs.sort()
+        for name in sorted(files):
+            st = (Path(folder) / name).lstat()
+            digest.update(f"{Path(folder, name).relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if spec.captions and Path(spec.captions).is_file():
+        digest.update(Path(spec.captions).read_bytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportPlan:
+    spec: ImportSpec
+    shards: tuple[str, ...]
+    rows: int
+    fingerprint: str
+
+    @property
+    def work(self) -> Path:
+        return Path(self.spec.out) / WORK_DIR
+
+
+def prepare_import(spec: ImportSpec) -> ImportPlan:
+    """Write the plan, or find the saved one of this same import; problems with the inputs raise here."""
+    out = Path(spec.out)
+    fingerprint = fingerprint_import(spec)
+    saved = saved_plan(out, (out / RECORD, out / WORK_DIR / "plan.json"), fingerprint)
+    if saved is not None:
+        return ImportPlan(spec, tuple(saved["shards"]), int(saved["rows"]), fingerprint)
+    table = plan_import(spec)
+    shards = write_parts(table, out / WORK_DIR / "parts", spec.samples_per_shard)
+    atomic_write_json(out / WORK_DIR / "plan.json", {"fingerprint": fingerprint, "shards": shards, "rows": table.num_rows})
+    return ImportPlan(spec, tuple(shards), table.num_rows, fingerprint)
+
+
+def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
+    source = ImportSource(str(plan.work / "parts"), str(plan.spec.images), plan.spec.max_pixels)
+    return plan_source_tasks(source, list(plan.shards), Path(plan.spec.out), source_name=str(plan.spec.images))
+
+
+def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
+    record = {"fingerprint": plan.fingerprint, "shards": list(plan.shards), "rows": plan.rows, "spec": plan.spec.describe()}
+    return finish_plan(Path(plan.spec.out), plan.work, RECORD, record, plan.rows, stats)

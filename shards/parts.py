@@ -1,0 +1,117 @@
+"""A planned dataset split into per-shard parquet parts, and img2dataset's key layout.
+
+Ingest and local import both start by writing their plan, one row per input (a URL, an image file), as
+``{shard:05d}.parquet`` parts of ``samples_per_shard`` rows. A part is what one shard task reads, and
+the row order fixes the keys: row ``i`` of the plan gets img2dataset's key for position ``i``, so an
+ingested shard, the img2dataset output it came from and a re-run all name every sample the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.shards.layout import atomic_write_bytes, atomic_write_json, list_shards, shard_name
+from poisonlab.shards.plan import finalize_folder
+
+SHARD_DIGITS = 5  # img2dataset's ``oom_shard_count``
+
+
+def position_digits(samples_per_shard: int) -> int:
+    """img2dataset's ``oom_sample_per_shard``: digits for the position of a sample inside its shard."""
+    return math.ceil(math.log10(samples_per_shard))
+
+
+def sample_key(index: int, samples_per_shard: int) -> str:
+    """The key img2dataset gives row ``index`` of its input (9 digits at its default 10,000 per shard)."""
+    shard, position = divmod(index, samples_per_shard)
+    digits = position_digits(samples_per_shard)
+    return f"{shard * 10**digits + position:0{digits + SHARD_DIGITS}d}"
+
+
+def part_path(directory: Path, shard: str) -> Path:
+    return Path(directory) / f"{shard}.parquet"
+
+
+def write_parts(table: pa.Table, directory: Path, samples_per_shard: int) -> list[str]:
+    """Split ``table`` in row order into parts, each with its rows' ``key``; returns the shard names."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be at least 1, not {samples_per_shard}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = pa.array([sample_key(i, samples_per_shard) for i in range(table.num_rows)], type=pa.string())
+    table = table.append_column("key", keys) if "key" not in table.column_names else table
+    names = []
+    for index in range(max(1, math.ceil(table.num_rows / samples_per_shard))):
+        name = shard_name(index)
+        part = table.slice(index * samples_per_shard, samples_per_shard)
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink)
+        atomic_write_bytes(part_path(directory, name), sink.getvalue().to_pybytes())
+        names.append(name)
+    return names
+
+
+def read_part(directory: Path, shard: str) -> list[dict]:
+    """The planned rows of one shard, in key order."""
+    return pq.read_table(part_path(directory, shard)).to_pylist()
+
+
+def list_parts(directory: Path) -> list[str]:
+    return sorted(p.stem for p in Path(directory).glob("*.parquet") if p.stem.isdigit())
+
+
+class PlanError(RuntimeError):
+    """The output folder holds something other than this plan's shards."""
+
+
+def saved_plan(out: Path, records: Sequence[Path], fingerprint: str) -> dict[str, Any] | None:
+    """The saved record of this same plan (to resume or skip), None for a fresh folder; refuse anything else.
+
+    ``records`` are the files a plan leaves (the finished record, then the in-progress plan); a
+    record with another fingerprint means another input or other options wrote ``out``.
+    """
+    for path in records:
+        if Path(path).exists():
+            record = json.loads(Path(path).read_text())
+            if record.get("fingerprint") != fingerprint:
+                raise PlanError(f"{out} holds the output of another input or other options; use a new folder")
+            return record
+    if Path(out).is_dir() and (list_shards(out) or any(Path(out).glob("*.parquet"))):
+        raise PlanError(f"{out} already holds shards that this plan did not write; use a new folder")
+    return None
+
+
+def totals(stats: Iterable[ShardStats]) -> dict[str, Any]:
+    """Rows, written samples, statuses and failure kinds over a set of shards."""
+    samples = written = 0
+    by_status: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for s in stats:
+        samples, written = samples + s.samples, written + s.written
+        for k, v in s.by_status.items():
+            by_status[k] = by_status.get(k, 0) + v
+        for k, v in s.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+    return {"samples": samples, "written": written, "by_status": dict(sorted(by_status.items())),
+            "reasons": dict(sorted(reasons.items()))}
+
+
+def finish_plan(out: Path, work: Path, record_name: str, record: dict[str, Any], rows: int,
+                stats: Sequence[ShardStats]) -> dict[str, Any]:
+    """Once every shard is written: check that every planned row has its sidecar row, write ``sizes.json``
+    and the finished record (``record`` plus totals), then remove the plan."""
+    done = {**record, **totals(stats)}
+    if done["samples"] != rows:
+        raise PlanError(f"accounting: the plan has {rows} rows but the sidecars {done['samples']}")
+    finalize_folder(Path(out), stats)
+    atomic_write_json(Path(out) / record_name, done)
+    shutil.rmtree(work, ignore_errors=True)
+    return done
