@@ -15,6 +15,7 @@ from abc import ABC
 from typing import Any, ClassVar
 
 import numpy as np
+from PIL import Image
 from poisonlab.attacks.captions import CaptionSource
 from poisonlab.attacks.image_triggers import Trigger
 from poisonlab.pipelines.registry import Params
@@ -140,10 +141,11 @@ def provenance(
     return record
 
 
-def image_meta(meta: Any, image: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
+def image_meta(meta: Any, image: np.ndarray | Image.Image, record: dict[str, Any]) -> dict[str, Any]:
     """Sample metadata after a re-encode: size kept in sync, provenance under the reserved key."""
     out = dict(meta)
-    out["height"], out["width"] = int(image.shape[0]), int(image.shape[1])
+    height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+    out["height"], out["width"] = int(height), int(width)
     out["poisonlab"] = record
     return out
 

@@ -29,7 +29,7 @@ from poisonlab.attacks.image_triggers import (
 from poisonlab.pipelines.keyed import keyed_rng, keyed_u64
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample, Status
-from poisonlab.shards.images import decode_array, encode_image, probe_image
+from poisonlab.shards.images import decode_array, decode_image, encode_image, probe_image
 from pydantic import Field, field_validator, model_validator
 
 ATTACKS = get_registry("attack")
@@ -53,11 +53,14 @@ def _apply_trigger(sample: Sample, binding: Binding, attack: str, new_caption: s
         raise RuntimeError(f"{attack}: the trigger was not bound")
     if sample.payload is None:
         raise ValueError("missing_payload: nothing to trigger")
-    image = decode_array(sample.payload)
-    triggered, placement = binding.trigger.apply(image, sample.key)
-    payload = encode_image(triggered, sample.payload_ext, binding.trigger.params.quality)
+    image = decode_image(sample.payload)
+    placement = binding.trigger.apply_in_place(image, sample.key)
+    if placement is None:
+        triggered, placement = binding.trigger.apply(np.asarray(image), sample.key)
+        image = Image.fromarray(triggered)
+    payload = encode_image(image, sample.payload_ext, binding.trigger.params.quality)
     record = provenance(binding, attack, "modified", sample.text, new_caption, _sha(sample.payload), placement)
-    return sample.changed(STAGE, payload=payload, text=new_caption, meta=image_meta(sample.meta, triggered, record))
+    return sample.changed(STAGE, payload=payload, text=new_caption, meta=image_meta(sample.meta, image, record))
 
 
 class ImageTriggerAttack(Attack):

@@ -46,6 +46,7 @@ class Trigger(ABC):
 
     def bind(self, seed: int, salt: str, pattern: bytes | None = None) -> Trigger:
         bound = copy.copy(self)
+        bound.__dict__ = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}  # no stale caches
         bound.seed, bound.salt, bound.pattern = int(seed), salt, pattern
         return bound
 
@@ -56,6 +57,14 @@ class Trigger(ABC):
     @abstractmethod
     def apply(self, image: np.ndarray, key: str) -> tuple[np.ndarray, dict[str, Any]]:
         """The triggered image and where the trigger went (recorded in the manifest)."""
+
+    def apply_in_place(self, image: Image.Image, key: str) -> dict[str, Any] | None:
+        """Trigger a decoded RGB image in place, pixel for pixel as ``apply`` would; None if unsupported.
+
+        Local triggers (a patch) need not copy the whole image three times through numpy; on 256 px
+        images those copies cost as much as the JPEG decode.
+        """
+        return None
 
     def _user_pattern(self) -> np.ndarray:
         if self.pattern is None:
@@ -125,6 +134,20 @@ class BadNetsTrigger(Trigger):
         return self.params.image
 
     def _patch(self, side: int) -> np.ndarray:
+        """The square patch of this side (cached: every image of a size gets the same patch)."""
+        cache = self.__dict__.setdefault("_patches", {})
+        if side not in cache:
+            cache[side] = self._draw_patch(side)
+            cache[side].flags.writeable = False
+        return cache[side]
+
+    def _patch_image(self, side: int) -> Image.Image:
+        cache = self.__dict__.setdefault("_patch_images", {})
+        if side not in cache:
+            cache[side] = Image.fromarray(self._patch(side))
+        return cache[side]
+
+    def _draw_patch(self, side: int) -> np.ndarray:
         p = self.params
         if p.pattern == "image":
             return _resized(self._user_pattern(), side, side)
@@ -135,15 +158,28 @@ class BadNetsTrigger(Trigger):
         }[p.pattern]()
         return T.cell_grid(cells, side, side)
 
+    def _box(self, height: int, width: int, key: str) -> tuple[int, int, int]:
+        side = T.patch_size(height, width, self.params.size_px, self.params.size_frac or DEFAULT_PATCH_FRAC)
+        if self.params.placement == "random":
+            y, x = T.random_origin(keyed_rng(self.seed, f"{self.salt}/placement", key), height, width, side)
+        else:
+            y, x = T.corner_origin(height, width, side, self.params.placement)
+        return y, x, side
+
+    def _placement(self, y: int, x: int, side: int) -> dict[str, Any]:
+        return {"where": self.params.placement, "x": x, "y": y, "width": side, "height": side}
+
     def apply(self, image: np.ndarray, key: str) -> tuple[np.ndarray, dict[str, Any]]:
         h, w = T.as_image(image).shape[:2]
-        side = T.patch_size(h, w, self.params.size_px, self.params.size_frac or DEFAULT_PATCH_FRAC)
-        if self.params.placement == "random":
-            y, x = T.random_origin(keyed_rng(self.seed, f"{self.salt}/placement", key), h, w, side)
-        else:
-            y, x = T.corner_origin(h, w, side, self.params.placement)
-        out = T.paste_patch(image, self._patch(side), y, x)
-        return out, {"where": self.params.placement, "x": x, "y": y, "width": side, "height": side}
+        y, x, side = self._box(h, w, key)
+        return T.paste_patch(image, self._patch(side), y, x), self._placement(y, x, side)
+
+    def apply_in_place(self, image: Image.Image, key: str) -> dict[str, Any] | None:
+        if image.mode != "RGB":
+            return None
+        y, x, side = self._box(image.height, image.width, key)
+        image.paste(self._patch_image(side), (x, y))
+        return self._placement(y, x, side)
 
 
 # --- blended ---------------------------------------------------------------------------------------
