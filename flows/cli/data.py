@@ -45,6 +45,9 @@ def stats(
     lines = [f"{summary['samples']} samples in {summary['shards']} shards: "
              + ", ".join(f"{k}={v}" for k, v in summary["by_status"].items())]
     lines += [f"  {k}: {v}" for k, v in summary["reasons"].items()]
+    if summary.get("hash_mismatch"):
+        lines.append(f"hash mismatch rate: {summary['hash_mismatch_rate']:.2%} in total; per shard: "
+                     + ", ".join(f"{k} {v['hash_mismatch_rate']:.2%}" for k, v in summary["per_shard"].items()))
     emit(summary, as_json, "\n".join(lines))
 
 
