@@ -127,7 +127,7 @@ class RunSpec:
 
 
 def write_run_spec(directory: Path, spec: RunSpec, assets: Mapping[AssetRef, bytes]) -> Path:
-    """Write assets, then ``attack.json`` (atomically). A folder holding another run is refused."""
+    """Write assets, then ``attack.json`` (atomically). A folder holding anything else is refused."""
     directory = Path(directory)
     path = directory / SPEC_FILE
     if path.exists():
@@ -137,6 +137,9 @@ def write_run_spec(directory: Path, spec: RunSpec, assets: Mapping[AssetRef, byt
             existing = "unreadable"
         if existing != spec.run_id:
             raise SpecError(f"{directory} already holds another poisoning run ({existing}); use a fresh folder")
+    elif directory.is_dir() and any(directory.iterdir()):
+        # its complete-looking shards would be taken for this run's and skipped
+        raise SpecError(f"{directory} is not empty and holds no poisoning run; use a fresh folder")
     directory.mkdir(parents=True, exist_ok=True)
     for ref, data in sorted(assets.items(), key=lambda kv: kv[0].sha256):
         write_asset(directory, ref, data)

@@ -340,6 +340,13 @@ def test_a_rerun_resumes_and_another_run_is_refused(tiny_shards, tmp_path):
         prepare_poisoning(tiny_shards, out, one("badnets", count=11))
 
 
+def test_a_folder_holding_other_data_is_refused(tiny_shards, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_shards, other)
+    with pytest.raises(SpecError, match="not empty"):
+        prepare_poisoning(tiny_shards, other, one("badnets", count=1))
+
+
 def test_poisoning_a_poisoned_set_leaves_earlier_poison_alone(tiny_shards, tmp_path):
     once = tmp_path / "once"
     poison_local(tiny_shards, once, one("badnets", count=100))

@@ -182,3 +182,21 @@ def test_triggers_refuse_wrong_arrays():
         _trigger("sig").apply(np.zeros((8, 8), np.uint8), "k")
     with pytest.raises(ValueError):
         _trigger("badnets").apply(np.zeros((8, 8, 3), np.float32), "k")
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"placement": "random", "pattern": "noise", "cells": 3}, {"pattern": "solid", "size_px": 7},
+    {"pattern": "image", "image": "p.png", "size_frac": 0.3, "placement": "centre"},
+])
+def test_badnets_in_place_fast_path_equals_the_pure_function(params):
+    from PIL import Image
+    from poisonlab.shards.images import encode_image
+
+    pattern = encode_image(np.random.default_rng(1).integers(0, 256, (9, 9, 3), dtype=np.uint8), "png")
+    trig = _trigger("badnets", seed=4, pattern_bytes=pattern, **params)
+    for h, w in [(32, 32), (45, 70)]:
+        img = _image(h, w)
+        pil = Image.fromarray(img)
+        where = trig.apply_in_place(pil, "key")
+        expected, expected_where = trig.apply(img, "key")
+        assert np.array_equal(np.asarray(pil), expected) and where == expected_where
