@@ -184,7 +184,7 @@ def prepare_ingest(spec: IngestSpec) -> IngestPlan:
 
 
 @contextlib.contextmanager
-def _process_environment(max_pixels: int) -> Iterator[None]:
+def img2dataset_environment(max_pixels: int) -> Iterator[None]:
     """Settings img2dataset's worker processes inherit.
 
     OpenCV refuses images above ``OPENCV_IO_MAX_IMAGE_PIXELS`` from their header, before allocating
@@ -205,7 +205,7 @@ def _process_environment(max_pixels: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _output_to(log: Path | None) -> Iterator[None]:
+def redirect_output(log: Path | None) -> Iterator[None]:
     """img2dataset (and its worker processes) print progress on stdout: send it to stderr or a log file.
 
     Redirected at the file-descriptor level so that spawned processes inherit it, and stdout stays
@@ -247,10 +247,10 @@ def download_staging(plan: IngestPlan, log: Path | None = None) -> None:
         return
     spec = plan.spec
     plan.staging.mkdir(parents=True, exist_ok=True)
-    with _process_environment(spec.download.max_pixels):
+    with img2dataset_environment(spec.download.max_pixels):
         from img2dataset import download  # imported late: it pulls in torch, cv2 and albumentations
 
-        with _output_to(log), _own_sigint():
+        with redirect_output(log), _own_sigint():
             download(
                 url_list=str(plan.parts), output_folder=str(plan.staging), input_format="parquet",
                 url_col=FETCH_URL, caption_col="caption", number_sample_per_shard=spec.samples_per_shard,

@@ -19,13 +19,15 @@ LOOPBACK = "127.0.0.1"
 
 @dataclasses.dataclass(frozen=True)
 class Response:
-    """What the server answers for one path. ``delay_s`` holds the answer back (a slow or dead host)."""
+    """What the server answers for one path. ``delay_s`` holds the answer back (a slow or dead host);
+    ``declared_length`` announces more bytes than the body has (a transfer cut short)."""
 
     body: bytes = b""
     status: int = 200
     content_type: str = "application/octet-stream"
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
+    declared_length: int | None = None
 
 
 NOT_FOUND = Response(body=b"not found", status=404, content_type="text/plain")
@@ -53,9 +55,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Content-Length", str(response.declared_length or len(response.body)))
         for name, value in response.headers:
             self.send_header(name, value)
+        if response.declared_length is not None:
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(response.body)
 

@@ -195,9 +195,9 @@ def row_verdicts(
 
 
 def extra_name(name: str, taken: set[str]) -> str:
-    """Source columns keep their names unless poisonlab or img2dataset uses them: then ``source_NAME``."""
+    """Source columns keep their names unless poisonlab or img2dataset uses them: then ``list_NAME``."""
     while name in taken:
-        name = f"source_{name}"
+        name = f"list_{name}"
     return name
 
 
