@@ -80,8 +80,12 @@ def _count_live(directory: Path, shards: Sequence[str]) -> int:
         else:  # a foreign shard without a sidecar: count its captions from the tar headers
             import tarfile
 
-            with tarfile.open(tar_path(directory, shard), mode="r|*") as tar:
-                total += sum(1 for m in tar if m.isfile() and m.name.endswith(".txt"))
+            try:
+                with tarfile.open(tar_path(directory, shard), mode="r|*") as tar:
+                    for member in tar:
+                        total += member.isfile() and member.name.endswith(".txt")
+            except (tarfile.TarError, OSError, EOFError):
+                pass  # a damaged tar: its readable part still counts; the stream skips the rest
     if total == 0:
         raise DataError(f"no live samples in {directory}")
     return total
@@ -138,15 +142,18 @@ class ImageFormat:
         return cls(size=size, mean=mean, std=std, max_pixels=max_pixels)  # type: ignore[arg-type]
 
     def fit(self, image: Image.Image) -> np.ndarray:
-        """Resize the shortest side to ``size`` (bicubic) and centre-crop, as open_clip does; uint8 HxWx3."""
+        """torchvision's ``Resize(size)`` (shortest side, bicubic) then ``CenterCrop``, as open_clip evaluates."""
         w, h = image.size
         if (w, h) != (self.size, self.size):
-            scale = self.size / min(w, h)
-            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            short, long = min(w, h), max(w, h)
+            if short != self.size:
+                new_long = int(self.size * long / short)
+                nw, nh = (self.size, new_long) if w <= h else (new_long, self.size)
+                image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+                w, h = nw, nh
+            left, top = int(round((w - self.size) / 2.0)), int(round((h - self.size) / 2.0))
             image = image.crop((left, top, left + self.size, top + self.size))
-        return np.asarray(image, dtype=np.uint8)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def fit_array(self, array: np.ndarray) -> np.ndarray:
         if array.shape[:2] == (self.size, self.size):

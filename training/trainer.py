@@ -123,8 +123,13 @@ class _Bar:
             self.bar.close()
 
 
-def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) a run; a run whose epochs are all done returns its summary without work."""
+def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False, progress: bool = True,
+          stop_after_epoch: int | None = None) -> TrainResult | None:
+    """Train (or resume) a run; a run whose epochs are all done returns its summary without work.
+
+    ``stop_after_epoch`` checkpoints and returns None once that many epochs are done, so a long run can be
+    split across time-limited jobs (each resuming the last); the result is the same as one uninterrupted run.
+    """
     shards, out = Path(shards), Path(out)
     shard_set = open_shard_set(shards)
     config = {**settings.model_dump(), "shards": str(shards.resolve())}
@@ -235,6 +240,8 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
                                  "skipped": dict(skipped)},
                                 config, scaler.state_dict() if scaler is not None else None)
             plot_losses({out.name: out / STEPS_CSV}, out / LOSS_PNG)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < settings.epochs:
+                return None
     finally:
         bar.close()
 
