@@ -142,7 +142,8 @@ def plan_import(spec: ImportSpec) -> pa.Table:
     rows += sorted(refused, key=lambda r: r[FILE])
     if not rows:
         raise UrlListError(f"no images in {root}" + (" and no rows in the captions table" if spec.captions else ""))
-    return pa.Table.from_pylist(rows)
+    names = list(dict.fromkeys(k for row in rows for k in row))  # from_pylist would keep the first row's only
+    return pa.table({name: [row.get(name) for row in rows] for name in names})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""Local import: image folders with .txt captions or a captions table, into the same shard layout."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import poisonlab.flows.cli.ingest  # noqa: F401  (registers the import command on the app)
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from poisonlab.flows.cli import app
+from poisonlab.flows.ingest import import_folder
+from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.shards.layout import list_shards
+from poisonlab.shards.local_import import ImportSpec
+from poisonlab.shards.parts import PlanError
+from poisonlab.shards.reader import read_shard
+from poisonlab.shards.urllists import UrlListError
+from typer.testing import CliRunner
+
+LOCAL = RunnerSpec(executor="local", progress=False)
+
+
+def _image(path: Path, size: int = 16, value: int = 100, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for i, name in enumerate(["b.png", "a.jpg", "sub/c.png", "no_caption.png", "empty.png", "huge.png"]):
+        _image(root / name, size=64 if name == "huge.png" else 16, value=20 * i,
+               fmt="JPEG" if name.endswith(".jpg") else "PNG")
+    (root / "truncated.png").write_bytes((root / "b.png").read_bytes()[:40])
+    for name, caption in [("b", "a b"), ("a", "an a\n"), ("sub/c", "a c"), ("empty", "  "), ("truncated", "cut"),
+                          ("huge", "big")]:
+        (root / f"{name}.txt").write_text(caption)
+    (root / "notes.md").write_text("not an image, not listed: ignored")
+    return root
+
+
+def _rows(out: Path) -> list[dict]:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("*.parquet"))]).to_pylist()
+
+
+def test_pairs_of_image_and_txt(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = import_folder(ImportSpec(images=folder, out=out, samples_per_shard=3, max_pixels=32 * 32), LOCAL)
+    rows = _rows(out)
+    files = [r["source_file"] for r in rows]
+    assert files == sorted(files) == ["a.jpg", "b.png", "empty.png", "huge.png", "no_caption.png", "sub/c.png",
+                                      "truncated.png"]
+    assert [r["key"] for r in rows] == ["000000", "000001", "000002", "000010", "000011", "000012", "000020"]
+    outcome = {r["source_file"]: (r["status"], (r["reason"] or "").split(":")[1].strip() if r["reason"] else None)
+               for r in rows}
+    assert outcome == {
+        "a.jpg": ("ok", None), "b.png": ("ok", None), "sub/c.png": ("ok", None),
+        "empty.png": ("dropped", "empty_caption"), "no_caption.png": ("error", "missing_caption"),
+        "huge.png": ("error", "decompression_bomb"), "truncated.png": ("error", "undecodable_image"),
+    }
+    assert record["written"] == 3 and record["samples"] == 7
+    samples = {s.meta["source_file"]: s for sh in list_shards(out) for s in read_shard(out, sh) if s.is_live}
+    assert samples["a.jpg"].text == "an a" and samples["a.jpg"].payload_ext == "jpg"
+    assert samples["b.png"].payload == (folder / "b.png").read_bytes()  # stored as is, never re-encoded
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 2, "00001.tar": 1, "00002.tar": 0}
+
+
+def test_imports_are_byte_identical(folder: Path, tmp_path: Path) -> None:
+    outs = [tmp_path / f"out{i}" for i in range(2)]
+    for out in outs:
+        import_folder(ImportSpec(images=folder, out=out, samples_per_shard=4), LOCAL)
+    for name in ("00000.tar", "00000.parquet", "00001.tar", "00001.parquet"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_captions_table_by_file_name(folder: Path, tmp_path: Path, fmt: str) -> None:
+    table = pa.table({
+        "path": ["b.png", "sub/c.png", "missing.png", "../outside.png", "b.png", "notes.md"],
+        "text": ["bee", "sea", "gone", "escape", "again", "markdown"],
+        "source": ["s1", "s2", "s3", "s4", "s5", "s6"],
+    })
+    captions = tmp_path / f"captions.{fmt}"
+    if fmt == "csv":
+        table.to_pandas().to_csv(captions, index=False)
+    elif fmt == "parquet":
+        pq.write_table(table, captions)
+    else:
+        captions.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    out = tmp_path / "out"
+    import_folder(ImportSpec(images=folder, out=out, captions=captions, file_col="path", caption_col="text"), LOCAL)
+    rows = _rows(out)
+    outcome = [(r["source_file"], r["status"], r["reason"].split(":")[1].strip() if r["reason"] else None)
+               for r in rows]
+    assert outcome == [
+        ("a.jpg", "error", "missing_caption"), ("b.png", "ok", None), ("empty.png", "error", "missing_caption"),
+        ("huge.png", "error", "missing_caption"), ("missing.png", "error", "missing_image"),
+        ("no_caption.png", "error", "missing_caption"), ("notes.md", "error", "unsupported_image_format"),
+        ("sub/c.png", "ok", None), ("truncated.png", "error", "missing_caption"),
+        ("../outside.png", "error", "unsafe_path"), ("b.png", "dropped", "duplicate_file"),
+    ]
+    assert rows[1]["caption"] == "bee" and rows[1].get("source") == "s1", rows[1]  # extra columns travel with the row
+    assert len(rows) == 11
+
+
+def test_bad_captions_tables_fail_before_any_work(folder: Path, tmp_path: Path) -> None:
+    captions = tmp_path / "c.csv"
+    captions.write_text("name,caption\nb.png,x\n")
+    with pytest.raises(UrlListError, match="no column 'file'"):
+        import_folder(ImportSpec(images=folder, out=tmp_path / "o", captions=captions), LOCAL)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UrlListError, match="does not exist"):
+        import_folder(ImportSpec(images=tmp_path / "nowhere", out=tmp_path / "o"), LOCAL)
+    import_folder(ImportSpec(images=folder, out=tmp_path / "o"), LOCAL)
+    with pytest.raises(PlanError):
+        import_folder(ImportSpec(images=folder, out=tmp_path / "o", samples_per_shard=2), LOCAL)
+
+
+def test_import_command(folder: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["import", "--images", str(folder), "--out", str(tmp_path / "o"),
+                                      "--executor", "local", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["written"] == 4  # huge.png is within the default pixel cap
