@@ -48,7 +48,7 @@ def test_synth_20000_then_stats(prefect_harness, tmp_path: Path) -> None:
     sidecars = sorted(str(p) for p in out.glob("*.parquet"))
     table = pads.dataset(sidecars, format="parquet").to_table(columns=["key", "status", "sha256"])
     assert table.num_rows == SAMPLES and set(table.column("key").to_pylist()) == keys
-    count, distinct, ok = duckdb.sql(
+    count, distinct, ok = duckdb.connect().execute(
         f"select count(*), count(distinct key), count(*) filter (where status = 'ok') "
         f"from read_parquet('{out}/*.parquet')").fetchone()
     assert count == distinct == ok == SAMPLES
