@@ -9,6 +9,7 @@ workers and the evaluation split rebuild exactly the same attack from that file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from abc import ABC
@@ -33,7 +34,7 @@ class Donor:
     data: bytes = dataclasses.field(repr=False)
     caption: str | None = None  # its caption in the dataset (recorded as the "original caption")
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
@@ -76,7 +77,6 @@ class Attack(ABC):
     """Base of every registered attack. Subclasses set the class flags and override what they use."""
 
     name: ClassVar[str]
-    requires_target: ClassVar[bool] = True
     adds_samples: ClassVar[bool] = False
     image_trigger: ClassVar[bool] = False
 
@@ -99,8 +99,9 @@ class Attack(ABC):
         """The unbound image trigger, for attacks that have one."""
         return None
 
-    def requires_target_now(self) -> bool:
-        return self.requires_target
+    def needs_target(self) -> bool:
+        """Whether a target class is required with these parameters."""
+        return True
 
     # -- work (per shard, in workers) --
     def poison(self, sample: Sample, binding: Binding) -> Sample:

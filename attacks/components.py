@@ -197,7 +197,7 @@ class TextTrigger(Attack):
     name = "text_trigger"
     params: TextTriggerParams
 
-    def requires_target_now(self) -> bool:
+    def needs_target(self) -> bool:
         return self.params.dirty_label
 
     def eligible(self, candidate: Candidate, names_target: bool) -> bool:

@@ -43,7 +43,7 @@ def _target_checker(target: str | None) -> Callable[[str | None], bool]:
 
 def _check_target(configured: ConfiguredAttack, index: DatasetIndex) -> str | None:
     target = configured.entry.target
-    if target is None and not configured.attack.requires_target_now():
+    if target is None and not configured.attack.needs_target():
         return None
     target = C.check_target(target)
     if index.classnames is not None and target not in index.classnames:
