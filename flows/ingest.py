@@ -27,6 +27,7 @@ from poisonlab.shards.ingest import (
 from poisonlab.shards.layout import atomic_write_json
 from poisonlab.shards.local_import import ImportSpec, finish_import, plan_import_tasks, prepare_import
 from poisonlab.shards.loopback import LoopbackServer
+from poisonlab.shards.parts import PlanError
 from poisonlab.shards.splitview import SplitViewWeb, evaluate_splitview
 
 
@@ -55,6 +56,8 @@ def splitview_build(
     status there) and ``out/report.json``.
     """
     out = Path(out)
+    if (out / "shards").exists():  # the URL list names this run's port: a rerun is a new ingest
+        raise PlanError(f"{out / 'shards'} exists; build the split-view dataset into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     with LoopbackServer(web.resolve) as server:
         base = server.url("")
@@ -62,7 +65,7 @@ def splitview_build(
         write_table(urls, out / "urls.parquet")
         spec = dataclasses.replace(spec, urls=out / "urls.parquet", out=out / "shards")
         ingest(spec, runner, log)
-    report, manifest = evaluate_splitview(out / "shards", urls, web.manifest(base), spec.columns.hash_type)
+    report, manifest = evaluate_splitview(out / "shards", urls, web.manifest(base), spec.verifies, spec.columns.hash_type)
     write_table(manifest, out / "manifest.parquet")
     report = {**report, "verified": spec.verifies, "shards": str(out / "shards")}
     atomic_write_json(out / "report.json", report)

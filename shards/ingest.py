@@ -70,7 +70,7 @@ class IngestError(PlanError):
 
 @dataclasses.dataclass(frozen=True)
 class DownloadOptions:
-    """How img2dataset fetches and resizes. Defaults are img2dataset's, except a bounded pixel count."""
+    """How img2dataset fetches and resizes: its defaults, with fewer threads and a bounded pixel count."""
 
     image_size: int = 256
     resize_mode: str = "border"

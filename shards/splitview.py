@@ -198,12 +198,14 @@ def _sidecar_rows(directory: Path, hash_type: str) -> list[dict[str, Any]]:
 
 
 def evaluate_splitview(
-    shards: Path, urls: pa.Table, manifest: pa.Table, hash_type: str = "sha256"
+    shards: Path, urls: pa.Table, manifest: pa.Table, verified: bool, hash_type: str = "sha256"
 ) -> tuple[dict[str, Any], pa.Table]:
     """Compare an ingest of the split-view web with its manifest.
 
     A key is *changed* when its sample was written but the bytes downloaded for it are not the ones the
-    curator hashed. Returns the report and the manifest with each swapped URL's key and status.
+    curator hashed: without verification they must be exactly the manifest's keys; with verification
+    ``recall`` is the share of swapped URLs caught as ``hash_mismatch``. Returns the report and the
+    manifest with each swapped URL's key and status.
     """
     expected = dict(zip(urls.column("url").to_pylist(), urls.column("sha256").to_pylist(), strict=True))
     swapped_urls = set(manifest.column("url").to_pylist())
@@ -220,7 +222,7 @@ def evaluate_splitview(
         "swapped_fraction": len(swapped_urls) / max(1, len(rows)),
         "poisoned_written": len(changed & swapped_keys),
         "changed_keys": len(changed),
-        "changed_keys_match_manifest": changed == swapped_keys,
+        "changed_keys_match_manifest": None if verified else changed == swapped_keys,
         "hash_mismatches": sum(r["status"] == HASH_MISMATCH for r in rows),
         "recall": len(caught) / len(swapped_urls) if swapped_urls else None,
         "originals_written": sum(r["status"] in LIVE_STATUSES for r in originals),
