@@ -1,0 +1,11 @@
+"""Sanitize: embed shards with an open_clip model, score every sample with detectors, decide, clean.
+
+The steps, each usable alone (``poisonlab.flows.sanitize`` runs them as Prefect flows on Dask):
+
+* ``embed.plan_embed_tasks`` / ``pipeline.embed_shards``: per-shard embeddings in a store, once per model;
+* ``scan.scan``: detectors over the whole dataset (one FAISS index), score tables per shard;
+* ``pipeline.clean_shards``: a decision over the score tables, cleaned shards and an exclusion table;
+* ``metrics.recall_report``: detection quality against a poison manifest.
+
+Importing this package does not import torch; ``poisonlab.filters.embed`` does.
+"""

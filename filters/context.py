@@ -1,0 +1,85 @@
+"""What detectors share during one scan: the corpus, the columns already scored, and neighbour graphs.
+
+A neighbour graph is the expensive part of a scan (an index built over the whole dataset and searched
+once per point), so it is computed once per (model, space, mode, index) with the largest k any detector
+asked for, and every k-NN detector takes its first k columns (neighbour lists are sorted, so the first k
+of a larger list are exactly the k nearest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from poisonlab.filters.corpus import Corpus
+from poisonlab.filters.index import IndexParams
+from poisonlab.filters.neighbours import NeighbourGraph, batch_local_graph, global_graph, reference_set
+from poisonlab.filters.outliers import LID_ESTIMATORS, k_distance
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighbourhoodKey:
+    model: str
+    space: str
+    mode: str
+    batch_size: int = 0  # batch_local only
+    seed: int = 0  # batch_local only
+    index: IndexParams | None = None  # global only
+
+
+class ScanContext:
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus = corpus
+        self.columns: dict[str, np.ndarray] = {}
+        self.timings: dict[str, float] = {}
+        self.graph_info: dict[str, dict] = {}
+        self._planned: dict[NeighbourhoodKey, int] = {}
+        self._graphs: dict[NeighbourhoodKey, NeighbourGraph] = {}
+        self._stats: dict[tuple, np.ndarray] = {}
+
+    def plan(self, key: NeighbourhoodKey, k: int) -> None:
+        """Announce that a detector will need k neighbours, so the graph is built once, large enough."""
+        self._planned[key] = max(self._planned.get(key, 0), k)
+
+    def graph(self, key: NeighbourhoodKey, k: int) -> NeighbourGraph:
+        cached = self._graphs.get(key)
+        if cached is not None and cached.k >= k:
+            return cached
+        want = max(k, self._planned.get(key, 0))
+        start = time.perf_counter()
+        refs = reference_set(self.corpus.model(key.model), key.space)
+        if key.mode == "global":
+            graph = global_graph(refs, want, key.index or IndexParams())
+        elif key.mode == "batch_local":
+            graph = batch_local_graph(refs, self.corpus.keys, want, key.batch_size, key.seed)
+        else:
+            raise ValueError(f"unknown neighbourhood mode {key.mode!r}; use global or batch_local")
+        self._graphs[key] = graph
+        self.graph_info[_describe(key)] = {"k": want, "references": len(refs.rows), "queries": refs.queries,
+                                           "index": graph.source, "seconds": round(time.perf_counter() - start, 3)}
+        return graph
+
+    def kdist(self, key: NeighbourhoodKey, k: int) -> np.ndarray:
+        """k-distance of every reference point (what a neighbour's density is measured by)."""
+        cache = (key, "kdist", k)
+        if cache not in self._stats:
+            self._stats[cache] = k_distance(self.graph(key, k).dist, k)
+        return self._stats[cache]
+
+    def lid(self, key: NeighbourhoodKey, k: int, estimator: str) -> np.ndarray:
+        cache = (key, "lid", k, estimator)
+        if cache not in self._stats:
+            self._stats[cache] = LID_ESTIMATORS[estimator](self.graph(key, k).dist, k)
+        return self._stats[cache]
+
+    def scatter(self, graph: NeighbourGraph, values: np.ndarray) -> np.ndarray:
+        """Per-query values onto corpus rows (NaN for rows that are not queries of this space)."""
+        out = np.full(len(self.corpus), np.nan)
+        out[graph.refs.rows[: graph.refs.queries]] = values[: graph.refs.queries]
+        return out
+
+
+def _describe(key: NeighbourhoodKey) -> str:
+    where = f"batch_local(batch_size={key.batch_size}, seed={key.seed})" if key.mode == "batch_local" else "global"
+    return f"{key.model}/{key.space}/{where}"

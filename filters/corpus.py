@@ -1,0 +1,127 @@
+"""All embeddings of a dataset in memory, row-aligned across shards and models, for the global detectors.
+
+Rows are in shard order, then in the order the embed step saw the samples, so a shard's rows are one
+contiguous slice and score tables are written shard by shard. A second model's store (a reference model
+for CLIP-score next to the victim model for kNN detectors) must hold exactly the same keys in the same
+order: anything else is a model/shard mismatch and is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from poisonlab.filters.store import (
+    EmbeddingMismatchError,
+    StoreInfo,
+    list_store_shards,
+    read_info,
+    read_shard_embeddings,
+)
+
+
+@dataclasses.dataclass
+class ModelView:
+    """One model's embeddings of the corpus rows."""
+
+    info: StoreInfo
+    image: np.ndarray  # (n, d) float32, zero rows where image_ok is False
+    text: np.ndarray
+    image_ok: np.ndarray
+    text_ok: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Keys, captions and per-model embeddings of every sample the embed step saw."""
+
+    keys: list[str]
+    captions: list[str]
+    shard_names: list[str]
+    shard_bounds: np.ndarray  # (shards + 1,) row offsets: shard i is rows bounds[i]:bounds[i+1]
+    live: np.ndarray
+    reasons: list[str]
+    source_status: list[str]
+    hash_status: list[str]
+    models: dict[str, ModelView]
+    primary: str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def model(self, name: str | None = None) -> ModelView:
+        name = name or self.primary
+        if name not in self.models:
+            raise KeyError(f"no embeddings named {name!r}; loaded: {', '.join(self.models)}")
+        return self.models[name]
+
+    def shard_rows(self, index: int) -> slice:
+        return slice(int(self.shard_bounds[index]), int(self.shard_bounds[index + 1]))
+
+
+def _load_store(store: Path, shards: list[str] | None) -> tuple[StoreInfo, list[str], list]:
+    info = read_info(store)
+    names = list_store_shards(store) if shards is None else shards
+    if not names:
+        raise FileNotFoundError(f"no embedded shards (NNNNN.npz) in {store}")
+    parts = []
+    for shard in names:
+        part = read_shard_embeddings(store, shard)
+        if len(part) and part.image.shape[1] != info.embed_dim:
+            raise EmbeddingMismatchError(
+                f"{store}/{shard}.npz holds {part.image.shape[1]}-d embeddings but the store's model "
+                f"{info.model_id} has {info.embed_dim} dimensions"
+            )
+        parts.append(part)
+    return info, names, parts
+
+
+def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
+    """Load one store, or several (``{name: store}``; the first is the primary) aligned by key."""
+    named = {"model": Path(stores)} if isinstance(stores, (str, Path)) else {k: Path(v) for k, v in stores.items()}
+    if not named:
+        raise ValueError("no embedding store given")
+    primary = next(iter(named))
+    info, shard_names, parts = _load_store(named[primary], None)
+    keys = [k for p in parts for k in p.keys]
+    if len(set(keys)) != len(keys):
+        raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]}: keys must be unique")
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    models = {primary: _view(info, parts)}
+    for name, store in list(named.items())[1:]:
+        other_info, _, other_parts = _load_store(store, shard_names)
+        other_keys = [k for p in other_parts for k in p.keys]
+        if other_keys != keys:
+            missing = len(set(keys) - set(other_keys))
+            raise EmbeddingMismatchError(
+                f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
+                f"{missing} keys missing or out of order; embed the same shards with both models"
+            )
+        models[name] = _view(other_info, other_parts)
+    return Corpus(
+        keys=keys,
+        captions=[c for p in parts for c in p.captions],
+        shard_names=shard_names,
+        shard_bounds=bounds,
+        live=np.concatenate([p.live for p in parts]).astype(bool),
+        reasons=[r for p in parts for r in p.reasons],
+        source_status=[s for p in parts for s in p.source_status],
+        hash_status=[s for p in parts for s in p.hash_status],
+        models=models,
+        primary=primary,
+    )
+
+
+def _view(info: StoreInfo, parts: list) -> ModelView:
+    def stack(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return ModelView(info=info, image=np.ascontiguousarray(stack("image"), dtype=np.float32),
+                     text=np.ascontiguousarray(stack("text"), dtype=np.float32),
+                     image_ok=stack("image_ok").astype(bool), text_ok=stack("text_ok").astype(bool))

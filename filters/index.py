@@ -1,0 +1,270 @@
+"""FAISS indexes for the global neighbour search: every vector's k nearest others, and near-duplicate pairs.
+
+Vectors are L2-normalised embeddings; distances returned are Euclidean (``sqrt(2 - 2 cos)``), the
+distance Huang et al.'s detectors use. The index is chosen by size or by parameter:
+
+* ``exact`` — brute force (``IndexFlatIP``), on the GPU when faiss-gpu sees one: the reference.
+* ``ivf`` — the default above ``exact_max`` vectors: a PCA projection (``pca_dim``), an inverted file
+  over it (k-means with ``nlist`` lists, 8-bit scalar codes), ``nprobe`` lists per query, and an exact
+  re-ranking of the ``refine x k`` best candidates in the full space. Because every query is also a
+  database vector, each vector's ``nprobe`` lists are computed once and reused for adding and searching
+  (a self-join), which halves the coarse-quantiser work. Projection never lengthens a distance, so the
+  same structure also finds every near-duplicate pair within a radius (range search), up to the
+  lists it probes.
+* ``hnsw`` — a graph index on the full vectors, for when an IVF's training is unwanted.
+
+Every random choice (training samples, k-means seeds) comes from keyed randomness and ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, search_preassigned
+from poisonlab.pipelines.keyed import keyed_rng
+from poisonlab.pipelines.registry import Params
+from pydantic import Field
+
+
+class IndexParams(Params):
+    """How neighbours are found; ``auto`` is exact up to ``exact_max`` vectors, IVF above."""
+
+    kind: Literal["auto", "exact", "ivf", "hnsw"] = Field("auto", description="auto, exact, ivf or hnsw")
+    exact_max: int = Field(50_000, ge=1, description="auto: brute force up to this many vectors")
+    pca_dim: int = Field(64, ge=0, description="ivf: dimensions of the projection the lists are built on (0: none)")
+    nlist: int = Field(0, ge=0, description="ivf: inverted lists (0: about sqrt(nprobe x n))")
+    nprobe: int = Field(8, ge=1, description="ivf: lists searched per query")
+    code: Literal["sq8", "flat"] = Field("sq8", description="ivf: how list entries are stored")
+    refine: float = Field(2.0, ge=1.0, description="ivf: candidates re-ranked exactly, as a multiple of k")
+    train_per_list: int = Field(32, ge=4, description="ivf: k-means training points per list")
+    hnsw_m: int = Field(32, ge=4, description="hnsw: graph degree")
+    ef_construction: int = Field(64, ge=8)
+    ef_search: int = Field(128, ge=8)
+    gpu: bool = Field(True, description="use faiss-gpu for exact search when a GPU is visible")
+    gpu_exact_max: int = Field(5_000_000, ge=1, description="auto with a GPU: brute force up to this many vectors")
+    seed: int = 0
+    chunk: int = Field(32_768, ge=256, description="queries per search call (bounds temporary memory)")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnResult:
+    """For each vector, its k nearest other vectors: Euclidean distances (ascending) and row ids."""
+
+    dist: np.ndarray  # (n, k) float32
+    ids: np.ndarray  # (n, k) int64
+    kind: str
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:  # pragma: no cover - very old builds
+        return 0
+
+
+def resolve_kind(n: int, params: IndexParams) -> str:
+    if params.kind != "auto":
+        return params.kind
+    if params.gpu and gpu_count() > 0 and n <= params.gpu_exact_max:
+        return "exact"  # brute force on a GPU is fast up to millions of vectors
+    return "exact" if n <= params.exact_max else "ivf"
+
+
+def auto_nlist(n: int, nprobe: int) -> int:
+    """Balance the coarse assignment (n x nlist) against list scanning (n x nprobe x n / nlist)."""
+    target = math.sqrt(max(1, nprobe * n))
+    nlist = 2 ** round(math.log2(max(16.0, target)))
+    return int(min(nlist, max(16, n // 39)))
+
+
+def ip_to_distance(sims: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
+
+
+def _check(x: np.ndarray) -> np.ndarray:
+    if x.ndim != 2 or x.dtype != np.float32:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _drop_self(ids: np.ndarray, sims: np.ndarray, rows: np.ndarray, partner: np.ndarray | None,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row itself (and its partner) from its candidate list, keep the first k others."""
+    bad = (ids == rows[:, None]) | (ids < 0)
+    if partner is not None:
+        bad |= ids == partner[rows][:, None]
+    order = np.argsort(bad, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(ids, order, axis=1)
+    sims = np.take_along_axis(sims, order, axis=1)
+    invalid = np.take_along_axis(bad, order, axis=1)
+    if invalid.any():
+        raise ValueError(f"fewer than k={k} neighbours found for {int(invalid.any(axis=1).sum())} vectors; "
+                         "use fewer neighbours, more vectors, or a larger nprobe")
+    return ids, sims
+
+
+def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
+             partner: np.ndarray | None = None) -> KnnResult:
+    """The k nearest *other* vectors of every vector (not itself, nor ``partner[i]`` when given)."""
+    params = params or IndexParams()
+    x = _check(x)
+    n = len(x)
+    extra = 1 + (partner is not None)
+    if n <= k + extra - 1:
+        raise ValueError(f"{n} vectors cannot each have k={k} neighbours")
+    kind = resolve_kind(n, params)
+    search = {"exact": _exact_search, "ivf": _ivf_search, "hnsw": _hnsw_search}[kind]
+    dist = np.empty((n, k), np.float32)
+    ids = np.empty((n, k), np.int64)
+    for start, cand_ids, cand_sims in search(x, min(n, k + extra), params):
+        rows = np.arange(start, start + len(cand_ids))
+        kept_ids, kept_sims = _drop_self(cand_ids, cand_sims, rows, partner, k)
+        ids[rows] = kept_ids
+        dist[rows] = ip_to_distance(kept_sims)
+    return KnnResult(dist=dist, ids=ids, kind=kind)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _flat_index(x: np.ndarray, params: IndexParams):
+    index = faiss.IndexFlatIP(x.shape[1])
+    if params.gpu and gpu_count() > 0:  # pragma: no cover - needs faiss-gpu and a GPU
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(x)
+    return index
+
+
+def _exact_search(x: np.ndarray, k: int, params: IndexParams):
+    index = _flat_index(x, params)
+    for start, end in _chunks(len(x), params.chunk):
+        sims, ids = index.search(x[start:end], k)
+        yield start, ids, sims
+
+
+def _hnsw_search(x: np.ndarray, k: int, params: IndexParams):
+    index = faiss.IndexHNSWFlat(x.shape[1], params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params.ef_construction
+    index.add(x)
+    index.hnsw.efSearch = max(params.ef_search, k)
+    for start, end in _chunks(len(x), params.chunk):
+        sims, ids = index.search(x[start:end], k)
+        yield start, ids, sims
+
+
+@dataclasses.dataclass
+class _Ivf:
+    """An IVF over projected vectors with every vector's probe lists precomputed (the self-join)."""
+
+    projected: np.ndarray
+    index: faiss.IndexIVF
+    lists: np.ndarray  # (n, nprobe) probe lists of every vector, nearest first
+    coarse: np.ndarray  # (n, nprobe) squared distances to those centroids
+
+
+def _sample_rows(n: int, size: int, seed: int, what: str) -> np.ndarray:
+    if size >= n:
+        return np.arange(n)
+    rng = keyed_rng(seed, "filters/index", what)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def pca_projection(x: np.ndarray, dim: int, seed: int = 0, sample: int = 65_536) -> np.ndarray | None:
+    """The top principal directions (d x dim) from a keyed sample, or None when no projection applies."""
+    if dim <= 0 or dim >= x.shape[1]:
+        return None
+    rows = x[_sample_rows(len(x), sample, seed, "pca")]
+    centred = rows - rows.mean(axis=0, keepdims=True)
+    cov = (centred.T @ centred).astype(np.float64) / max(1, len(rows) - 1)
+    _, vecs = np.linalg.eigh(cov)
+    return np.ascontiguousarray(vecs[:, ::-1][:, :dim], dtype=np.float32)
+
+
+def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _Ivf:
+    n = len(x)
+    proj = pca_projection(x, params.pca_dim, params.seed)
+    xp = np.ascontiguousarray(x @ proj) if proj is not None else x
+    d = xp.shape[1]
+    nlist = params.nlist or auto_nlist(n, params.nprobe)
+    nlist = max(1, min(nlist, n))
+    nprobe = min(params.nprobe, nlist)
+    train = xp[_sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans")]
+    kmeans = faiss.Kmeans(d, nlist, niter=10, seed=params.seed, max_points_per_centroid=params.train_per_list,
+                          min_points_per_centroid=1, verbose=False)  # a small sample is intended: no warning
+    kmeans.train(train)
+    quantizer = faiss.IndexFlatL2(d)
+    quantizer.add(kmeans.centroids)
+    coarse = np.empty((n, nprobe), np.float32)
+    lists = np.empty((n, nprobe), np.int64)
+    for start, end in _chunks(n, params.chunk * 4):
+        coarse[start:end], lists[start:end] = quantizer.search(xp[start:end], nprobe)
+    if (code or params.code) == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        index.train(train)  # trains the codec only: the quantizer already holds nlist centroids
+    else:
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+        index.is_trained = True
+    index.referenced_objects = [quantizer]  # keep the quantizer alive as long as the index
+    add_preassigned(index, xp, np.ascontiguousarray(lists[:, 0]))
+    index.nprobe = nprobe
+    return _Ivf(projected=xp, index=index, lists=lists, coarse=coarse)
+
+
+def _ivf_search(x: np.ndarray, k: int, params: IndexParams):
+    ivf = build_ivf(x, params)
+    candidates = max(k, int(math.ceil(params.refine * k)))
+    d = x.shape[1]
+    for start, end in _chunks(len(x), params.chunk):
+        _, cand = search_preassigned(ivf.index, ivf.projected[start:end], candidates, ivf.lists[start:end],
+                                     ivf.coarse[start:end])
+        cand = np.ascontiguousarray(cand, dtype=np.int64)
+        m = end - start
+        sims = np.empty((m, k), np.float32)
+        ids = np.empty((m, k), np.int64)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(x[start:end]), faiss.swig_ptr(x), faiss.swig_ptr(cand), d, m, len(x), candidates, k,
+            faiss.swig_ptr(sims), faiss.swig_ptr(ids), candidates,
+        )
+        yield start, ids, sims
+
+
+def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) with cosine similarity >= threshold: a range search, exact or through the IVF."""
+    params = params or IndexParams()
+    x = _check(x)
+    n = len(x)
+    kind = resolve_kind(n, params)
+    firsts, seconds = [], []
+    if kind == "ivf":
+        ivf = build_ivf(x, params, code="flat")  # exact projected distances: a candidate superset
+        radius = float(max(0.0, 2.0 - 2.0 * threshold)) * (1 + 1e-4) + 1e-6
+        for start, end in _chunks(n, params.chunk):
+            lims, _, found = range_search_preassigned(ivf.index, ivf.projected[start:end], radius,
+                                                      ivf.lists[start:end], ivf.coarse[start:end])
+            rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
+            keep = found > rows
+            rows, found = rows[keep], found[keep]
+            sims = np.einsum("ij,ij->i", x[rows], x[found]) if len(rows) else np.zeros(0, np.float32)
+            ok = sims >= threshold
+            firsts.append(rows[ok])
+            seconds.append(found[ok])
+    else:  # exact, on the CPU (GPU flat indexes have no range search; neither has HNSW, reliably)
+        index = _flat_index(x, params.model_copy(update={"gpu": False}))
+        for start, end in _chunks(n, params.chunk):
+            lims, _, found = index.range_search(x[start:end], float(threshold))
+            rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
+            keep = found > rows
+            firsts.append(rows[keep])
+            seconds.append(found[keep].astype(np.int64))
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)

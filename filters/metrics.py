@@ -1,0 +1,199 @@
+"""Filter recall: how well each detector finds the poisoned samples a manifest lists.
+
+For each score column, over the live samples of the scan: AUROC, PR-AUC (average precision), the false
+positive rate at 95% true positive rate, and recall and precision when removing the top 0.1%, 1% and 5%
+(ties broken by key, as the ``top_fraction`` decision does). Computed for all positives together and for
+each attack of the manifest separately (that attack's positives against the clean samples; other
+attacks' samples left out). Samples a detector could not score rank below every scored one.
+ROC and PR curves are written as PNG, the numbers as JSON and a markdown summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+BUDGETS = (0.001, 0.01, 0.05)
+
+
+def budget_label(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(scores)
+    if ok.all():
+        return scores
+    low = scores[ok].min() - 1.0 if ok.any() else 0.0
+    return np.where(ok, scores, low)
+
+
+def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndarray,
+                      budgets: Sequence[float] = BUDGETS) -> dict[str, Any]:
+    """Metrics of one score column for one set of positives (labels True)."""
+    positives, n = int(labels.sum()), len(labels)
+    result: dict[str, Any] = {"samples": n, "positives": positives, "unscored": int((~np.isfinite(scores)).sum())}
+    if positives == 0 or positives == n:
+        return {**result, "auroc": None, "pr_auc": None, "fpr_at_95_tpr": None, "budgets": {}}
+    s = _finite(scores)
+    fpr, tpr, _ = roc_curve(labels, s)
+    result["auroc"] = float(roc_auc_score(labels, s))
+    result["pr_auc"] = float(average_precision_score(labels, s))
+    result["fpr_at_95_tpr"] = float(fpr[np.searchsorted(tpr, 0.95, side="left")])
+    order = ranking(scores, tie_break)
+    found = np.cumsum(labels[order])
+    result["budgets"] = {}
+    for b in budgets:
+        removed = min(n, math.ceil(b * n - 1e-9))
+        tp = int(found[removed - 1]) if removed else 0
+        result["budgets"][budget_label(b)] = {"removed": removed, "recall": tp / positives,
+                                              "precision": tp / removed if removed else None}
+    return result
+
+
+def read_manifest_keys(manifest: Path) -> dict[str, str]:
+    """key -> attack from a poison manifest (``attack`` column optional)."""
+    manifest = Path(manifest)
+    if not manifest.exists():
+        raise FileNotFoundError(f"manifest {manifest} does not exist")
+    table = pq.read_table(manifest)
+    if "key" not in table.column_names:
+        raise ValueError(f"{manifest} has no 'key' column; expected a poison manifest (key, attack, ...)")
+    keys = [str(k) for k in table.column("key").to_pylist()]
+    attacks = table.column("attack").to_pylist() if "attack" in table.column_names else ["poison"] * len(keys)
+    return {k: str(a or "poison") for k, a in zip(keys, attacks, strict=True)}
+
+
+def recall_report(scores: Path | ScoreTable, manifest: Path | dict[str, str], out: Path | None = None,
+                  budgets: Sequence[float] = BUDGETS, detectors: Sequence[str] | None = None) -> dict[str, Any]:
+    """Metrics per detector and per attack; with ``out``, also recall.json, recall.md and the curves."""
+    table = scores if isinstance(scores, ScoreTable) else load_scores(Path(scores))
+    poisoned = manifest if isinstance(manifest, dict) else read_manifest_keys(Path(manifest))
+    live = np.flatnonzero(table.live)
+    keys = [table.keys[i] for i in live]
+    attack_of = np.array([poisoned.get(k, "") for k in keys], dtype=object)
+    labels = attack_of != ""
+    tie = key_ranks(keys)
+    names = list(detectors) if detectors is not None else list(table.columns)
+    attacks = sorted(set(attack_of[labels].tolist()))
+    report: dict[str, Any] = {
+        "samples": len(keys),
+        "positives": int(labels.sum()),
+        "manifest_keys": len(poisoned),
+        "missing_positives": len(set(poisoned) - set(keys)),
+        "attacks": {a: int((attack_of == a).sum()) for a in attacks},
+        "budgets": [budget_label(b) for b in budgets],
+        "detectors": {},
+    }
+    for name in names:
+        column = table.column(name)[live]
+        entry = {"all": detection_metrics(column, labels, tie, budgets), "per_attack": {}}
+        for attack in attacks:
+            subset = (attack_of == attack) | ~labels
+            entry["per_attack"][attack] = detection_metrics(column[subset], labels[subset], tie[subset], budgets)
+        report["detectors"][name] = entry
+    if out is not None:
+        report["files"] = write_report(Path(out), report, table, live, labels, attack_of, names)
+    return report
+
+
+def write_report(out: Path, report: dict[str, Any], table: ScoreTable, live: np.ndarray, labels: np.ndarray,
+                 attack_of: np.ndarray, names: list[str]) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(out / "recall.json"), "markdown": str(out / "recall.md")}
+    scopes = {"all": np.ones(len(labels), bool)}
+    if len(report["attacks"]) > 1:
+        scopes.update({a: (attack_of == a) | ~labels for a in report["attacks"]})
+    for scope, subset in scopes.items():
+        suffix = "" if scope == "all" else f"_{_slug(scope)}"
+        curves = {n: table.column(n)[live][subset] for n in names}
+        files[f"roc{suffix}"], files[f"pr{suffix}"] = plot_curves(out, curves, labels[subset], suffix, scope)
+    _atomic_text(out / "recall.md", markdown_summary(report))
+    _atomic_text(out / "recall.json", json.dumps({**report, "files": files}, indent=2, sort_keys=True))
+    return files
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:40]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text + ("\n" if not text.endswith("\n") else ""))
+    tmp.replace(path)
+
+
+def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, suffix: str,
+                title: str) -> tuple[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for kind in ("roc", "pr"):
+        fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+        if 0 < labels.sum() < len(labels):
+            for name, scores in columns.items():
+                s = _finite(scores)
+                if kind == "roc":
+                    x, y, _ = roc_curve(labels, s)
+                    ax.plot(x, y, label=f"{name} ({roc_auc_score(labels, s):.3f})")
+                else:
+                    precision, recall, _ = precision_recall_curve(labels, s)
+                    ax.plot(recall, precision, label=f"{name} ({average_precision_score(labels, s):.3f})")
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
+        else:
+            ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall: {title}")
+        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "upper right")
+        fig.tight_layout()
+        path = out / f"{kind}{suffix}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(path)
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    budgets = report["budgets"]
+    head = ["detector", "AUROC", "PR-AUC", "FPR@95%TPR", *[f"R@{b}" for b in budgets], *[f"P@{b}" for b in budgets]]
+    lines = [
+        "# Filter recall", "",
+        f"{report['samples']} live samples, {report['positives']} poisoned "
+        f"({', '.join(f'{a}: {n}' for a, n in report['attacks'].items()) or 'none'})"
+        + (f"; {report['missing_positives']} manifest keys not among the live samples" if report["missing_positives"] else "")
+        + ".", "",
+    ]
+
+    def table(scope_of: Any) -> list[str]:
+        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, entry in report["detectors"].items():
+            m = scope_of(entry)
+            cells = [name, _cell(m["auroc"]), _cell(m["pr_auc"]), _cell(m["fpr_at_95_tpr"])]
+            cells += [_cell(m["budgets"].get(b, {}).get("recall")) for b in budgets]
+            cells += [_cell(m["budgets"].get(b, {}).get("precision")) for b in budgets]
+            rows.append("| " + " | ".join(cells) + " |")
+        return rows
+
+    lines += ["## All attacks", "", *table(lambda e: e["all"]), ""]
+    if len(report["attacks"]) > 1:
+        for attack in report["attacks"]:
+            lines += [f"## {attack}", "", *table(lambda e, a=attack: e["per_attack"][a]), ""]
+    lines.append("R@b / P@b: recall and precision when the top b of the samples by score are removed.")
+    return "\n".join(lines)

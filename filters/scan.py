@@ -1,0 +1,153 @@
+"""Run detectors over an embedding store and write the score tables.
+
+The global step happens once, in this process: all embeddings are loaded, each neighbour graph is built
+with one index over the whole dataset (FAISS parallelises its search over the machine's cores), and then
+the tables are written shard by shard. Holding one index in one process is the point: spreading the
+search over worker processes on one machine would copy the index into each of them.
+
+Detector specs map a column name to parameters; two keys are reserved: ``detector`` (the registered
+name, when the column is named otherwise, e.g. ``{"kdist_k5": {"detector": "kdist", "k": 5}}``) and
+``embeddings`` (which store, when several are given, e.g. a reference model for ``clip_score``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from poisonlab.filters.context import ScanContext
+from poisonlab.filters.corpus import Corpus, load_corpus
+from poisonlab.filters.detectors import DETECTORS, Detector
+from poisonlab.filters.scores import SCAN_FILE, list_score_shards, score_path, write_score_shard
+from poisonlab.filters.specs import parse_spec
+from poisonlab.pipelines.registry import RegistryError
+from poisonlab.shards.layout import atomic_write_json
+from pydantic import BaseModel
+
+RESERVED = ("detector", "embeddings")
+DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"kdist": {}, "slof": {}, "dao": {}, "lid": {}, "clip_score": {}}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSpec:
+    column: str
+    name: str
+    params: BaseModel
+    embeddings: str | None = None
+
+    def create(self) -> Detector:
+        return DETECTORS.get(self.name).create(self.params)
+
+    def describe(self) -> dict[str, Any]:
+        return {"detector": self.name, "params": self.params.model_dump(mode="json"), "embeddings": self.embeddings}
+
+
+def detector_specs(detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str]) -> list[DetectorSpec]:
+    """Validate every detector and its parameters before any work starts."""
+    if not isinstance(detectors, Mapping):
+        parsed: dict[str, dict[str, Any]] = {}
+        for text in detectors:
+            column, name, params = parse_spec(text)
+            if column in parsed:
+                raise ValueError(f"two detectors write the column {column!r}; name one `other=NAME:...`")
+            parsed[column] = {**params, "detector": name} if name != column else params
+        detectors = parsed
+    if not detectors:
+        raise ValueError("no detectors given")
+    specs = []
+    for column, raw in detectors.items():
+        raw = dict(raw or {})
+        name = str(raw.pop("detector", column))
+        embeddings = raw.pop("embeddings", None)
+        if column in ("key", "shard", "live", "embedded_image", "embedded_text", "reason"):
+            raise ValueError(f"{column!r} is a reserved column name")
+        component = DETECTORS.get(name)
+        specs.append(DetectorSpec(column, name, component.parse(raw), embeddings))
+    columns = {s.column for s in specs}
+    for spec in specs:
+        missing = [u for u in getattr(spec.params, "detectors", []) if u not in columns] if spec.name == "ensemble" else []
+        if missing:
+            raise RegistryError(f"ensemble {spec.column!r} combines {missing}, which this scan does not compute")
+    return specs
+
+
+def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[DetectorSpec]:
+    """Detectors in the given order, except that an ensemble waits for the columns it combines."""
+    done: set[str] = set()
+    ordered: list[DetectorSpec] = []
+    pending = list(specs)
+    while pending:
+        ready = [s for s in pending if set(created[s.column].uses) <= done]
+        if not ready:
+            raise RegistryError(f"ensembles depend on each other in a cycle: {[s.column for s in pending]}")
+        for s in ready:
+            ordered.append(s)
+            done.add(s.column)
+            pending.remove(s)
+    return ordered
+
+
+def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
+    return {
+        "stores": {name: {"path": str(Path(p).resolve()), "model_id": corpus.models[name].info.model_id,
+                          "source": corpus.models[name].info.source} for name, p in stores.items()},
+        "primary": corpus.primary,
+        "detectors": {s.column: s.describe() for s in specs},
+    }
+
+
+def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None,
+         out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Score every sample with every detector; write ``out/{shard}.parquet`` and ``out/scan.json``."""
+    out = Path(out)
+    specs = detector_specs(DEFAULT_DETECTORS if detectors is None else detectors)
+    stores = {"model": Path(emb)} if isinstance(emb, (str, Path)) else {k: Path(v) for k, v in emb.items()}
+    for spec in specs:
+        if spec.embeddings is not None and spec.embeddings not in stores:
+            raise ValueError(f"detector {spec.column!r} asks for embeddings {spec.embeddings!r}; "
+                             f"given: {', '.join(stores)}")
+    started = time.perf_counter()
+    corpus = load_corpus(stores)
+    config = _config(corpus, stores, specs)
+    existing = out / SCAN_FILE
+    if existing.exists() and not overwrite:
+        previous = json.loads(existing.read_text())
+        if previous.get("config") == config:
+            return {**previous, "skipped": True}
+        raise FileExistsError(f"{out} holds a scan with other stores or detectors; use another folder or overwrite")
+    if existing.exists():
+        existing.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list_score_shards(out):
+        if stale not in corpus.shard_names:
+            score_path(out, stale).unlink()
+    ctx = ScanContext(corpus)
+    created = {s.column: s.create() for s in specs}
+    for spec in specs:
+        created[spec.column].plan(ctx, spec.embeddings or corpus.primary)
+    for spec in _order(specs, created):
+        start = time.perf_counter()
+        ctx.columns[spec.column] = created[spec.column].score(ctx, spec.embeddings or corpus.primary)
+        ctx.timings[spec.column] = round(time.perf_counter() - start, 3)
+    primary = corpus.model()
+    for i, shard in enumerate(corpus.shard_names):
+        rows = corpus.shard_rows(i)
+        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "embedded_image": primary.image_ok[rows],
+                "embedded_text": primary.text_ok[rows], "reason": corpus.reasons[rows]}
+        write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
+    summary = {
+        "config": config,
+        "samples": len(corpus),
+        "live": int(corpus.live.sum()),
+        "shards": len(corpus.shard_names),
+        "columns": [s.column for s in specs],
+        "graphs": ctx.graph_info,
+        "seconds": {"total": round(time.perf_counter() - started, 3), **ctx.timings},
+        "out": str(out),
+    }
+    atomic_write_json(existing, summary)
+    return summary

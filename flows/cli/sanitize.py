@@ -1,0 +1,185 @@
+"""Sanitize commands: ``embed``, ``scan``, ``clean``, ``sanitize`` (all three) and ``recall``."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from poisonlab.filters.specs import SpecError
+from poisonlab.filters.store import EmbeddingMismatchError
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
+from poisonlab.pipelines.registry import RegistryError
+
+# Raised while validating and planning, before any shard is written: reported as a one-line error
+# (CheckpointError, a refused or mismatched checkpoint, is a ValueError).
+INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, FileNotFoundError, FileExistsError, ValueError,
+                KeyError)
+
+ArchOpt = typer.Option(None, "--arch", help="open_clip architecture, a shipped config (poisonlab-tiny-32) or a JSON file")
+WeightsOpt = typer.Option(None, "--weights", help="open_clip pretrained tag, .safetensors or weights-only .pt file")
+RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
+DetectorOpt = typer.Option(None, "--detector", help="[column=]name[:key=value,...], repeatable "
+                           "(default: kdist, slof, dao, lid, clip_score); see `poisonlab components detector`")
+DecisionOpt = typer.Option(..., "--decision", help="name:key=value,... e.g. top_fraction:detector=kdist,fraction=0.02 "
+                           "or threshold:detector=clip_score,value=0.8, or a JSON object / @file")
+
+
+@contextmanager
+def _input_errors():  # type: ignore[no-untyped-def]
+    try:
+        yield
+    except INPUT_ERRORS as exc:
+        fail(str(exc).strip("'\""))
+
+
+def _model(arch: str | None, weights: str | None, run: Path | None):  # type: ignore[no-untyped-def]
+    from poisonlab.models.zoo import ModelSpec  # torch and open_clip load only for commands that need them
+
+    if run is not None:
+        if arch or weights:
+            raise ValueError("--run names the architecture and weights; do not combine it with --arch/--weights")
+        return ModelSpec.from_run(run)
+    if arch is None:
+        raise ValueError("give --arch ARCH (and --weights) or --run RUN_DIR")
+    return ModelSpec(arch=arch, weights=weights)
+
+
+def _stores(primary: Path, extra: list[str]) -> dict[str, Path] | Path:
+    if not extra:
+        return primary
+    stores: dict[str, Path] = {"model": primary}
+    for item in extra:
+        name, eq, path = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--embeddings expects NAME=STORE, got {item!r}")
+        stores[name] = Path(path)
+    return stores
+
+
+@app.command()
+def embed(
+    shards: Path = typer.Argument(..., help="shard folder"),
+    out: Path = typer.Option(..., "--out", help="embedding root: the store goes to OUT/<model_id>"),
+    arch: str | None = ArchOpt,
+    weights: str | None = WeightsOpt,
+    run: Path | None = RunOpt,
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    dtype: str = typer.Option("float32", "--dtype", help="storage: float32 or float16"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
+    seed: int = typer.Option(0, "--seed", help="initialisation of random weights"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed every image and caption with an open_clip model (one task per shard; reruns skip done shards)."""
+    from poisonlab.flows.sanitize import embed_folder
+
+    if dtype not in ("float32", "float16"):
+        fail("--dtype must be float32 or float16")
+    with _input_errors():
+        result = embed_folder(shards, out, _model(arch, weights, run), runner_spec(executor, dask_address, workers, not as_json),
+                              batch_size=batch_size, dtype=dtype, device=device, seed=seed)
+    emit(result, as_json, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
+                          f"-> {result['store']}" + "".join(f"\n  {k}: {v}" for k, v in result["reasons"].items()))
+
+
+@app.command()
+def scan(
+    store: Path = typer.Argument(..., help="embedding store (OUT/<model_id> of `poisonlab embed`)"),
+    out: Path = typer.Option(..., "--out", help="folder for the score tables"),
+    detector: list[str] | None = DetectorOpt,
+    embeddings: list[str] | None = typer.Option(
+        None, "--embeddings", help="NAME=STORE: another model's store for detectors with embeddings=NAME"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a scan with other settings in OUT"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score every sample with detectors over the whole dataset (one FAISS index); one table per shard."""
+    from poisonlab.flows.sanitize import scan_folder
+
+    with _input_errors():
+        result = scan_folder(_stores(store, embeddings or []), detector or None, out, overwrite=overwrite)
+    lines = [f"scored {result['samples']} samples ({result['live']} live) in {result['shards']} shards -> {out}"
+             + (" (already done)" if result.get("skipped") else "")]
+    lines += [f"  {name}: {sec:.1f} s" for name, sec in result["seconds"].items()]
+    emit(result, as_json, "\n".join(lines))
+
+
+def _clean_summary(result: dict) -> str:
+    lines = [f"excluded {result['excluded']} of {result['live']} live samples -> {result['out']} "
+             f"(exclusions: {result['exclusions']})"]
+    lines += [f"  {rule}: {n}" for rule, n in result["by_rule"].items()]
+    return "\n".join(lines)
+
+
+@app.command()
+def clean(
+    shards: Path = typer.Argument(..., help="the shard folder that was embedded and scanned"),
+    scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
+    decision: str = DecisionOpt,
+    out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and exclusions.parquet"),
+    excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table."""
+    from poisonlab.flows.sanitize import clean_folder
+
+    with _input_errors():
+        result = clean_folder(shards, scores, decision, out, runner_spec(executor, dask_address, workers, not as_json),
+                              excluded_out)
+    emit(result, as_json, _clean_summary(result))
+
+
+@app.command()
+def sanitize(
+    shards: Path = typer.Argument(..., help="shard folder"),
+    out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean (and OUT/excluded)"),
+    decision: str = DecisionOpt,
+    arch: str | None = ArchOpt,
+    weights: str | None = WeightsOpt,
+    run: Path | None = RunOpt,
+    detector: list[str] | None = DetectorOpt,
+    keep_excluded: bool = typer.Option(False, "--keep-excluded", help="write the excluded samples to OUT/excluded"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    executor: str = ExecutorOpt,
+    dask_address: str | None = DaskAddressOpt,
+    workers: int | None = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed, scan and clean in one go."""
+    from poisonlab.flows.sanitize import sanitize as run_sanitize
+
+    with _input_errors():
+        result = run_sanitize(shards, out, _model(arch, weights, run), decision, detector or None,
+                              runner_spec(executor, dask_address, workers, not as_json), keep_excluded,
+                              batch_size=batch_size)
+    emit(result, as_json, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
+                          + _clean_summary(result["clean"]))
+
+
+@app.command()
+def recall(
+    scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
+    manifest: Path = typer.Option(..., "--manifest", help="poison manifest (manifest.parquet: key, attack, ...)"),
+    out: Path | None = typer.Option(None, "--out", help="folder for recall.md, recall.json and curves (default SCORES/recall)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Filter recall per detector and attack: AUROC, PR-AUC, FPR@95%TPR, recall/precision at 0.1%, 1%, 5%."""
+    from poisonlab.filters.metrics import markdown_summary, recall_report
+
+    with _input_errors():
+        result = recall_report(scores, manifest, out=out or Path(scores) / "recall")
+    emit(result, as_json, markdown_summary(result) + f"\n\ncurves and tables in {Path(result['files']['json']).parent}")

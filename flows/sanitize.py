@@ -1,0 +1,84 @@
+"""Sanitize flows: embed (one Prefect task per shard on Dask), scan (the global step), clean (one task per shard).
+
+The Python API the CLI and experiments share::
+
+    from poisonlab.flows.sanitize import embed_folder, scan_folder, clean_folder, recall_report
+    store = embed_folder(shards, "emb", ModelSpec.from_run(run_dir), runner)["store"]
+    scan_folder(store, {"kdist": {"k": 16}, "dao": {}, "clip_score": {}}, "scores")
+    clean_folder(shards, "scores", {"name": "top_fraction", "detector": "kdist", "fraction": 0.02}, "clean", runner)
+    recall_report("scores", "poisoned/manifest.parquet", out="recall")
+
+Scanning runs in this process: one index over the whole dataset, searched with all the machine's cores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from poisonlab.filters.decisions import Decision
+from poisonlab.filters.metrics import recall_report
+from poisonlab.filters.pipeline import Runner, clean_shards, embed_shards
+from poisonlab.filters.scan import scan
+from poisonlab.flows.runtime import RunnerSpec, run_tasks
+from poisonlab.models.zoo import ModelSpec
+
+DetectorsArg = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
+
+
+def _run_with(runner: RunnerSpec, label: str) -> Runner:
+    return lambda tasks: run_tasks(tasks, runner, label=label)
+
+
+def _threads_per_worker(runner: RunnerSpec) -> int | None:
+    """Local Dask workers share the cores: give each worker's torch its share instead of all of them."""
+    if runner.executor != "prefect" or runner.dask_address:
+        return None
+    return max(1, (os.cpu_count() or 1) // runner.worker_count())
+
+
+def embed_folder(shards: Path, out: Path, model: ModelSpec, runner: RunnerSpec | None = None, *,
+                 batch_size: int = 256, dtype: str = "float32", device: str | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Embed every shard into ``out/<model_id>``; returns the store path under ``"store"`` and the counts."""
+    from poisonlab.filters.embed import EmbedConfig  # torch is only needed here
+
+    runner = runner or RunnerSpec()
+    config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
+                         threads=_threads_per_worker(runner))
+    return embed_shards(Path(shards), Path(out), config, _run_with(runner, "embed"))
+
+
+def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Path,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Detectors (None: kdist, slof, dao, lid, clip_score) over one store or ``{name: store}``; tables into ``out``."""
+    return scan(emb, detectors, Path(out), overwrite=overwrite)
+
+
+def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, Any] | str, out: Path,
+                 runner: RunnerSpec | None = None, excluded_out: Path | None = None) -> dict[str, Any]:
+    """Decide from the score tables; cleaned shards, ``exclusions.parquet`` and ``clean.json`` into ``out``."""
+    runner = runner or RunnerSpec()
+    decision = decision if isinstance(decision, (Decision, str)) else dict(decision)
+    return clean_shards(Path(shards), Path(scores), decision, Path(out), _run_with(runner, "clean"),
+                        Path(excluded_out) if excluded_out is not None else None)
+
+
+def sanitize(shards: Path, out: Path, model: ModelSpec, decision: Decision | Mapping[str, Any] | str,
+             detectors: DetectorsArg = None, runner: RunnerSpec | None = None, keep_excluded: bool = False,
+             **embed_options: Any) -> dict[str, Any]:
+    """All three steps: ``out/emb/<model_id>``, ``out/scores``, ``out/clean`` (and ``out/excluded``)."""
+    out = Path(out)
+    embedded = embed_folder(shards, out / "emb", model, runner, **embed_options)
+    scanned = scan_folder(Path(embedded["store"]), detectors, out / "scores")
+    cleaned = clean_folder(shards, out / "scores", decision, out / "clean", runner,
+                           out / "excluded" if keep_excluded else None)
+    return {"embed": embedded, "scan": scanned, "clean": cleaned}
+
+
+# The names the experiments use.
+clean = clean_folder
+
+__all__ = ["clean", "clean_folder", "embed_folder", "recall_report", "sanitize", "scan", "scan_folder"]
