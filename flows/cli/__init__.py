@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "poisonlab.flows.cli.demo",
     "poisonlab.flows.cli.ingest",
     "poisonlab.flows.cli.poison",
+    "poisonlab.flows.cli.sanitize",
     "poisonlab.flows.cli.train",
 )
 
