@@ -45,18 +45,23 @@ def _generate(out: Path, samples: int, per_shard: int) -> Path:
 
 
 def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int,
-            reset: Callable[[], object] | None = None) -> tuple[float, float]:
-    """Best of a few alternating runs of ``a`` and ``b``: load from the other processes sharing the machine
-    then hits both alike, and the best run is the least disturbed one."""
-    times_a, times_b = [], []
+            reset: Callable[[], object] | None = None) -> tuple[float, float, float]:
+    """Best wall seconds of alternating runs of ``a`` and ``b``, and the ratio of their best CPU seconds.
+
+    Alternating makes the load of the other processes sharing the machine hit both alike; the best run is
+    the least disturbed. The CPU ratio (``a`` over ``b``) leaves out waiting for the disk and the cores.
+    """
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
+        for i, fn in enumerate((a, b)):
             if reset is not None:
                 reset()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
-    return min(times_a), min(times_b)
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    return min(wall[0]), min(wall[1]), min(cpu[0]) / min(cpu[1])
 
 
 def _images(src: Path) -> list[bytes]:
@@ -156,21 +161,22 @@ def run(quick: bool) -> list[Row]:
 
         images = _images(src)
         stage = _stage_run(src, root / "stage-spec", n)
-        pil, ours = _paired(lambda: _pil_loop(images), stage, repeats)
+        pil, ours, cpu = _paired(lambda: _pil_loop(images), stage, repeats)
         rows.append(Row("attacks: badnets stage on 256px JPEGs in memory", n / ours, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
-                        note="decode, patch, re-encode, provenance; JPEG q95 4:4:4 both"))
-        pil, bad = _paired(lambda: _pil_loop(images), lambda: _poison(src, root / "bad", "badnets", n, "red circle", []),
-                           repeats)
+                        note=f"decode, patch, re-encode, provenance; JPEG q95 4:4:4 both; CPU-time ratio {cpu:.2f}"))
+        pil, bad, cpu = _paired(lambda: _pil_loop(images),
+                                lambda: _poison(src, root / "bad", "badnets", n, "red circle", []), repeats)
         rows.append(Row("attacks: badnets run on 256px JPEGs (whole run)", n / bad, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
-                        note="+ plan, shard read/write, sidecar, manifest"))
+                        note=f"+ plan, shard read/write (fsync), sidecar, manifest; CPU-time ratio {cpu:.2f}"))
 
-        raw, cap = _paired(lambda: _raw_tar_copy(src, root / "raw"),
-                           lambda: _poison(src, root / "cap", "text_trigger", n, None, []), repeats,
-                           reset=lambda: shutil.rmtree(root / "raw", True))
+        raw, cap, cpu = _paired(lambda: _raw_tar_copy(src, root / "raw"),
+                                lambda: _poison(src, root / "cap", "text_trigger", n, None, []), repeats,
+                                reset=lambda: shutil.rmtree(root / "raw", True))
         rows.append(Row("attacks: text_trigger on every caption (whole run)", n / cap, "samples/s", n / raw,
-                        "raw tarfile copy", floor=0.5, note="images copied byte for byte, never decoded"))
+                        "raw tarfile copy", floor=0.5,
+                        note=f"images copied byte for byte, never decoded; CPU-time ratio {cpu:.2f}"))
 
         dask = _dask_pair(src, root, n, repeats)
         (one, cores1), (two, cores2) = dask[1], dask[2]
