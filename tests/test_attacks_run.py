@@ -90,15 +90,23 @@ def test_manifest_matches_output_shards_and_untouched_samples_are_identical(tiny
     assert sum(sizes.values()) == 240
 
 
-def test_triggered_images_equal_the_saved_trigger_applied_to_the_original(tiny_shards, tmp_path):
-    """What evaluation rebuilds from attack.json is exactly what the poisoning stage applied."""
+@pytest.mark.parametrize("attack, params", [
+    ("badnets", {"placement": "random", "pattern": "noise"}),
+    ("blended", {"alpha": 0.3}),
+    ("sig", {"frequency": 4}),
+    ("wanet", {"s": 2.0, "quality": 100}),
+    ("label_consistent", {"trigger": "blended"}),
+])
+def test_triggered_images_equal_the_saved_trigger_applied_to_the_original(tiny_shards, tmp_path, attack, params):
+    """The stage changes nothing but the trigger (plus one encode), and evaluation rebuilds exactly it."""
     out = tmp_path / "out"
-    poison_local(tiny_shards, out, one("badnets", count=5, placement="random", pattern="noise"))
+    poison_local(tiny_shards, out, one(attack, count=5, target="red circle", **params))
     spec = load_attack(out)
+    quality = params.get("quality", 95)
     before, after = members(tiny_shards), members(out)
     for row in read_manifest(out).to_pylist():
         original = decode_array(before[f"{row['key']}.jpg"])
-        rebuilt = encode_image(spec.apply_image(original, row["key"]), "jpg", 95)
+        rebuilt = encode_image(spec.apply_image(original, row["key"]), "jpg", quality)
         assert rebuilt == after[f"{row['key']}.jpg"]
         assert spec.locate(original, row["key"])[1] == json.loads(row["placement"])
 
