@@ -4,6 +4,7 @@ and ``splitview serve|build`` (the split-view poisoning testbed)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -157,11 +158,23 @@ def splitview_serve(
         write_table(web.manifest(server.url("")), out / "manifest.parquet")
         typer.echo(f"serving {len(web.originals)} URLs ({len(web.served)} swapped) at {server.url('')}")
         typer.echo(f"URL list: {out / 'urls.parquet'}\nmanifest: {out / 'manifest.parquet'}\nCtrl-C to stop")
+        _stop_on_signals()
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             typer.echo("stopped")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the server cleanly, also when started in the background (where a shell
+    leaves SIGINT ignored)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 @splitview_app.command("build")
