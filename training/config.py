@@ -9,7 +9,7 @@ from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from pydantic import Field
 
 # Settings that change how fast, not what, a run computes: a resumed run may differ in these.
-RUNTIME_ONLY = frozenset({"device", "log_every"})
+RUNTIME_ONLY = frozenset({"device", "log_every", "threads"})
 
 
 class TrainSettings(Params):
@@ -32,3 +32,5 @@ class TrainSettings(Params):
     precision: Literal["auto", "fp32", "amp"] = Field("auto", description="auto: mixed precision on CUDA, fp32 on CPU")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images larger than this are skipped, never decoded")
     log_every: int = Field(10, ge=1, description="steps between rows of the step metrics table")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice; 1 is "
+                                "faster on a machine shared with other jobs)")

@@ -143,6 +143,8 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
     out.mkdir(parents=True, exist_ok=True)
 
     device = pick_device(settings.device)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     _seed_everything(settings.seed, device)
     loaded = load_model(ModelSpec(settings.model), "cpu")
     model = loaded.model
