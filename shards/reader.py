@@ -13,6 +13,9 @@ grouped into samples by key as WebDataset does, and each sample is checked:
   between two members, which ``tarfile`` takes for a normal end: see ``tarformat``), and rows of the input sidecar
   that never appeared in the tar (img2dataset's failed downloads, or samples lost to truncation) are
   carried forward as non-live samples, so every input row is accounted for.
+
+Status and ``touched_by`` describe one pass: a sample read from a tar starts as "ok" again, while its
+provenance (the ``poisonlab`` key of its ``.json``) travels with it from folder to folder.
 """
 
 from __future__ import annotations
@@ -84,20 +87,21 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-_UNSAFE_PATH = re.compile(r"^[/\\]|^[^/\\]*:|(^|[/\\])\.\.([/\\]|$)|[\x00-\x1f]")
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 def unsafe_name(name: str) -> str | None:
-    """Why a member name must not be used, or None."""
+    """Why a member name must not be used, or None (plain string tests: this runs for every member)."""
     if not name.isascii() and printable(name) != name:
         return "not valid UTF-8"
-    if not _UNSAFE_PATH.search(name):
-        return None
-    if re.search(r"[\x00-\x1f]", name):
+    if not name.isprintable() and _CONTROL.search(name):
         return "control character"
-    if re.search(r"(^|[/\\])\.\.([/\\]|$)", name):
+    path = name.replace("\\", "/") if "\\" in name else name
+    if ".." in path and ".." in path.split("/"):
         return "parent directory"
-    return "absolute path"
+    if path.startswith("/") or ":" in path.partition("/")[0]:
+        return "absolute path"
+    return None
 
 
 class _Group:
@@ -181,23 +185,25 @@ def _parse_meta(raw: bytes, problems: list[str]) -> dict[str, Any]:
 def _sample_from_group(group: _Group, policy: ReadPolicy) -> Sample:
     members = group.members
     problems = list(group.problems)
-    payload_exts = sorted(e for e in members if e in policy.payload_extensions)
+    payload_exts = [e for e in members if e in policy.payload_extensions]
     if len(payload_exts) > 1:
-        problems.append("multiple_payloads: " + ", ".join(payload_exts))
-    meta = _parse_meta(members["json"], problems) if "json" in members else {}
+        problems.append("multiple_payloads: " + ", ".join(sorted(payload_exts)))
+    raw_meta = members.get("json")
+    meta = {} if raw_meta is None else _parse_meta(raw_meta, problems)
     text: str | None = None
-    if "txt" in members:
+    raw_text = members.get("txt")
+    if raw_text is not None:
         try:
-            text = members["txt"].decode("utf-8")
+            text = raw_text.decode("utf-8")
         except UnicodeDecodeError as exc:
             problems.append(f"caption_not_utf8: invalid byte at position {exc.start}")
     elif policy.require_text and not any(p.startswith("caption_too_long") for p in problems):
         problems.append("missing_caption: no .txt member")
-    payload_ext = payload_exts[0] if payload_exts else "jpg"
-    payload = members.get(payload_ext) if payload_exts else None
+    payload_ext = min(payload_exts) if payload_exts else "jpg"
+    payload = members[payload_ext] if payload_exts else None
     if payload is None and policy.require_payload:
         problems.append("missing_payload: no image or payload member")
-    if payload is not None and payload_ext in IMAGE_EXTENSIONS and policy.probe_images and not problems:
+    if not problems and payload is not None and policy.probe_images and payload_ext in IMAGE_EXTENSIONS:
         try:
             width, height = probe_image(payload, policy.max_pixels)
         except ImageError as exc:
@@ -205,10 +211,10 @@ def _sample_from_group(group: _Group, policy: ReadPolicy) -> Sample:
         else:
             if meta.get("width") != width or meta.get("height") != height:
                 meta = {**meta, "width": width, "height": height}
-    sample = Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta)
     if problems:
-        return dataclasses.replace(sample, status=Status.ERROR.value, reason=f"{STAGE}: " + "; ".join(problems))
-    return sample
+        return Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta,
+                      status=Status.ERROR.value, reason=f"{STAGE}: " + "; ".join(problems))
+    return Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta)
 
 
 # Sidecar columns that describe a row rather than its sample's metadata (ours and img2dataset's).
