@@ -165,6 +165,7 @@ def run(quick: bool) -> list[Row]:
         rows.append(Row("attacks: badnets stage on 256px JPEGs in memory", n / ours, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
                         note=f"decode, patch, re-encode, provenance; JPEG q95 4:4:4 both; CPU-time ratio {cpu:.2f}"))
+        del stage  # its samples stay out of the garbage collector's way in the next rows
         pil, bad, cpu = _paired(lambda: _pil_loop(images),
                                 lambda: _poison(src, root / "bad", "badnets", n, "red circle", []), repeats)
         rows.append(Row("attacks: badnets run on 256px JPEGs (whole run)", n / bad, "samples/s", n / pil,
