@@ -22,7 +22,7 @@ from poisonlab.pipelines.stage import FilterStage, MapStage, ShardContext
 from poisonlab.shards.images import encode_image
 from poisonlab.shards.layout import is_complete, list_shards, remove_temp_files, temp_files
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks, plan_source_tasks
-from poisonlab.shards.reader import read_shard, split_member_name
+from poisonlab.shards.reader import ReadPolicy, read_shard, split_member_name
 from poisonlab.shards.sidecar import CHUNK_ROWS, MAX_EXTRA_COLUMNS, SIDECAR_SCHEMA
 from poisonlab.shards.summary import summarize
 from poisonlab.shards.tarformat import member_header
@@ -266,3 +266,16 @@ def test_summary_counts_from_sidecars(tmp_path: Path) -> None:
     assert summary["reasons"] == {"f: near_dup": 1, "read: empty_image": 1}
     with pytest.raises(FileNotFoundError):
         summarize(tmp_path / "nope")
+
+
+def test_non_image_payloads_need_an_explicit_policy(tmp_path: Path) -> None:
+    """The core carries any payload; the reader accepts non-image ones only when a policy says so."""
+    buf = io.BytesIO()
+    np.save(buf, np.arange(6, dtype=np.int16), allow_pickle=False)
+    stats = write(tmp_path, [Sample(key="g0", payload=buf.getvalue(), payload_ext="graph.npy", text="a graph")])
+    assert stats["written"] == 1
+    [default] = read_shard(tmp_path, "00000")
+    assert default.status == "error" and "refused_member: .graph.npy" in default.reason
+    [opted] = read_shard(tmp_path, "00000", ReadPolicy(payload_extensions=frozenset({"graph.npy"})))
+    assert opted.is_live and opted.payload_ext == "graph.npy"
+    assert np.load(io.BytesIO(opted.payload), allow_pickle=False).tolist() == list(range(6))
