@@ -32,15 +32,14 @@ class RunnerSpec:
 
 def check_prefect_environment() -> None:
     """Refuse to start when the ``dataclasses`` backport shadows the standard library (Prefect's server dies)."""
-    if sys.version_info >= (3, 7):
-        try:
-            distribution("dataclasses")
-        except PackageNotFoundError:
-            return
-        raise RuntimeError(
-            "the 'dataclasses' backport (pulled in by img2dataset) is installed and breaks Prefect's server on "
-            f"Python {sys.version_info.major}.{sys.version_info.minor}; remove it with: pip uninstall -y dataclasses"
-        )
+    try:
+        distribution("dataclasses")
+    except PackageNotFoundError:
+        return
+    raise RuntimeError(
+        "the 'dataclasses' backport (pulled in by img2dataset) is installed and breaks Prefect's server on "
+        f"Python {sys.version_info.major}.{sys.version_info.minor}; remove it with: pip uninstall -y dataclasses"
+    )
 
 
 class Progress:
