@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from pydantic import Field
+
 from poisonlab.filters.store import file_digest
 from poisonlab.pipelines.accounting import ShardStats, StageCounts
 from poisonlab.pipelines.executor import ShardTask
@@ -24,7 +26,6 @@ from poisonlab.pipelines.stage import FilterStage, ShardContext
 from poisonlab.shards.layout import is_complete
 from poisonlab.shards.plan import FolderSink, load_stats, plan_folder_tasks
 from poisonlab.shards.writer import ShardWriter
-from pydantic import Field
 
 EXCLUSIONS_FILE = "exclusions.parquet"
 STAGE_NAME = "sanitize"

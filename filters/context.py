@@ -12,6 +12,7 @@ import dataclasses
 import time
 
 import numpy as np
+
 from poisonlab.filters.corpus import Corpus
 from poisonlab.filters.index import IndexParams
 from poisonlab.filters.neighbours import NeighbourGraph, batch_local_graph, global_graph, reference_set

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from poisonlab.filters.store import (
     EmbeddingMismatchError,
     StoreInfo,
@@ -95,6 +96,11 @@ def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
     bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
     models = {primary: _view(info, parts)}
     for name, store in list(named.items())[1:]:
+        if list_store_shards(store) != shard_names:
+            raise EmbeddingMismatchError(
+                f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
+                f"shards {list_store_shards(store)} vs {shard_names}; embed the same shards with both models"
+            )
         other_info, _, other_parts = _load_store(store, shard_names)
         other_keys = [k for p in other_parts for k in p.keys]
         if other_keys != keys:

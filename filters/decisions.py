@@ -16,9 +16,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field, model_validator
+
 from poisonlab.filters.scores import ScoreTable, key_ranks, ranking
 from poisonlab.pipelines.registry import Params, get_registry
-from pydantic import Field, model_validator
 
 DECISIONS = get_registry("decision")
 

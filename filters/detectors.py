@@ -14,15 +14,16 @@ from collections import Counter
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.stats import rankdata
+
 from poisonlab.filters.context import NeighbourhoodKey, ScanContext
 from poisonlab.filters.index import IndexParams, similar_pairs
 from poisonlab.filters.outliers import dao, k_distance, slof
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
-from pydantic import Field
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.stats import rankdata
 
 DETECTORS = get_registry("detector")
 FeatureSpace = Literal["image", "text", "concat"]

@@ -7,6 +7,11 @@ no image embedding and a recorded reason, never a silent drop. A shard's embeddi
 temporary name and renamed into place, with the digest of the tar they came from: a rerun skips them,
 and a changed shard is an error rather than a silent mix of versions.
 
+Float results of a CPU forward pass depend (in the last bits) on torch's thread count and on how samples
+are batched, so both are part of the configuration, not of the machine: ``threads`` defaults to 1 (the
+parallelism is one worker per core) and batches never cross shards, so the same config writes the same
+bytes with any number of workers.
+
 With random weights (``weights=None``), the model is initialised from ``seed`` inside a forked torch RNG,
 so every worker builds the same model and the global generator is left as it was.
 """
@@ -24,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
 from poisonlab.filters.store import (
     EmbeddingMismatchError,
     ShardEmbeddings,
@@ -57,7 +63,7 @@ class EmbedConfig:
     dtype: Literal["float32", "float16"] = "float32"  # storage; computation is float32 on CPUs
     device: str | None = None  # None: cuda when available, else cpu
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 autocast on CUDA, fp32 on CPU
-    threads: int | None = None  # torch CPU threads per worker (None: torch's default)
+    threads: int = 1  # torch CPU threads per worker: float results depend on it, so it is fixed (see below)
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0  # initialisation of random weights
 
@@ -148,8 +154,15 @@ class EmbedSink:
 
     def __call__(self, shard: str, samples: Iterable[Sample], stages: list[StageCounts],
                  shard_errors: list[str]) -> ShardStats:
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.threads)
+        try:
+            return self._embed(shard, samples, stages, shard_errors)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _embed(self, shard: str, samples: Iterable[Sample], stages: list[StageCounts],
+               shard_errors: list[str]) -> ShardStats:
         encoder = _Encoder(self.config)
         dim = encoder.loaded.embed_dim
         digest = source_digest(Path(self.source), shard)

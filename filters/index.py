@@ -25,9 +25,10 @@ from typing import Literal
 import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, search_preassigned
+from pydantic import Field
+
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params
-from pydantic import Field
 
 
 class IndexParams(Params):

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
 
 BUDGETS = (0.001, 0.01, 0.05)
 

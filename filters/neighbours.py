@@ -16,6 +16,7 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
+
 from poisonlab.filters.corpus import ModelView
 from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
 from poisonlab.pipelines.keyed import keyed_u64

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
 from poisonlab.filters.clean import EXCLUSIONS_FILE, STAGE_NAME, plan_clean_tasks, write_clean_report
 from poisonlab.filters.decisions import Decision, exclusion_table, parse_decision
 from poisonlab.filters.embed import EmbedConfig, plan_embed_tasks

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
@@ -26,7 +28,6 @@ from poisonlab.filters.scores import SCAN_FILE, list_score_shards, score_path, w
 from poisonlab.filters.specs import parse_spec
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.layout import atomic_write_json
-from pydantic import BaseModel
 
 RESERVED = ("detector", "embeddings")
 DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"kdist": {}, "slof": {}, "dao": {}, "lid": {}, "clip_score": {}}

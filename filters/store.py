@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from poisonlab.shards.layout import atomic_write_json, tar_path
 
 MODEL_FILE = "model.json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from poisonlab.pipelines.keyed import keyed_rng
 
 

@@ -13,7 +13,6 @@ Scanning runs in this process: one index over the whole dataset, searched with a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,15 @@ def _run_with(runner: RunnerSpec, label: str) -> Runner:
     return lambda tasks: run_tasks(tasks, runner, label=label)
 
 
-def _threads_per_worker(runner: RunnerSpec) -> int | None:
-    """Local Dask workers share the cores: give each worker's torch its share instead of all of them."""
-    if runner.executor != "prefect" or runner.dask_address:
-        return None
-    return max(1, (os.cpu_count() or 1) // runner.worker_count())
-
-
 def embed_folder(shards: Path, out: Path, model: ModelSpec, runner: RunnerSpec | None = None, *,
                  batch_size: int = 256, dtype: str = "float32", device: str | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, threads: int = 1) -> dict[str, Any]:
     """Embed every shard into ``out/<model_id>``; returns the store path under ``"store"`` and the counts."""
     from poisonlab.filters.embed import EmbedConfig  # torch is only needed here
 
     runner = runner or RunnerSpec()
     config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
-                         threads=_threads_per_worker(runner))
+                         threads=threads)
     return embed_shards(Path(shards), Path(out), config, _run_with(runner, "embed"))
 
 

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
 from poisonlab.flows.cli.app import (

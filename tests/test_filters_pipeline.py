@@ -1,0 +1,294 @@
+"""Embed -> scan -> clean -> recall on real shards with the tiny open_clip model, and the bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_synth
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from poisonlab.filters.corpus import load_corpus
+from poisonlab.filters.embed import EmbedConfig
+from poisonlab.filters.pipeline import clean_shards, embed_shards
+from poisonlab.filters.scan import scan
+from poisonlab.filters.scores import load_scores
+from poisonlab.filters.store import EmbeddingMismatchError, read_shard_embeddings, shard_file, write_shard
+from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.models.zoo import CheckpointError, ModelSpec
+from poisonlab.pipelines.sample import Sample
+from poisonlab.shards.images import encode_image
+from poisonlab.shards.reader import read_shard
+from poisonlab.shards.writer import ShardWriter
+
+TINY = ModelSpec("poisonlab-tiny-32")
+BROKEN_KEY = "000030099"
+DETECTORS = {"kdist": {"k": 8}, "dao": {"k": 8}, "clip_score": {}, "caption_frequency": {}}
+LOCAL = RunnerSpec(executor="local", progress=False)
+
+
+def add_broken_shard(directory: Path) -> None:
+    """A fourth shard whose last image has a valid header but a truncated body (decodes only partly)."""
+    pixels = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    good = encode_image(pixels, "jpg")
+    with ShardWriter(directory, "00003") as writer:
+        for i in range(10):
+            writer.write(Sample(key=f"00003{i:04d}", payload=good, text=f"a test pattern {i}", meta={}))
+        writer.write(Sample(key=BROKEN_KEY, payload=good[: 2 * len(good) // 3], text="a broken image", meta={}))
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = make_synth(tmp_path_factory.mktemp("filters") / "shards", samples=180, per_shard=60)
+    add_broken_shard(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    result = embed_shards(shards, tmp_path_factory.mktemp("emb"), EmbedConfig(TINY, batch_size=64))
+    assert result["samples"] == 191 and result["written"] == 190
+    return Path(result["store"])
+
+
+@pytest.fixture(scope="module")
+def scores(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scores")
+    scan(store, DETECTORS, out)
+    return out
+
+
+def tar_members(path: Path) -> dict[str, bytes]:
+    """Raw member bytes (read as bytes, never decoded or unpickled)."""
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_store_holds_every_sample_with_a_status(shards: Path, store: Path) -> None:
+    info = json.loads((store / "model.json").read_text())
+    assert info["embed_dim"] == 128 and info["weights_digest"] == "random:0" and info["source"] == str(shards.resolve())
+    corpus = load_corpus(store)
+    assert len(corpus) == 191 and corpus.shard_names == ["00000", "00001", "00002", "00003"]
+    view = corpus.model()
+    broken = corpus.keys.index(BROKEN_KEY)
+    assert not view.image_ok[broken] and view.text_ok[broken] and corpus.live[broken]
+    assert "undecodable_image" in corpus.reasons[broken]
+    norms = np.linalg.norm(view.image[view.image_ok], axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    sidecar_keys = [s.key for shard in corpus.shard_names for s in read_shard(shards, shard)]
+    assert corpus.keys == sidecar_keys
+
+
+def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Path, store: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in store.glob("*.npz")}
+    again = embed_shards(shards, store.parent, EmbedConfig(TINY, batch_size=17))
+    assert again["store"] == str(store)
+    assert {p.name: p.stat().st_mtime_ns for p in store.glob("*.npz")} == before
+    # a fresh store from the same seed holds the same embeddings, whatever the batch size
+    fresh = embed_shards(shards, store.parent.parent / "fresh", EmbedConfig(TINY, batch_size=17, dtype="float16"))
+    a, b = read_shard_embeddings(store, "00001"), read_shard_embeddings(Path(fresh["store"]), "00001")
+    assert np.load(shard_file(Path(fresh["store"]), "00001"))["image"].dtype == np.float16
+    np.testing.assert_allclose(a.image, b.image, atol=2e-3)
+    assert a.keys == b.keys
+
+
+def test_clean_keeps_samples_byte_identical_and_accounts_for_everything(shards: Path, scores: Path,
+                                                                         tmp_path: Path) -> None:
+    out, excluded = tmp_path / "clean", tmp_path / "excluded"
+    report = clean_shards(shards, scores, "top_fraction:detector=kdist,fraction=0.05", out, excluded_out=excluded)
+    table = load_scores(scores)
+    exclusions = pq.read_table(out / "exclusions.parquet")
+    rules = exclusions.column("rule").to_pylist()
+    assert rules.count("no_score") == 1 and rules.count("kdist top 0.05") == 10  # ceil(5% of 191 live)
+    assert report["excluded"] == 11 and report["by_rule"] == {"kdist top 0.05": 10, "no_score": 1}
+    dropped_keys = set(exclusions.column("key").to_pylist())
+    assert BROKEN_KEY in dropped_keys
+    kept_rows, all_rows = 0, 0
+    for shard in ("00000", "00001", "00002", "00003"):
+        source, cleaned = tar_members(shards / f"{shard}.tar"), tar_members(out / f"{shard}.tar")
+        for name, data in cleaned.items():  # every kept member is the source's, byte for byte
+            assert source[name] == data
+        assert {n.split(".")[0] for n in source} - {n.split(".")[0] for n in cleaned} == {
+            k for k in dropped_keys if k.startswith(shard)}
+        side = pq.read_table(out / f"{shard}.parquet").to_pylist()
+        all_rows += len(side)
+        kept_rows += sum(r["status"] == "ok" for r in side)
+        for row in side:
+            if row["key"] in dropped_keys:
+                assert row["status"] == "dropped" and row["reason"].startswith("sanitize: ")
+        inspect = tar_members(excluded / f"{shard}.tar")
+        for name, data in inspect.items():
+            if not name.endswith(".json"):
+                assert source[name] == data
+    assert all_rows == len(table) == 191 and kept_rows == 180
+    assert json.loads((out / "sizes.json").read_text())["00003.tar"] == 10
+    assert json.loads((out / "clean.json").read_text())["excluded"] == 11
+
+
+def test_missing_scores_can_be_kept_by_an_explicit_rule(shards: Path, scores: Path, tmp_path: Path) -> None:
+    report = clean_shards(shards, scores, {"name": "threshold", "detector": "clip_score", "value": 10.0,
+                                           "missing": "keep"}, tmp_path / "clean")
+    assert report["excluded"] == 0
+    assert f"{BROKEN_KEY}.jpg" in tar_members(tmp_path / "clean" / "00003.tar")
+
+
+def test_rethresholding_reads_scores_and_never_recomputes(shards: Path, scores: Path, tmp_path: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in scores.iterdir()}
+    a = clean_shards(shards, scores, "threshold:detector=dao,value=0.5", tmp_path / "a")
+    b = clean_shards(shards, scores, {"name": "rules", "rules": [{"detector": "dao", "threshold": 0.5},
+                                                                  {"detector": "kdist", "top_fraction": 0.02}]},
+                     tmp_path / "b")
+    assert a["excluded"] <= b["excluded"]
+    assert {p.name: p.stat().st_mtime_ns for p in scores.iterdir()} == before
+    with pytest.raises(FileExistsError, match="another decision"):
+        clean_shards(shards, scores, "threshold:detector=dao,value=0.1", tmp_path / "a")
+
+
+def test_recall_report_matches_sklearn_and_writes_curves(scores: Path, tmp_path: Path) -> None:
+    from poisonlab.filters.metrics import recall_report
+
+    table = load_scores(scores)
+    live_keys = [k for k, live in zip(table.keys, table.live, strict=True) if live]
+    positives = live_keys[::19]
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"key": positives, "attack": ["a", "b"] * (len(positives) // 2) + ["a"] * (len(positives) % 2)}),
+                   manifest)
+    report = recall_report(scores, manifest, out=tmp_path / "recall")
+    labels = np.array([k in set(positives) for k in live_keys])
+    kdist = table.column("kdist")[table.live]
+    kdist = np.where(np.isnan(kdist), np.nanmin(kdist) - 1, kdist)  # the broken image has no score: ranked last
+    assert report["detectors"]["kdist"]["all"]["auroc"] == pytest.approx(roc_auc_score(labels, kdist))
+    assert set(report["detectors"]["kdist"]["per_attack"]) == {"a", "b"}
+    budget = report["detectors"]["kdist"]["all"]["budgets"]["5%"]
+    top = np.argsort(-kdist, kind="stable")[: budget["removed"]]
+    assert budget["recall"] == pytest.approx(labels[top].sum() / labels.sum())
+    for name in ("roc.png", "pr.png", "roc_a.png", "recall.md", "recall.json"):
+        assert (tmp_path / "recall" / name).stat().st_size > 0
+    assert "| kdist |" in (tmp_path / "recall" / "recall.md").read_text()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+class NotAWeight:
+    pass
+
+
+def test_checkpoints_that_are_not_safetensors_or_weights_only_are_refused(shards: Path, tmp_path: Path) -> None:
+    pickled = tmp_path / "model.pt"
+    torch.save({"visual.proj": NotAWeight()}, pickled)  # needs full unpickling: refused by weights_only
+    other = tmp_path / "model.pkl"
+    other.write_bytes(b"\x80\x04K\x01.")
+    for path, message in ((pickled, "weights_only"), (other, "only .safetensors")):
+        with pytest.raises(CheckpointError, match=message):
+            embed_shards(shards, tmp_path / "emb", EmbedConfig(ModelSpec("poisonlab-tiny-32", str(path))))
+    assert not (tmp_path / "emb").exists() or not list((tmp_path / "emb").rglob("*.npz"))
+
+
+def test_mismatched_dimensions_are_a_clear_error(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / store.name
+    shutil.copytree(store, copy)
+    part = read_shard_embeddings(copy, "00002")
+    write_shard(copy, "00002", dataclasses.replace(part, image=part.image[:, :64], text=part.text[:, :64]), "float32")
+    with pytest.raises(EmbeddingMismatchError, match="64-d embeddings but the store's model"):
+        load_corpus(copy)
+
+
+def test_scores_of_other_shards_are_refused_before_any_work(store: Path, scores: Path, tmp_path: Path) -> None:
+    other = make_synth(tmp_path / "other", samples=120, per_shard=60, seed=5)
+    with pytest.raises(EmbeddingMismatchError, match="do not match the shards"):
+        clean_shards(other, scores, "top_fraction:detector=kdist,fraction=0.1", tmp_path / "clean")
+    assert not list((tmp_path / "clean").glob("*.tar"))
+    # a second model's store must cover the same samples
+    other_store = embed_shards(other, tmp_path / "emb", EmbedConfig(TINY))["store"]
+    with pytest.raises(EmbeddingMismatchError, match="do not cover the same samples"):
+        load_corpus({"victim": store, "reference": Path(other_store)})
+
+
+def test_embeddings_of_a_changed_shard_are_refused(tmp_path: Path) -> None:
+    src = make_synth(tmp_path / "src", samples=60, per_shard=30, seed=2)
+    emb = tmp_path / "emb"
+    embed_shards(src, emb, EmbedConfig(TINY))
+    make_synth(tmp_path / "changed", samples=60, per_shard=30, seed=3)
+    for name in ("00000.tar", "00000.parquet"):
+        (src / name).write_bytes((tmp_path / "changed" / name).read_bytes())
+    with pytest.raises(EmbeddingMismatchError, match="another version"):
+        embed_shards(src, emb, EmbedConfig(TINY))
+
+
+def test_scan_refuses_unknown_detectors_and_embeddings(store: Path, tmp_path: Path) -> None:
+    from poisonlab.pipelines.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="unknown detector"):
+        scan(store, ["kdistance"], tmp_path / "s")
+    with pytest.raises(ValueError, match="asks for embeddings"):
+        scan(store, {"clip_ref": {"detector": "clip_score", "embeddings": "reference"}}, tmp_path / "s")
+    with pytest.raises(RegistryError, match="does not compute"):
+        scan(store, {"kdist": {}, "e": {"detector": "ensemble", "detectors": ["kdist", "dao"]}}, tmp_path / "s")
+
+
+# --- the command line and the Prefect flow ------------------------------------------------------------------
+
+
+def _cli():  # type: ignore[no-untyped-def]
+    from poisonlab.flows.cli import COMMAND_MODULES, app
+
+    for name in COMMAND_MODULES:
+        import_module(name)
+    return app
+
+
+def test_cli_embed_scan_clean_recall(shards: Path, tmp_path: Path) -> None:
+    app, cli = _cli(), CliRunner()
+    local = ["--executor", "local", "--json"]
+    res = cli.invoke(app, ["embed", str(shards), "--out", str(tmp_path / "emb"), "--arch", "poisonlab-tiny-32", *local])
+    assert res.exit_code == 0, res.output
+    store = json.loads(res.stdout)["store"]
+    res = cli.invoke(app, ["scan", store, "--out", str(tmp_path / "scores"), "--detector", "kdist:k=8",
+                           "--detector", "kdist_bl=kdist:k=8,mode=batch_local,batch_size=64", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["columns"] == ["kdist", "kdist_bl"]
+    res = cli.invoke(app, ["clean", str(shards), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "clean"),
+                           "--decision", "top_fraction:detector=kdist_bl,fraction=0.02", *local])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["by_rule"] == {"kdist_bl top 0.02": 4, "no_score": 1}
+    keys = pq.read_table(tmp_path / "clean" / "exclusions.parquet").column("key").to_pylist()
+    pq.write_table(pa.table({"key": keys, "attack": ["flagged"] * len(keys)}), tmp_path / "manifest.parquet")
+    res = cli.invoke(app, ["recall", "--scores", str(tmp_path / "scores"), "--manifest", str(tmp_path / "manifest.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "| kdist_bl |" in res.stdout and (tmp_path / "scores" / "recall" / "roc.png").exists()
+    res = cli.invoke(app, ["embed", str(shards), "--out", str(tmp_path / "e2"), "--arch", "poisonlab-tiny-32",
+                           "--weights", str(tmp_path / "missing.safetensors"), *local])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_prefect_flow_on_dask_writes_what_the_local_run_writes(prefect_harness, shards: Path, store: Path,
+                                                                scores: Path, tmp_path: Path) -> None:
+    from poisonlab.flows.sanitize import sanitize
+
+    result = sanitize(shards, tmp_path / "run", TINY, "top_fraction:detector=kdist,fraction=0.05", DETECTORS,
+                      RunnerSpec(executor="prefect", workers=2, progress=False), batch_size=64)
+    flow_store = Path(result["embed"]["store"])
+    assert flow_store.name == store.name
+    for shard in ("00000", "00003"):
+        a, b = read_shard_embeddings(store, shard), read_shard_embeddings(flow_store, shard)
+        assert a.keys == b.keys and np.array_equal(a.image, b.image) and np.array_equal(a.text, b.text)
+    for shard in ("00000", "00003"):
+        assert pq.read_table(scores / f"{shard}.parquet").equals(pq.read_table(tmp_path / "run" / "scores" / f"{shard}.parquet"))
+    local = tmp_path / "local-clean"
+    clean_shards(shards, scores, "top_fraction:detector=kdist,fraction=0.05", local)
+    for shard in ("00000", "00001", "00002", "00003"):
+        assert (local / f"{shard}.tar").read_bytes() == (tmp_path / "run" / "clean" / f"{shard}.tar").read_bytes()
+    assert pq.read_table(local / "exclusions.parquet").equals(pq.read_table(tmp_path / "run" / "clean" / "exclusions.parquet"))
