@@ -39,6 +39,11 @@ class ScanContext:
         self._graphs: dict[NeighbourhoodKey, NeighbourGraph] = {}
         self._stats: dict[tuple, np.ndarray] = {}
 
+    @property
+    def graphs(self) -> dict[NeighbourhoodKey, NeighbourGraph]:
+        """The neighbour graphs built so far (for reports and benchmarks)."""
+        return dict(self._graphs)
+
     def plan(self, key: NeighbourhoodKey, k: int) -> None:
         """Announce that a detector will need k neighbours, so the graph is built once, large enough."""
         self._planned[key] = max(self._planned.get(key, 0), k)

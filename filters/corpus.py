@@ -131,3 +131,18 @@ def _view(info: StoreInfo, parts: list) -> ModelView:
     return ModelView(info=info, image=np.ascontiguousarray(stack("image"), dtype=np.float32),
                      text=np.ascontiguousarray(stack("text"), dtype=np.float32),
                      image_ok=stack("image_ok").astype(bool), text_ok=stack("text_ok").astype(bool))
+
+
+def corpus_from_vectors(image: np.ndarray, text: np.ndarray | None = None, keys: list[str] | None = None,
+                        captions: list[str] | None = None) -> Corpus:
+    """An in-memory corpus of L2-normalised vectors (one shard), for detectors on embeddings made elsewhere."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    n, d = image.shape
+    text = image if text is None else np.ascontiguousarray(text, dtype=np.float32)
+    if text.shape != image.shape:
+        raise EmbeddingMismatchError(f"image embeddings are {image.shape}, text embeddings {text.shape}")
+    info = StoreInfo("in-memory", "unknown", None, "unknown", d, 0, 0, "float32", "memory")
+    view = ModelView(info, image, text, np.ones(n, bool), np.ones(n, bool))
+    return Corpus(keys=keys or [f"{i:012d}" for i in range(n)], captions=captions or [""] * n, shard_names=["00000"],
+                  shard_bounds=np.array([0, n]), live=np.ones(n, bool), reasons=[""] * n, source_status=[""] * n,
+                  hash_status=[""] * n, models={"model": view}, primary="model")

@@ -38,7 +38,7 @@ class IndexParams(Params):
     exact_max: int = Field(50_000, ge=1, description="auto: brute force up to this many vectors")
     pca_dim: int = Field(64, ge=0, description="ivf: dimensions of the projection the lists are built on (0: none)")
     nlist: int = Field(0, ge=0, description="ivf: inverted lists (0: about sqrt(nprobe x n))")
-    nprobe: int = Field(8, ge=1, description="ivf: lists searched per query")
+    nprobe: int = Field(4, ge=1, description="ivf: lists searched per query")
     code: Literal["sq8", "flat"] = Field("sq8", description="ivf: how list entries are stored")
     refine: float = Field(2.0, ge=1.0, description="ivf: candidates re-ranked exactly, as a multiple of k")
     train_per_list: int = Field(32, ge=4, description="ivf: k-means training points per list")

@@ -35,13 +35,18 @@ class RefSet:
     partner: np.ndarray | None  # cross space: the other modality of the same pair, or -1
 
 
+def _rows_of(vectors: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.flatnonzero(ok)
+    return (vectors if len(rows) == len(vectors) else vectors[rows]), rows  # no copy when every row has one
+
+
 def reference_set(view: ModelView, space: Space) -> RefSet:
     if space == "image":
-        rows = np.flatnonzero(view.image_ok)
-        return RefSet(view.image[rows], rows, len(rows), None)
+        vectors, rows = _rows_of(view.image, view.image_ok)
+        return RefSet(vectors, rows, len(rows), None)
     if space == "text":
-        rows = np.flatnonzero(view.text_ok)
-        return RefSet(view.text[rows], rows, len(rows), None)
+        vectors, rows = _rows_of(view.text, view.text_ok)
+        return RefSet(vectors, rows, len(rows), None)
     if space != "cross":
         raise ValueError(f"unknown neighbourhood space {space!r}; use image, text or cross")
     img_rows, txt_rows = np.flatnonzero(view.image_ok), np.flatnonzero(view.text_ok)
