@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from poisonlab.filters.corpus import Corpus
 from poisonlab.filters.index import IndexParams
 from poisonlab.filters.neighbours import NeighbourGraph, batch_local_graph, global_graph, reference_set
 from poisonlab.filters.outliers import LID_ESTIMATORS, k_distance
+
+RECALL_WARNING = 0.9  # below this sampled recall@k, a scan warns that its neighbourhoods are unreliable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +66,12 @@ class ScanContext:
             raise ValueError(f"unknown neighbourhood mode {key.mode!r}; use global or batch_local")
         self._graphs[key] = graph
         self.graph_info[_describe(key)] = {"k": want, "references": len(refs.rows), "queries": refs.queries,
-                                           "index": graph.source, "seconds": round(time.perf_counter() - start, 3)}
+                                           "index": graph.source, "recall_estimate": graph.recall_estimate,
+                                           "seconds": round(time.perf_counter() - start, 3)}
+        if graph.recall_estimate is not None and graph.recall_estimate < RECALL_WARNING:
+            warnings.warn(f"the {graph.source} index found only {graph.recall_estimate:.1%} of the true {want} nearest "
+                          f"neighbours on a sample of queries ({_describe(key)}); raise index.nprobe or use "
+                          "index.kind=exact", stacklevel=2)
         return graph
 
     def kdist(self, key: NeighbourhoodKey, k: int) -> np.ndarray:

@@ -49,6 +49,8 @@ class IndexParams(Params):
     gpu_exact_max: int = Field(5_000_000, ge=1, description="auto with a GPU: brute force up to this many vectors")
     seed: int = 0
     chunk: int = Field(32_768, ge=256, description="queries per search call (bounds temporary memory)")
+    check_queries: int = Field(200, ge=0, description="approximate kinds: queries checked by brute force to "
+                               "estimate recall@k, reported with the scores (0: no check)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class KnnResult:
     dist: np.ndarray  # (n, k) float32
     ids: np.ndarray  # (n, k) int64
     kind: str
+    recall_estimate: float | None = None  # approximate kinds: recall@k on a keyed sample of queries
 
 
 def gpu_count() -> int:
@@ -96,18 +99,23 @@ def _check(x: np.ndarray) -> np.ndarray:
 
 
 def _drop_self(ids: np.ndarray, sims: np.ndarray, rows: np.ndarray, partner: np.ndarray | None,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row itself (and its partner) from its candidate list, keep the first k others."""
+               k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Remove each row itself (and its partner) from its candidates; the first k others, and rows short of k."""
+    ids = ids.astype(np.int64, copy=False)
     bad = (ids == rows[:, None]) | (ids < 0)
     if partner is not None:
         bad |= ids == partner[rows][:, None]
     order = np.argsort(bad, axis=1, kind="stable")[:, :k]
-    ids = np.take_along_axis(ids, order, axis=1)
-    sims = np.take_along_axis(sims, order, axis=1)
-    invalid = np.take_along_axis(bad, order, axis=1)
-    if invalid.any():
-        raise ValueError(f"fewer than k={k} neighbours found for {int(invalid.any(axis=1).sum())} vectors; "
-                         "use fewer neighbours, more vectors, or a larger nprobe")
+    short = np.take_along_axis(bad, order, axis=1).any(axis=1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1), short
+
+
+def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    extra = 1 + (partner is not None)
+    sims, found = faiss.knn(np.ascontiguousarray(x[rows]), x, min(len(x), k + extra), metric=faiss.METRIC_INNER_PRODUCT)
+    ids, sims, short = _drop_self(found, sims, rows, partner, k)
+    if short.any():
+        raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
     return ids, sims
 
 
@@ -126,10 +134,24 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
     ids = np.empty((n, k), np.int64)
     for start, cand_ids, cand_sims in search(x, min(n, k + extra), params):
         rows = np.arange(start, start + len(cand_ids))
-        kept_ids, kept_sims = _drop_self(cand_ids, cand_sims, rows, partner, k)
+        kept_ids, kept_sims, short = _drop_self(cand_ids, cand_sims, rows, partner, k)
+        if short.any():  # a query whose probed lists hold fewer than k others: brute force for it
+            kept_ids[short], kept_sims[short] = _brute_force(x, rows[short], k, partner)
         ids[rows] = kept_ids
         dist[rows] = ip_to_distance(kept_sims)
-    return KnnResult(dist=dist, ids=ids, kind=kind)
+    estimate = None
+    if kind != "exact" and params.check_queries > 0:
+        estimate = sampled_recall(x, ids, params.check_queries, params.seed, partner)
+    return KnnResult(dist=dist, ids=ids, kind=kind, recall_estimate=estimate)
+
+
+def sampled_recall(x: np.ndarray, ids: np.ndarray, queries: int, seed: int,
+                   partner: np.ndarray | None = None) -> float:
+    """Recall@k of neighbour lists on a keyed sample of rows, against brute force (no index copy)."""
+    n, k = ids.shape
+    rows = _sample_rows(n, queries, seed, "recall-check")
+    truth, _ = _brute_force(x, rows, k, partner)
+    return float((truth[:, :, None] == ids[rows][:, None, :]).any(axis=2).mean())
 
 
 def _chunks(n: int, size: int):

@@ -69,6 +69,7 @@ class NeighbourGraph:
     dist: np.ndarray  # (m, K) float32
     ids: np.ndarray  # (m, K) int64, indices into refs
     source: str  # index kind, or "batch_local"
+    recall_estimate: float | None = None  # approximate indexes: recall@k measured on a sample of queries
 
     @property
     def k(self) -> int:
@@ -77,7 +78,7 @@ class NeighbourGraph:
 
 def global_graph(refs: RefSet, k: int, params: IndexParams) -> NeighbourGraph:
     result = self_knn(refs.vectors, k, params, refs.partner)
-    return NeighbourGraph(refs, result.dist, result.ids, result.kind)
+    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate)
 
 
 def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:
