@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from poisonlab.shards.images import decode_array, encode_image
 from poisonlab.training.eval_data import EvalError, EvalSplit
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from poisonlab.models.zoo import CHECKPOINT_NAME, CONFIG_NAME, ModelSpec, load_model, save_checkpoint
 from safetensors.torch import load_file, save_file
+
+from poisonlab.models.zoo import CHECKPOINT_NAME, CONFIG_NAME, ModelSpec, load_model, save_checkpoint
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "train_state.json"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from poisonlab.pipelines.registry import Params
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
-from pydantic import Field
 
 # Settings that change how fast, not what, a run computes: a resumed run may differ in these.
 RUNTIME_ONLY = frozenset({"device", "log_every", "threads"})

@@ -14,6 +14,7 @@ generator is seeded from the same keys, so a rerun sees the same batches in the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from collections import Counter
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from PIL import Image
+
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
@@ -279,7 +281,10 @@ class StreamSpec:
 
 
 def epoch_pipeline(spec: StreamSpec, epoch: int, fmt: ImageFormat, tokens: TokenCache) -> wds.DataPipeline:
-    """The WebDataset pipeline of one epoch (each DataLoader worker reads its own shards)."""
+    """The WebDataset pipeline of one epoch (each DataLoader worker reads its own shards).
+
+    Every stage is a picklable callable, so the pipeline also runs in worker processes that are spawned.
+    """
     skips = SkipCounter()
     urls = epoch_shard_order(spec.shard_set.urls, spec.seed, epoch)
     stages: list[Any] = [wds.SimpleShardList(urls)]
@@ -287,13 +292,14 @@ def epoch_pipeline(spec: StreamSpec, epoch: int, fmt: ImageFormat, tokens: Token
         stages.append(wds.split_by_worker)
     stages += [
         wds.tarfile_to_samples(handler=skips.handler, select_files=_wanted_member),
-        lambda src: _drop_nonlive(src, skips),
+        functools.partial(_drop_nonlive, skips=skips),
     ]
     if spec.shuffle_buffer > 1:
         stages.append(_KeyedShuffle(spec.seed, epoch, spec.shuffle_buffer))
     stages += [
-        lambda src: _decode(src, fmt, skips),
-        lambda src: _batches(src, spec.batch_size, fmt, tokens, skips, spec.partial),
+        functools.partial(_decode, fmt=fmt, skips=skips),
+        functools.partial(_batches, batch_size=spec.batch_size, fmt=fmt, tokens=tokens, skips=skips,
+                          partial=spec.partial),
     ]
     return wds.DataPipeline(*stages)
 

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_array
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.reader import ReadPolicy, read_shard

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model
 from poisonlab.training.attack_eval import (
     AttackUnderTest,

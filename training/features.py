@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import open_clip
 import torch
+
 from poisonlab.training.data import ImageFormat
 
 

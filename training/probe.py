@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from poisonlab.pipelines.keyed import keyed_uniform
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from poisonlab.pipelines.keyed import keyed_uniform
 
 PROBE_STAGE = "eval/linear_probe"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import open_clip
 import torch
+
 from poisonlab.models.zoo import ModelSpec, load_model
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.training.checkpoint import ResumeError, read_training_state, restore, save_training_state
@@ -88,6 +89,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def _adamw(model: torch.nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the fused kernel: one pass per tensor instead of a dozen. On CPUs it also avoids
+    ``torch.sqrt`` over the token-embedding state, which is mostly zeros (rows of unused tokens) and
+    runs several times slower than on ordinary values; the multi-tensor path spends ~10% of a step there.
+    """
+    kwargs: dict[str, Any] = {"lr": settings.lr, "betas": (settings.beta1, settings.beta2), "eps": settings.eps}
+    try:
+        return torch.optim.AdamW(_param_groups(model, settings.weight_decay), fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # a device or dtype the fused kernel does not support
+        return torch.optim.AdamW(_param_groups(model, settings.weight_decay), **kwargs)
+
+
 def _check_resumable(state: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:
     saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_ONLY}
     wanted = {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
@@ -150,26 +163,23 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
     model = loaded.model
     fmt = ImageFormat.for_model(model, loaded.image_size, settings.max_pixels)
     tokens = TokenCache(loaded.tokenizer)
-    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
-                                  betas=(settings.beta1, settings.beta2), eps=settings.eps)
+    model.to(device).train()
+    optimizer = _adamw(model, settings, device)
+    autocast, needs_scaler = _autocast(device, settings.precision)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     start_epoch, step, samples_seen = 0, 0, 0
     skipped: Counter[str] = Counter()
     if state is not None:
         restore(out, model, optimizer, state)
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         start_epoch, step, samples_seen = (state["progress"][k] for k in ("epoch", "step", "samples_seen"))
         skipped.update(state["progress"].get("skipped", {}))
-    model.to(device).train()
-    for group_state in optimizer.state.values():
-        for k, v in group_state.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                group_state[k] = v.to(device)
 
     steps_per_epoch = max(1, shard_set.samples // settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, total_steps // 20)
     schedule = CosineWarmup(settings.lr, warmup, total_steps)
-    autocast, needs_scaler = _autocast(device, settings.precision)
-    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     loss_fn = open_clip.ClipLoss()
     stream = StreamSpec(shard_set, settings.batch_size, settings.seed, settings.shuffle_buffer, settings.workers)
 

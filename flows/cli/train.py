@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -35,11 +36,12 @@ def train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Pretrain a CLIP model on shards with open_clip (streamed through WebDataset)."""
+    from pydantic import ValidationError
+
     from poisonlab.models.zoo import CheckpointError
     from poisonlab.training import TrainSettings, train_run
     from poisonlab.training.checkpoint import ResumeError
     from poisonlab.training.data import DataError
-    from pydantic import ValidationError
 
     try:
         settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -85,18 +87,27 @@ def evaluate(
 def experiment(
     recipe: Path = typer.Argument(..., help="experiment recipe YAML (see recipes/)"),
     out: Path | None = typer.Option(None, "--out", help="experiment folder (default: experiments/<recipe name>)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.epochs=2"),
     executor: str = ExecutorOpt,
     dask_address: str | None = DaskAddressOpt,
     workers: int | None = WorkersOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate/poison -> train victim -> embed -> detect -> clean -> retrain -> evaluate -> report (resumable)."""
+    import yaml
+
     from poisonlab.flows.experiment import ExperimentError, load_experiment, run_experiment
 
     try:
-        spec = load_experiment(recipe)
+        parsed = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ExperimentError(f"--set {item!r}: expected KEY=VALUE (e.g. train.epochs=2)")
+            parsed[key.strip()] = yaml.safe_load(value)
+        spec, base_dir = load_experiment(recipe, parsed)
         folder = out or Path("experiments") / spec.name
-        result = run_experiment(spec, folder, runner_spec(executor, dask_address, workers, not as_json))
+        result = run_experiment(spec, folder, runner_spec(executor, dask_address, workers, not as_json), base_dir)
     except ExperimentError as exc:
         fail(str(exc))
     emit(result, as_json, result["summary"])

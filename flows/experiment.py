@@ -1,0 +1,266 @@
+"""``poisonlab experiment RECIPE.yaml``: poison -> train -> detect -> clean -> retrain -> evaluate -> report.
+
+Each step is a Prefect task (run in order inside one flow) whose outputs are folders on disk and whose
+result is a JSON marker ``steps/<step>.json`` written last; a rerun skips every step with a marker, and a
+step interrupted half-way resumes its own work (shard folders skip finished shards, training resumes from
+its last epoch checkpoint). With ``--executor local`` the same steps run in this process without Prefect.
+
+    out/data, out/data/eval     generated (or given) clean shards and the labelled evaluation split
+    out/poisoned                poisoned shards + attack.json + manifest.parquet
+    out/runs/{victim,baseline,cleaned}   training runs (checkpoint, metrics, loss plot)
+    out/embeddings, out/scores  victim embeddings and detector scores
+    out/cleaned                 poisoned shards minus the pairs removed at the budget
+    out/eval/*.json, out/report report.md / report.html / plots
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.pipelines.registry import Params, RegistryError
+from poisonlab.shards.layout import atomic_write_json
+from poisonlab.training import TrainSettings
+
+STEPS_DIR = "steps"
+SPEC_NAME = "experiment.json"
+
+
+class ExperimentError(ValueError):
+    """A recipe or experiment folder that cannot be run: reported before any step starts."""
+
+
+# --- the recipe ------------------------------------------------------------------------------------
+
+
+class SynthData(Params):
+    samples: int = Field(20000, ge=100)
+    image_size: int = Field(32, ge=8, le=1024)
+    samples_per_shard: int = Field(1000, ge=10)
+    eval_per_class: int = Field(50, ge=2)
+
+
+class DataSpec(Params):
+    """Generate the built-in dataset, or use shard folders (relative paths: from the recipe's folder)."""
+
+    synth: SynthData | None = None
+    shards: str | None = None
+    eval: str | None = Field(None, description="labelled evaluation split with classes.json")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.synth is None) == (self.shards is None):
+            raise ValueError("data: give exactly one of 'synth' or 'shards'")
+        if self.shards is not None and self.eval is None:
+            raise ValueError("data: 'shards' needs 'eval' (a labelled split with classes.json)")
+        return self
+
+
+class DetectorEntry(Params):
+    name: str
+    id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.id or self.name
+
+
+class DetectSpec(Params):
+    """Detectors scored on the victim's own image/text embeddings of the poisoned shards."""
+
+    detectors: tuple[DetectorEntry, ...] = Field(..., min_length=1)
+    embed_batch_size: int = Field(512, ge=1)
+
+
+class CleanSpec(Params):
+    budget: float = Field(0.02, gt=0, lt=1, description="share of the dataset removed")
+    detector: str = Field("best", description="a detector label, or 'best' (highest AUROC against the manifest)")
+
+
+class ExperimentSpec(Params):
+    name: str
+    seed: int = 0
+    data: DataSpec
+    attacks: tuple[dict[str, Any], ...] = Field(..., min_length=1, description="entries of an attack recipe")
+    train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
+    detect: DetectSpec | None = None
+    clean: CleanSpec | None = None
+    baseline: bool = Field(True, description="also train on the unpoisoned data (the attack success of a clean model)")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError("name must be letters, digits, '.', '_' or '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _clean_needs_detect(self) -> ExperimentSpec:
+        if self.clean is not None and self.detect is None:
+            raise ValueError("'clean' needs 'detect' (the scores to clean by)")
+        if self.clean is not None and self.clean.detector != "best":
+            labels = [d.label for d in self.detect.detectors]  # type: ignore[union-attr]
+            if self.clean.detector not in labels:
+                raise ValueError(f"clean.detector {self.clean.detector!r} is not one of the detectors {labels}")
+        return self
+
+    def attack_recipe(self):  # type: ignore[no-untyped-def]
+        from poisonlab.attacks.recipe import parse_recipe
+
+        return parse_recipe({"seed": self.seed, "attacks": list(self.attacks)}, where=f"experiment {self.name} attacks")
+
+
+def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> tuple[ExperimentSpec, Path]:
+    """Read and fully validate a recipe (attacks and detectors included); returns it with its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"cannot read experiment recipe {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"experiment recipe {path} must be a mapping")
+    raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+        from poisonlab.attacks.recipe import configure
+
+        configure(spec.attack_recipe())  # unknown attacks or parameters fail here, before any step
+        _check_detectors(spec)
+    except (ValidationError, RegistryError, ValueError) as exc:
+        raise ExperimentError(f"invalid experiment recipe {path}: {exc}") from None
+    return spec, path.parent.resolve()
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _check_detectors(spec: ExperimentSpec) -> None:
+    if spec.detect is None:
+        return
+    from poisonlab.pipelines.registry import get_registry, load_plugins
+
+    load_plugins()
+    registry = get_registry("detector")
+    for entry in spec.detect.detectors:
+        registry.get(entry.name).parse(entry.params)
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Experiment], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class Experiment:
+    """An experiment folder: where each step reads and writes, and which steps are done."""
+
+    spec: ExperimentSpec
+    out: Path
+    runner: RunnerSpec
+    base_dir: Path
+
+    # where things live
+    @property
+    def data_dir(self) -> Path:
+        return Path(self._resolve(self.spec.data.shards)) if self.spec.data.shards else self.out / "data"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self._resolve(self.spec.data.eval)) if self.spec.data.eval else self.out / "data" / "eval"
+
+    poisoned_dir = property(lambda self: self.out / "poisoned")
+    cleaned_dir = property(lambda self: self.out / "cleaned")
+    embeddings_dir = property(lambda self: self.out / "embeddings")
+    scores_dir = property(lambda self: self.out / "scores")
+    report_dir = property(lambda self: self.out / "report")
+
+    def run_dir(self, label: str) -> Path:
+        return self.out / "runs" / label
+
+    def _resolve(self, path: str | None) -> str:
+        p = Path(path or "")
+        return str(p if p.is_absolute() else (self.base_dir / p).resolve())
+
+    # step bookkeeping
+    def steps(self) -> list[Step]:
+        from poisonlab.flows import experiment_steps as S
+        from poisonlab.flows import train as T
+
+        steps = [Step("data", S.prepare_data), Step("poison", S.poison), Step("train_victim", T.train_victim)]
+        if self.spec.baseline:
+            steps.append(Step("train_baseline", T.train_baseline))
+        if self.spec.detect is not None:
+            steps += [Step("embed", S.embed), Step("detect", S.detect)]
+        if self.spec.clean is not None:
+            steps += [Step("clean", S.clean), Step("train_cleaned", T.train_cleaned)]
+        steps += [Step("evaluate", T.evaluate), Step("report", S.report)]
+        return steps
+
+    def marker(self, name: str) -> Path:
+        return self.out / STEPS_DIR / f"{name}.json"
+
+    def result(self, name: str) -> dict[str, Any]:
+        path = self.marker(name)
+        if not path.exists():
+            raise ExperimentError(f"step {name!r} has not run yet in {self.out}")
+        return json.loads(path.read_text())
+
+    def run_step(self, name: str) -> dict[str, Any]:
+        """Run a step unless its marker exists; the marker (the step's result) is written last."""
+        if self.marker(name).exists():
+            return {**self.result(name), "resumed": True}
+        step = next(s for s in self.steps() if s.name == name)
+        result = step.run(self)
+        self.marker(name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.marker(name), result)
+        return result
+
+    def claim_folder(self) -> None:
+        """Record the recipe in the folder; a folder holding a different experiment is refused."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        body = self.spec.model_dump(mode="json")
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.out / SPEC_NAME
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("digest") != digest:
+                raise ExperimentError(f"{self.out} holds another experiment (recipe {saved.get('digest')} vs {digest}); "
+                                      "use a fresh --out, or delete the folder to start over")
+            return
+        atomic_write_json(path, {"digest": digest, "recipe": body, "base_dir": str(self.base_dir)})
+
+
+def run_experiment(spec: ExperimentSpec, out: Path, runner: RunnerSpec, base_dir: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) every step; Prefect runs them as tasks of one flow unless the executor is local."""
+    exp = Experiment(spec, Path(out), runner, Path(base_dir or Path.cwd()))
+    exp.claim_folder()
+    names = [s.name for s in exp.steps()]
+    if runner.executor == "prefect":
+        from poisonlab.flows.experiment_flow import run_experiment_flow
+
+        results = run_experiment_flow(exp, names)
+    else:
+        results = {name: exp.run_step(name) for name in names}
+    return {"out": str(exp.out), "steps": results, "summary": results["report"]["summary"],
+            "table": results["report"]["table"]}
