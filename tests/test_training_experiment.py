@@ -111,3 +111,27 @@ def test_experiment_runs_as_a_prefect_flow(tmp_path: Path, prefect_harness) -> N
     assert list(result["steps"]) == ["data", "poison", "train_victim", "evaluate", "report"]
     assert (tmp_path / "out" / "report" / "report.html").exists()
     assert result["table"][0]["model"] == "victim"
+
+
+def test_demo_recipe_file_is_the_demo_command(tmp_path: Path) -> None:
+    from poisonlab.flows.cli.demo import DEMO_RECIPE
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "demo.yaml").read_text())
+    assert shipped == DEMO_RECIPE
+
+
+def test_demo_command_runs_a_short_experiment(tmp_path: Path) -> None:
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from poisonlab.flows.cli import COMMAND_MODULES, app
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--samples", "240", "--executor", "local", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert {row["model"] for row in result["table"]} == {"victim", "cleaned"}
+    assert (out / "report" / "report.html").exists() and (out / "cleaned" / "exclusions.parquet").exists()

@@ -1,16 +1,46 @@
-"""``poisonlab demo``: generate the built-in data and run every available stage end to end."""
+"""``poisonlab demo``: a short version of the badnets experiment, end to end, on generated data.
+
+Generate -> poison (badnets, 1%) -> train a victim -> embed with it -> detect -> clean (2%) -> retrain ->
+evaluate both -> report. ``recipes/demo.yaml`` is the same experiment as a file (a test keeps them equal).
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from poisonlab.flows.cli.app import DaskAddressOpt, ExecutorOpt, JsonOpt, WorkersOpt, app, emit, runner_spec
-from poisonlab.flows.datasets import run_chain, synth_dataset
-from poisonlab.pipelines.registry import get_registry, load_plugins
-from poisonlab.shards.summary import summarize
-from poisonlab.shards.synth import SynthSpec
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
+
+DEMO_RECIPE: dict[str, Any] = {
+    "name": "demo",
+    "seed": 0,
+    "data": {"synth": {"samples": 4000, "image_size": 32, "samples_per_shard": 1000, "eval_per_class": 20}},
+    "attacks": [{"attack": "badnets", "target": "red circle", "rate": 0.01}],
+    "train": {"model": "poisonlab-tiny-32", "epochs": 4, "batch_size": 64, "lr": 0.002, "warmup_steps": 20},
+    "detect": {"detectors": [{"name": "kdist", "id": "kdist_k16", "params": {"k": 16}}, {"name": "clip_score"}]},
+    "clean": {"budget": 0.02, "detector": "best"},
+    "baseline": False,
+}
+
+
+def demo_recipe(samples: int, seed: int) -> dict[str, Any]:
+    recipe = copy.deepcopy(DEMO_RECIPE)
+    recipe["seed"] = seed
+    recipe["data"]["synth"]["samples"] = samples
+    recipe["data"]["synth"]["samples_per_shard"] = min(1000, max(100, samples // 4))
+    return recipe
 
 
 @app.command()
@@ -23,12 +53,14 @@ def demo(
     workers: int | None = WorkersOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Generate data and run the pipeline's stages on it (grows as stages land)."""
-    load_plugins()
-    runner = runner_spec(executor, dask_address, workers, not as_json)
-    data = out / "data"
-    synth_dataset(data, SynthSpec(samples=samples, seed=seed, samples_per_shard=1000), 20, runner)
-    validate = get_registry("stage").create("validate_images")
-    run_chain(data, out / "validated", [validate], runner, label="validate")
-    summary = summarize(out / "validated")
-    emit(summary, as_json, f"demo: {summary['samples']} samples validated: {summary['by_status']} (outputs in {out})")
+    """Run a short poison -> train -> detect -> clean -> retrain -> evaluate experiment (a few minutes on a CPU)."""
+    from pydantic import ValidationError
+
+    from poisonlab.flows.experiment import ExperimentError, ExperimentSpec, run_experiment
+
+    try:
+        spec = ExperimentSpec.model_validate(demo_recipe(samples, seed))
+        result = run_experiment(spec, out, runner_spec(executor, dask_address, workers, not as_json), Path.cwd())
+    except (ValidationError, ExperimentError) as exc:
+        fail(str(exc))
+    emit(result, as_json, result["summary"])
