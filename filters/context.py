@@ -67,7 +67,7 @@ class ScanContext:
         self._graphs[key] = graph
         self.graph_info[_describe(key)] = {"k": want, "references": len(refs.rows), "queries": refs.queries,
                                            "index": graph.source, "recall_estimate": graph.recall_estimate,
-                                           "seconds": round(time.perf_counter() - start, 3)}
+                                           "seconds": round(time.perf_counter() - start, 3), "phases": graph.seconds}
         if graph.recall_estimate is not None and graph.recall_estimate < RECALL_WARNING:
             warnings.warn(f"the {graph.source} index found only {graph.recall_estimate:.1%} of the true {want} nearest "
                           f"neighbours on a sample of queries ({_describe(key)}); raise index.nprobe or use "

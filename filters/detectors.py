@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections import Counter
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -377,11 +376,3 @@ class Ensemble(Detector):
             total = np.where(have, w[:, None], 0.0).sum(axis=0)
             out[any_rank] = weighted[any_rank] / total[any_rank]
         return out
-
-
-def detector_names() -> list[str]:
-    return DETECTORS.names()
-
-
-def counts_by_reason(reasons: list[str]) -> Counter:
-    return Counter(r.split(":")[0] for r in reasons if r)

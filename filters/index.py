@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Literal
 
 import faiss
@@ -49,7 +50,7 @@ class IndexParams(Params):
     gpu_exact_max: int = Field(5_000_000, ge=1, description="auto with a GPU: brute force up to this many vectors")
     seed: int = 0
     chunk: int = Field(32_768, ge=256, description="queries per search call (bounds temporary memory)")
-    check_queries: int = Field(200, ge=0, description="approximate kinds: queries checked by brute force to "
+    check_queries: int = Field(100, ge=0, description="approximate kinds: queries checked by brute force to "
                                "estimate recall@k, reported with the scores (0: no check)")
 
 
@@ -61,6 +62,7 @@ class KnnResult:
     ids: np.ndarray  # (n, k) int64
     kind: str
     recall_estimate: float | None = None  # approximate kinds: recall@k on a keyed sample of queries
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # build, search, recall_check
 
 
 def gpu_count() -> int:
@@ -110,13 +112,32 @@ def _drop_self(ids: np.ndarray, sims: np.ndarray, rows: np.ndarray, partner: np.
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1), short
 
 
+def _top_inner_products(queries: np.ndarray, x: np.ndarray, k: int, block: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of a few queries over all of ``x`` by blocked matrix products (no index copy)."""
+    k = min(k, len(x))
+    sims_parts, ids_parts = [], []
+    for start in range(0, len(x), block):
+        sims = queries @ x[start:start + block].T
+        take = min(k, sims.shape[1])
+        part = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        sims_parts.append(np.take_along_axis(sims, part, axis=1))
+        ids_parts.append(part + start)
+    sims, ids = np.hstack(sims_parts), np.hstack(ids_parts)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
 def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     extra = 1 + (partner is not None)
-    sims, found = faiss.knn(np.ascontiguousarray(x[rows]), x, min(len(x), k + extra), metric=faiss.METRIC_INNER_PRODUCT)
-    ids, sims, short = _drop_self(found, sims, rows, partner, k)
-    if short.any():
-        raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
-    return ids, sims
+    out_ids, out_sims = np.empty((len(rows), k), np.int64), np.empty((len(rows), k), np.float32)
+    for start in range(0, len(rows), 1024):
+        chunk = rows[start:start + 1024]
+        sims, found = _top_inner_products(np.ascontiguousarray(x[chunk]), x, k + extra)
+        ids, sims, short = _drop_self(found, sims, chunk, partner, k)
+        if short.any():
+            raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
+        out_ids[start:start + len(chunk)], out_sims[start:start + len(chunk)] = ids, sims
+    return out_ids, out_sims
 
 
 def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
@@ -132,17 +153,22 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
     search = {"exact": _exact_search, "ivf": _ivf_search, "hnsw": _hnsw_search}[kind]
     dist = np.empty((n, k), np.float32)
     ids = np.empty((n, k), np.int64)
-    for start, cand_ids, cand_sims in search(x, min(n, k + extra), params):
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    for start, cand_ids, cand_sims in search(x, min(n, k + extra), params, seconds):
         rows = np.arange(start, start + len(cand_ids))
         kept_ids, kept_sims, short = _drop_self(cand_ids, cand_sims, rows, partner, k)
         if short.any():  # a query whose probed lists hold fewer than k others: brute force for it
             kept_ids[short], kept_sims[short] = _brute_force(x, rows[short], k, partner)
         ids[rows] = kept_ids
         dist[rows] = ip_to_distance(kept_sims)
+    seconds["search"] = round(time.perf_counter() - started - seconds.get("build", 0.0), 3)
     estimate = None
     if kind != "exact" and params.check_queries > 0:
+        started = time.perf_counter()
         estimate = sampled_recall(x, ids, params.check_queries, params.seed, partner)
-    return KnnResult(dist=dist, ids=ids, kind=kind, recall_estimate=estimate)
+        seconds["recall_check"] = round(time.perf_counter() - started, 3)
+    return KnnResult(dist=dist, ids=ids, kind=kind, recall_estimate=estimate, seconds=seconds)
 
 
 def sampled_recall(x: np.ndarray, ids: np.ndarray, queries: int, seed: int,
@@ -167,17 +193,21 @@ def _flat_index(x: np.ndarray, params: IndexParams):
     return index
 
 
-def _exact_search(x: np.ndarray, k: int, params: IndexParams):
+def _exact_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, float]):
+    started = time.perf_counter()
     index = _flat_index(x, params)
+    seconds["build"] = round(time.perf_counter() - started, 3)
     for start, end in _chunks(len(x), params.chunk):
         sims, ids = index.search(x[start:end], k)
         yield start, ids, sims
 
 
-def _hnsw_search(x: np.ndarray, k: int, params: IndexParams):
+def _hnsw_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, float]):
+    started = time.perf_counter()
     index = faiss.IndexHNSWFlat(x.shape[1], params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
     index.add(x)
+    seconds["build"] = round(time.perf_counter() - started, 3)
     index.hnsw.efSearch = max(params.ef_search, k)
     for start, end in _chunks(len(x), params.chunk):
         sims, ids = index.search(x[start:end], k)
@@ -242,8 +272,10 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
     return _Ivf(projected=xp, index=index, lists=lists, coarse=coarse)
 
 
-def _ivf_search(x: np.ndarray, k: int, params: IndexParams):
+def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, float]):
+    started = time.perf_counter()
     ivf = build_ivf(x, params)
+    seconds["build"] = round(time.perf_counter() - started, 3)
     candidates = max(k, int(math.ceil(params.refine * k)))
     d = x.shape[1]
     for start, end in _chunks(len(x), params.chunk):

@@ -70,6 +70,7 @@ class NeighbourGraph:
     ids: np.ndarray  # (m, K) int64, indices into refs
     source: str  # index kind, or "batch_local"
     recall_estimate: float | None = None  # approximate indexes: recall@k measured on a sample of queries
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -78,7 +79,7 @@ class NeighbourGraph:
 
 def global_graph(refs: RefSet, k: int, params: IndexParams) -> NeighbourGraph:
     result = self_knn(refs.vectors, k, params, refs.partner)
-    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate)
+    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate, result.seconds)
 
 
 def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:
