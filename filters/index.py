@@ -38,8 +38,9 @@ class IndexParams(Params):
     kind: Literal["auto", "exact", "ivf", "hnsw"] = Field("auto", description="auto, exact, ivf or hnsw")
     exact_max: int = Field(50_000, ge=1, description="auto: brute force up to this many vectors")
     pca_dim: int = Field(64, ge=0, description="ivf: dimensions of the projection the lists are built on (0: none)")
-    nlist: int = Field(0, ge=0, description="ivf: inverted lists (0: about sqrt(nprobe x n))")
-    nprobe: int = Field(4, ge=1, description="ivf: lists searched per query")
+    nlist: int = Field(0, ge=0, description="ivf: inverted lists (0: about sqrt(4 n), a power of two)")
+    nprobe: int = Field(0, ge=0, description="ivf: lists searched per query (0: 8 up to 200k vectors, 4 above, "
+                        "where scanning the lists dominates)")
     code: Literal["sq8", "flat"] = Field("sq8", description="ivf: how list entries are stored")
     refine: float = Field(2.0, ge=1.0, description="ivf: candidates re-ranked exactly, as a multiple of k")
     train_per_list: int = Field(32, ge=4, description="ivf: k-means training points per list")
@@ -81,7 +82,11 @@ def resolve_kind(n: int, params: IndexParams) -> str:
     return "exact" if n <= params.exact_max else "ivf"
 
 
-def auto_nlist(n: int, nprobe: int) -> int:
+def auto_nprobe(n: int) -> int:
+    return 8 if n <= 200_000 else 4
+
+
+def auto_nlist(n: int, nprobe: int = 4) -> int:
     """Balance the coarse assignment (n x nlist) against list scanning (n x nprobe x n / nlist)."""
     target = math.sqrt(max(1, nprobe * n))
     nlist = 2 ** round(math.log2(max(16.0, target)))
@@ -247,9 +252,9 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
     proj = pca_projection(x, params.pca_dim, params.seed)
     xp = np.ascontiguousarray(x @ proj) if proj is not None else x
     d = xp.shape[1]
-    nlist = params.nlist or auto_nlist(n, params.nprobe)
+    nlist = params.nlist or auto_nlist(n)
     nlist = max(1, min(nlist, n))
-    nprobe = min(params.nprobe, nlist)
+    nprobe = min(params.nprobe or auto_nprobe(n), nlist)
     train = xp[_sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans")]
     kmeans = faiss.Kmeans(d, nlist, niter=10, seed=params.seed, max_points_per_centroid=params.train_per_list,
                           min_points_per_centroid=1, verbose=False)  # a small sample is intended: no warning

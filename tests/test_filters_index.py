@@ -9,7 +9,15 @@ from sklearn.metrics import roc_auc_score
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import corpus_from_vectors
 from poisonlab.filters.detectors import DETECTORS
-from poisonlab.filters.index import IndexParams, auto_nlist, gpu_count, resolve_kind, self_knn, similar_pairs
+from poisonlab.filters.index import (
+    IndexParams,
+    auto_nlist,
+    auto_nprobe,
+    gpu_count,
+    resolve_kind,
+    self_knn,
+    similar_pairs,
+)
 from poisonlab.filters.synthetic import PlantedSpec, planted_embeddings
 
 
@@ -87,7 +95,8 @@ def test_ivf_self_join_excludes_self_and_partner() -> None:
 def test_auto_choice_and_list_count() -> None:
     assert resolve_kind(10_000, IndexParams()) == "exact"
     assert resolve_kind(2_000_000, IndexParams(gpu=False)) == "ivf"
-    assert auto_nlist(1_000_000, 4) == 2048 and auto_nlist(100_000, 4) == 512
+    assert auto_nlist(1_000_000) == 2048 and auto_nlist(100_000) == 512
+    assert auto_nprobe(100_000) == 8 and auto_nprobe(1_000_000) == 4
     with pytest.raises(ValueError, match="cannot each have"):
         self_knn(np.eye(5, dtype=np.float32), 5)
 
