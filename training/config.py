@@ -28,7 +28,8 @@ class TrainSettings(Params):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     seed: int = 0
     shuffle_buffer: int = Field(2000, ge=0, description="samples held by the keyed shuffle buffer")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes (order stays deterministic for a fixed count)")
+    workers: int = Field(1, ge=0, description="DataLoader worker processes reading and decoding while the model "
+                         "trains (0: in this process); the order is deterministic for a fixed count")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "amp"] = Field("auto", description="auto: mixed precision on CUDA, fp32 on CPU")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images larger than this are skipped, never decoded")

@@ -1,14 +1,16 @@
 """Streaming image-caption pairs from WebDataset shards into training batches.
 
 The dataset is never loaded into memory: shards stream through a ``webdataset.DataPipeline``
-(shard list -> tar members -> samples -> keyed shuffle buffer -> safe decode -> batches). Only members
-with an image, caption or JSON extension are ever read out of the tar; images are decoded by
+(shard list -> tar members -> samples -> keyed shuffle buffer -> safe decode -> batches), by default in a
+DataLoader worker process so that reading and decoding overlap the training step. Only members with an
+image (jpg/png) or caption extension are ever read out of the tar; images are decoded by
 ``poisonlab.shards.images`` with its pixel cap and nothing is ever unpickled. A sample that cannot be
 used (a corrupt image, a missing caption, a key the sidecar marks as dropped or errored, a shard that
 ends mid-sample) is skipped and counted by reason, so a bad shard costs samples, never the run.
 
 Order is a pure function of (seed, epoch): shards are ranked by keyed hashes and the shuffle buffer's
-generator is seeded from the same keys, so a rerun sees the same batches in the same order.
+generator is seeded from the same keys (and the worker's index), so a rerun with the same number of
+workers sees the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from poisonlab.shards.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
-READ_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"txt", "json"}
+READ_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"txt"}  # metadata (.json) is not needed to train
 SHUFFLE_STAGE = "train/shuffle"
 
 
@@ -305,7 +307,7 @@ def epoch_pipeline(spec: StreamSpec, epoch: int, fmt: ImageFormat, tokens: Token
 
 
 def _wanted_member(name: str) -> bool:
-    """Only image, caption and JSON members are read out of the tar; anything else is never touched."""
+    """Only image and caption members are read out of the tar; anything else is never touched."""
     base = name.rsplit("/", 1)[-1]
     return base.partition(".")[2].lower() in READ_EXTENSIONS
 

@@ -30,7 +30,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     weight_decay: float = typer.Option(0.1, "--weight-decay", min=0.0),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0, help="default: 5% of all steps"),
-    data_workers: int = typer.Option(0, "--data-workers", min=0, help="DataLoader worker processes"),
+    data_workers: int = typer.Option(1, "--data-workers", min=0, help="DataLoader worker processes (0: in this process)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto (mixed on CUDA), fp32, amp"),
     as_json: bool = JsonOpt,
