@@ -82,8 +82,10 @@ def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: 
     unchecked = check_coverage(src, table)
     verdict = decision.decide(table)
     exclusions = exclusion_table(table, verdict)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / EXCLUSIONS_FILE
+    if out.exists() and list_shards(out) and not path.exists():
+        raise FileExistsError(f"{out} already holds shards that no clean wrote; use a fresh output folder")
+    out.mkdir(parents=True, exist_ok=True)
     staged = out / f".{EXCLUSIONS_FILE}.new"
     write_table_atomic(exclusions, staged)
     if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):

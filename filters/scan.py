@@ -122,10 +122,12 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         raise FileExistsError(f"{out} holds a scan with other stores or detectors; use another folder or overwrite")
     if existing.exists():
         existing.unlink()
+        for stale in list_score_shards(out):  # an earlier scan of this folder: its tables are replaced
+            if stale not in corpus.shard_names:
+                score_path(out, stale).unlink()
+    elif out.exists() and (list_score_shards(out) or any(out.glob("*.tar"))):
+        raise FileExistsError(f"{out} holds other data (NNNNN.parquet or tars) and no scan; use an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list_score_shards(out):
-        if stale not in corpus.shard_names:
-            score_path(out, stale).unlink()
     ctx = ScanContext(corpus)
     created = {s.column: s.create() for s in specs}
     for spec in specs:

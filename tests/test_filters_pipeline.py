@@ -22,7 +22,13 @@ from poisonlab.filters.embed import EmbedConfig
 from poisonlab.filters.pipeline import clean_shards, embed_shards
 from poisonlab.filters.scan import scan
 from poisonlab.filters.scores import load_scores
-from poisonlab.filters.store import EmbeddingMismatchError, read_shard_embeddings, shard_file, write_shard
+from poisonlab.filters.store import (
+    EmbeddingMismatchError,
+    read_info,
+    read_shard_embeddings,
+    shard_file,
+    write_shard,
+)
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.models.zoo import CheckpointError, ModelSpec
 from poisonlab.pipelines.sample import Sample
@@ -152,6 +158,8 @@ def test_rethresholding_reads_scores_and_never_recomputes(shards: Path, scores: 
     assert {p.name: p.stat().st_mtime_ns for p in scores.iterdir()} == before
     with pytest.raises(FileExistsError, match="another decision"):
         clean_shards(shards, scores, "threshold:detector=dao,value=0.1", tmp_path / "a")
+    with pytest.raises(FileExistsError, match="no clean wrote"):
+        clean_shards(shards, scores, "threshold:detector=dao,value=0.1", make_synth(tmp_path / "other", samples=60))
 
 
 def test_recall_report_matches_sklearn_and_writes_curves(scores: Path, tmp_path: Path) -> None:
@@ -237,6 +245,8 @@ def test_scan_refuses_unknown_detectors_and_embeddings(store: Path, tmp_path: Pa
         scan(store, {"clip_ref": {"detector": "clip_score", "embeddings": "reference"}}, tmp_path / "s")
     with pytest.raises(RegistryError, match="does not compute"):
         scan(store, {"kdist": {}, "e": {"detector": "ensemble", "detectors": ["kdist", "dao"]}}, tmp_path / "s")
+    with pytest.raises(FileExistsError, match="holds other data"):  # never write score tables over a shard folder
+        scan(store, ["kdist"], Path(read_info(store).source))
 
 
 # --- the command line and the Prefect flow ------------------------------------------------------------------
