@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from PIL import Image
+
 from poisonlab.shards.images import ImageError, decode_image
 from poisonlab.shards.layout import atomic_write_bytes
 

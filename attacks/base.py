@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
 from poisonlab.attacks.captions import CaptionSource
 from poisonlab.attacks.image_triggers import Trigger
 from poisonlab.pipelines.registry import Params

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, field_validator, model_validator
+
 from poisonlab.attacks import captions as C
 from poisonlab.attacks.base import STAGE, Attack, Binding, Candidate, DonorRequest, image_meta, provenance
 from poisonlab.attacks.image_triggers import (
@@ -30,7 +32,6 @@ from poisonlab.pipelines.keyed import keyed_rng, keyed_u64
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import decode_array, decode_image, encode_image, probe_image
-from pydantic import Field, field_validator, model_validator
 
 ATTACKS = get_registry("attack")
 

@@ -15,11 +15,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, model_validator
+
 from poisonlab.attacks import triggers as T
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.shards.images import decode_array
-from pydantic import Field, model_validator
 
 TRIGGERS = get_registry("trigger")
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 from poisonlab.attacks.base import Candidate
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.images import IMAGE_EXTENSIONS

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.layout import atomic_write_bytes, list_sidecars, sidecar_path
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from poisonlab.attacks.base import ATTACK_ID_RE, Attack
 from poisonlab.attacks.components import ATTACKS
 from poisonlab.pipelines.registry import RegistryError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RecipeError(ValueError):

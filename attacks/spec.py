@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from poisonlab.attacks.assets import AssetError, AssetRef, read_asset, read_image_file, write_asset
 from poisonlab.attacks.base import Attack, Binding, Donor
 from poisonlab.attacks.captions import template_pool

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+from run import Row
+
 from poisonlab.attacks import poison_local, prepare_poisoning, recipe_from_options
 from poisonlab.attacks.planner import ShardPlan
 from poisonlab.attacks.stage import PoisonStage
@@ -32,7 +34,6 @@ from poisonlab.shards.layout import list_shards, tar_path
 from poisonlab.shards.plan import finalize_folder, plan_source_tasks
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.synth import SynthSource, SynthSpec
-from run import Row
 
 IMAGE_SIZE = 256
 QUALITY = 95

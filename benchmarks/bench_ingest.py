@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from run import Row
+
 from poisonlab.flows.runtime import RunnerSpec, run_tasks
 from poisonlab.shards.ingest import (
     DownloadOptions,
@@ -46,7 +48,6 @@ from poisonlab.shards.ingest import (
     redirect_output,
 )
 from poisonlab.shards.summary import summarize
-from run import Row
 
 PROCESSES = 2
 THREADS = 16

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from run import Row
+
 from poisonlab.pipelines.executor import run_local
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext, chain_stages
@@ -32,7 +34,6 @@ from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks, plan_source_tasks
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.synth import SynthSource, SynthSpec
-from run import Row
 
 IMAGE_SIZE = 256
 QUALITY = 95

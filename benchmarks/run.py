@@ -65,7 +65,7 @@ def format_table(rows: list[Row]) -> str:
         base = f"{r.baseline:,.3g} {r.unit} ({r.baseline_name})" if r.baseline is not None else ""
         lines.append((r.name, f"{r.value:,.3g} {r.unit}", base, f"{r.ratio:.2f}x" if r.ratio else "",
                       f"{r.floor:.2f}x" if r.floor else "", r.verdict, r.note))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head), "-+-".join("-" * w for w in widths)]
     out += [fmt.format(*line) for line in lines]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from poisonlab.flows.runtime import RunnerSpec, run_tasks
 from poisonlab.shards.ingest import (
     IngestSpec,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
-from pydantic import Field
 
 STAGES = get_registry("stage")
 

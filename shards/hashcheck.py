@@ -16,10 +16,11 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Literal
 
+from pydantic import Field
+
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import ShardContext, Stage
-from pydantic import Field
 
 HASH_MISMATCH = "hash_mismatch"  # a sidecar status of its own, so that `poisonlab stats` can count it
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status

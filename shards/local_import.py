@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
+
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.shards.layout import atomic_write_bytes, atomic_write_json, list_shards, shard_name
 from poisonlab.shards.plan import finalize_folder

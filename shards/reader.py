@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, probe_image
 from poisonlab.shards.layout import sidecar_path, tar_path

@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.sample import LIVE_STATUSES, Status
 from poisonlab.shards.hashcheck import HASH_MISMATCH

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.accounting import reason_category
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.layout import list_sidecars, sidecar_path

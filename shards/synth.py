@@ -183,7 +183,7 @@ def render(obj: SynthObject, rng: np.random.Generator, size: int) -> np.ndarray:
     )
     draw = ImageDraw.Draw(canvas)
     jitter = rng.integers(-18, 19, size=3)
-    fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[obj.colour], jitter))
+    fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[obj.colour], jitter, strict=True))
     cx, cy, r = obj.cx * big, obj.cy * big, SIZES[obj.size] * big
     if obj.shape == "circle":
         draw.ellipse([cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9], fill=fill)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.sample import RESERVED_META_KEYS, Status
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS
 

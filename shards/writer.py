@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import IMAGE_EXTENSIONS, ImageError, probe_image

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from poisonlab.shards.images import encode_image
 
 GOOD_CAPTION = "a red circle on a white background"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_synth
+
 from poisonlab.attacks import poison_local, prepare_poisoning, read_manifest, recipe_from_options
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.shards.layout import list_shards

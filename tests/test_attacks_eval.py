@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from poisonlab.attacks import SpecError, apply_trigger_to_eval, load_attack, poison_local, read_manifest
 from poisonlab.attacks.recipe import load_recipe, parse_recipe
 from poisonlab.pipelines.executor import run_local

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from poisonlab.attacks import poison_local, read_manifest
 from poisonlab.attacks.recipe import parse_recipe
 from poisonlab.flows.cli import COMMAND_MODULES, app
 from poisonlab.flows.poison import poison_dataset
 from poisonlab.flows.runtime import RunnerSpec
-from typer.testing import CliRunner
 
 RECIPE = {"seed": 4, "attacks": [
     {"attack": "badnets", "target": "red circle", "count": 11, "params": {"placement": "random"}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from poisonlab.attacks import load_recipe, poison_local, read_manifest
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "attacks").glob("*.yaml"))

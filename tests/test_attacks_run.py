@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from poisonlab.attacks import (
     RecipeError,
     SpecError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from poisonlab.attacks import triggers as T
 from poisonlab.attacks.image_triggers import TRIGGERS
 from poisonlab.pipelines.registry import RegistryError
@@ -190,6 +191,7 @@ def test_triggers_refuse_wrong_arrays():
 ])
 def test_badnets_in_place_fast_path_equals_the_pure_function(params):
     from PIL import Image
+
     from poisonlab.shards.images import encode_image
 
     pattern = encode_image(np.random.default_rng(1).integers(0, 256, (9, 9, 3), dtype=np.uint8), "png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+
 from poisonlab.pipelines.keyed import keyed_rng, keyed_u64, keyed_uniform
 
 KEYS = [f"{i:09d}" for i in range(2000)]

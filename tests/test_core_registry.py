@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from poisonlab.pipelines.registry import Params, Registry, RegistryError, get_registry
 from pydantic import Field, ValidationError
+
+from poisonlab.pipelines.registry import Params, Registry, RegistryError, get_registry
 
 
 class ScaleParams(Params):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from poisonlab.pipelines.accounting import SOURCE, ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.executor import ShardTask, prepared, run_local, run_shard_task
 from poisonlab.pipelines.sample import Sample, Status

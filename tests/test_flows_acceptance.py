@@ -12,8 +12,9 @@ import duckdb
 import pyarrow.dataset as pads
 import pytest
 import webdataset as wds
-from poisonlab.shards.layout import brace_pattern, list_shards
 from typer.testing import CliRunner
+
+from poisonlab.shards.layout import brace_pattern, list_shards
 
 SAMPLES = 20000
 

@@ -12,10 +12,11 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from poisonlab.flows.runtime import RunnerSpec, run_tasks
 from poisonlab.shards.plan import finalize_folder, plan_source_tasks
 from poisonlab.shards.synth import SynthSource, SynthSpec
-from typer.testing import CliRunner
 
 SPEC = SynthSpec(samples=360, seed=11, samples_per_shard=40)
 

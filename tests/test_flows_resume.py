@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from conftest import make_synth
+
 from poisonlab.shards.layout import list_shards, stats_path, tar_path, temp_files
 from poisonlab.shards.reader import ReadReport, read_shard
 

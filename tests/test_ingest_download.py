@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
 from poisonlab.flows.ingest import ingest
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.sample import LIVE_STATUSES

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import poisonlab.flows.cli.ingest  # noqa: F401  (registers the import command on the app)
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
+import poisonlab.flows.cli.ingest  # noqa: F401  (registers the import command on the app)
 from poisonlab.flows.cli import app
 from poisonlab.flows.ingest import import_folder
 from poisonlab.flows.runtime import RunnerSpec
@@ -20,7 +22,6 @@ from poisonlab.shards.local_import import ImportSpec
 from poisonlab.shards.parts import PlanError
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.urllists import UrlListError
-from typer.testing import CliRunner
 
 LOCAL = RunnerSpec(executor="local", progress=False)
 

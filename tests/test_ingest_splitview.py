@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import poisonlab.flows.cli.ingest  # noqa: F401  (registers the splitview commands on the app)
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_synth
 from PIL import Image
+from typer.testing import CliRunner
+
+import poisonlab.flows.cli.ingest  # noqa: F401  (registers the splitview commands on the app)
 from poisonlab.flows.cli import app
 from poisonlab.flows.ingest import splitview_build
 from poisonlab.flows.runtime import RunnerSpec
@@ -24,7 +26,6 @@ from poisonlab.shards.layout import list_shards
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.splitview import SplitViewSpec, SplitViewWeb, load_items
 from poisonlab.shards.urllists import UrlColumns
-from typer.testing import CliRunner
 
 URLS = 300
 SWAPPED = 3  # 1%

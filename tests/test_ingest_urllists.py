@@ -8,15 +8,16 @@ import math
 import os
 from pathlib import Path
 
-import poisonlab.flows.cli.ingest  # noqa: F401  (registers the ingest commands on the app)
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
+import poisonlab.flows.cli.ingest  # noqa: F401  (registers the ingest commands on the app)
 from poisonlab.flows.cli import app
 from poisonlab.shards.ingest import DownloadOptions, IngestSpec, prepare_ingest
 from poisonlab.shards.parts import PlanError, read_part, sample_key
 from poisonlab.shards.urllists import UrlColumns, UrlListError, plan_table, read_url_list, row_verdicts
-from typer.testing import CliRunner
 
 ROWS = [
     {"url": "http://127.0.0.1:9/a.jpg", "caption": "a red circle", "similarity": 0.31, "LICENSE": "cc-by"},

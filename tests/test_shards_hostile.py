@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from hostile import CASES, HostileCase, malicious_pickle, png_bomb, write_hostile_shards, write_pickle_tar
+
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import run_local
 from poisonlab.pipelines.registry import get_registry

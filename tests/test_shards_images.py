@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hostile import jpeg_bomb, png_bomb
 from PIL import Image
+
 from poisonlab.shards.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,

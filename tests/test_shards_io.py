@@ -16,6 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+
 from poisonlab.pipelines.executor import run_local
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import FilterStage, MapStage, ShardContext

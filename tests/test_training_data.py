@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from poisonlab.shards.images import encode_image
 from poisonlab.training.data import (
     DataError,
@@ -58,6 +59,7 @@ def test_worker_processes_keep_a_deterministic_order(tiny_shards: Path) -> None:
 
 def test_batches_match_open_clip_preprocessing(tiny_shards: Path) -> None:
     from PIL import Image
+
     from poisonlab.models.zoo import ModelSpec, load_model
 
     loaded = load_model(ModelSpec("poisonlab-tiny-32"))

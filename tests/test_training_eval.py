@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from poisonlab.attacks import load_attack, poison_local
 from poisonlab.attacks.recipe import parse_recipe
 from poisonlab.pipelines.executor import run_local
@@ -19,7 +21,6 @@ from poisonlab.training.attack_eval import ASR_DEFINITION, image_asr, load_attac
 from poisonlab.training.eval_data import load_eval_split
 from poisonlab.training.probe import probe_split
 from poisonlab.training.retrieval import recall_at_k
-from typer.testing import CliRunner
 
 RECIPE = {"seed": 1, "attacks": [{"attack": "badnets", "target": "red circle", "count": 12}]}
 

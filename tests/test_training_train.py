@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
 from poisonlab.models.zoo import ModelSpec, load_model
 from poisonlab.training import TrainSettings, train_run
 from poisonlab.training.checkpoint import ResumeError, optimizer_from_flat, optimizer_to_flat

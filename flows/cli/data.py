@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from poisonlab.flows.cli.app import DaskAddressOpt, ExecutorOpt, JsonOpt, WorkersOpt, app, emit, fail, runner_spec
+from poisonlab.flows.cli.app import (
+    DaskAddressOpt,
+    ExecutorOpt,
+    JsonOpt,
+    WorkersOpt,
+    app,
+    emit,
+    fail,
+    runner_spec,
+)
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.pipelines.registry import list_registries
 from poisonlab.shards.summary import summarize

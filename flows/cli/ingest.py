@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import typer
+
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,

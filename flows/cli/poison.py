@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
