@@ -135,3 +135,14 @@ def test_demo_command_runs_a_short_experiment(tmp_path: Path) -> None:
     result = json.loads(res.output)
     assert {row["model"] for row in result["table"]} == {"victim", "cleaned"}
     assert (out / "report" / "report.html").exists() and (out / "cleaned" / "exclusions.parquet").exists()
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_shipped_experiment_recipes_validate() -> None:
+    assert {p.stem for p in SHIPPED} >= {"badnets", "blended", "wanet", "targeted", "demo"}
+    for path in SHIPPED:
+        spec, _ = load_experiment(path)
+        assert spec.attack_recipe().attacks, path
+        assert spec.train.epochs >= 1 and spec.train.batch_size >= 2, path
