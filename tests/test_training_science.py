@@ -32,13 +32,14 @@ def test_badnets_is_learned_then_removed_by_cleaning(tmp_path: Path) -> None:
     assert victim["attack_success"] >= 0.9
     # a model trained on the same data without poison is not fooled by the trigger
     assert baseline["attack_success"] <= 0.1
-    # on the victim's own embeddings the neighbourhood sparsity of Huang et al. finds the poison once k exceeds
-    # the 100 pairs that share the trigger, while the victim's image-caption similarity is no detector: it
-    # fits its poisoned pairs at least as well as its clean ones
+    # on the victim's own embeddings the neighbourhood sparsity of Huang et al. finds the poison once the
+    # neighbourhood reaches past the 100 pairs that share the trigger, while the victim's image-caption
+    # similarity is no detector: it fits its poisoned pairs at least as well as its clean ones
     detectors = steps["detect"]["detectors"]
     print({name: round(d["auroc"], 4) for name, d in detectors.items()})
-    assert detectors["kdist_k150"]["auroc"] >= 0.98
-    assert detectors["kdist_k150"]["recall_at_budget"] >= 0.95  # the top 2% by kdist hold >= 95% of the poison
+    assert detectors["kdist_k400"]["auroc"] >= 0.98
+    assert detectors["kdist_k400"]["recall_at_budget"] >= 0.95  # the top 2% by kdist hold >= 95% of the poison
+    assert detectors["dao_k400"]["auroc"] >= 0.98
     assert detectors["clip_score"]["auroc"] <= 0.6
     # cleaning at a 2% budget with the best detector removes it, and costs (almost) no accuracy
     clean = steps["clean"]
