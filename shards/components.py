@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+import poisonlab.shards.dataset  # noqa: F401  (registers the image modality)
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext
-import poisonlab.shards.dataset  # noqa: F401  (registers the image modality)
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
 
 STAGES = get_registry("stage")
