@@ -6,11 +6,12 @@ This is img2dataset's output layout, so its folders read unchanged and ours trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,36 @@ def remove_temp_files(directory: Path) -> int:
     return len(paths)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write under a unique temporary name, then rename: readers see the old file or the new one."""
+def unique_temp_path(path: Path) -> Path:
+    """A hidden sibling name no other writer (another process, a retried task) can collide on."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a unique temporary path to write to (by any library); renamed onto ``path`` on success.
+
+    On any error the temporary file is removed and ``path`` is untouched: readers see the old file or the
+    new one, never half of one.
+    """
+    path = Path(path)
+    tmp = unique_temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write under a unique temporary name, then rename: readers see the old file or the new one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
