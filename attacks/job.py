@@ -17,10 +17,11 @@ from typing import Any
 
 from poisonlab.attacks import captions as C
 from poisonlab.attacks.assets import AssetRef, read_image_file
-from poisonlab.attacks.base import STAGE, Candidate
+from poisonlab.attacks.base import Candidate
 from poisonlab.attacks.donors import fetch_donors
 from poisonlab.attacks.index import DatasetIndex, index_dataset
 from poisonlab.attacks.manifest import build_manifest, write_manifest
+from poisonlab.attacks.outcomes import AttackOutcome, plan_outcomes, write_run_summary
 from poisonlab.attacks.planner import ShardPlan, added_keys, planned_count, select, shard_plans
 from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, configure
 from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for, write_run_spec
@@ -86,27 +87,36 @@ class PoisonJob:
         return out
 
     def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
-        """Write ``sizes.json`` and ``manifest.parquet``; check them against the plan; summarise."""
+        """Write ``sizes.json`` and ``manifest.parquet``; account for every planned sample; summarise.
+
+        A planned sample the run could not poison (the reader refused it, the trigger could not decode it)
+        is counted as failed with its reason, never raised after the shards are written.
+        """
         finalize_folder(self.dst, stats)
         table = build_manifest(self.dst, self.spec.run_id)
         manifest = write_manifest(self.dst, table)
+        outcomes = plan_outcomes(self.dst, self.plans, self.spec.run_id)
         done = Counter(table.column("attack_id").to_pylist())
-        failed, reasons = 0, Counter()
-        for s in stats:
-            for counts in s.stages:
-                if counts.stage == STAGE:
-                    failed += counts.errored
-                    reasons.update(counts.reasons)
-        planned = sum(r.planned for r in self.spec.attacks)
-        if sum(done.values()) + failed != planned:
-            raise PlanMismatch(f"planned {planned} samples, wrote {sum(done.values())} and {failed} failed")
-        return {
+        for record in self.spec.attacks:
+            outcome = outcomes.get(record.id, AttackOutcome())
+            if outcome.planned != record.planned or outcome.done != done.get(record.id, 0):
+                raise PlanMismatch(f"attack {record.id!r}: planned {record.planned}, the plan holds "
+                                   f"{outcome.planned}, {outcome.done} done but the manifest has {done.get(record.id, 0)}")
+        reasons: Counter = Counter()
+        for outcome in outcomes.values():
+            reasons.update(outcome.reasons)
+        result = {
             "out": str(self.dst), "run_id": self.spec.run_id, "manifest": str(manifest),
             "samples": self.spec.dataset.get("samples"), "shards": len(stats),
-            "poisoned": sum(done.values()), "failed": failed, "failed_reasons": dict(sorted(reasons.items())),
-            "attacks": {r.id: {"attack": r.attack, "target": r.target, "planned": r.planned, "done": done.get(r.id, 0)}
+            "poisoned": sum(done.values()), "failed": sum(o.failed for o in outcomes.values()),
+            "failed_reasons": dict(sorted(reasons.items())),
+            "attacks": {r.id: {"attack": r.attack, "target": r.target, "planned": r.planned, "done": done.get(r.id, 0),
+                               "failed": outcomes.get(r.id, AttackOutcome()).failed,
+                               "failed_reasons": dict(sorted(outcomes.get(r.id, AttackOutcome()).reasons.items()))}
                         for r in self.spec.attacks},
         }
+        write_run_summary(self.dst, result)
+        return result
 
 
 def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | None = None) -> PoisonJob:
