@@ -28,6 +28,7 @@ from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for,
 from poisonlab.attacks.stage import PoisonStage
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
+from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 
 
@@ -73,17 +74,23 @@ class PoisonJob:
     dst: Path
     spec: RunSpec
     plans: dict[str, ShardPlan]
+    overwrite: bool = False  # redo shards another configuration wrote (else they are refused)
 
     @property
     def spec_path(self) -> Path:
         return self.dst / SPEC_FILE
 
     def tasks(self) -> list[ShardTask]:
-        """One task per shard; each carries only its own part of the plan."""
+        """One task per shard; each carries only its own part of the plan.
+
+        Shards in ``dst`` that another configuration finished are refused here, in the driver, before any
+        work (or removed to be redone with ``overwrite``): their markers would not match.
+        """
         out = []
         for shard, plan in self.plans.items():
             stage = PoisonStage(str(self.spec_path.resolve()), self.spec.run_id, plan)
             out.extend(plan_folder_tasks(self.src, self.dst, [stage], shards=[shard]))
+        check_resume(out, self.overwrite)
         return out
 
     def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
@@ -119,7 +126,8 @@ class PoisonJob:
         return result
 
 
-def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | None = None) -> PoisonJob:
+def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | None = None,
+                      overwrite: bool = False) -> PoisonJob:
     """Validate and plan ``recipe`` over ``src``, save the spec into ``dst``; no shard is written yet.
 
     ``base_dir`` resolves relative image paths in parameters (the recipe's folder, else the cwd).
@@ -159,5 +167,7 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
         records.append(record_for(conf, n, captions, pattern, donors))
     dataset = {"samples": index.total, "shards": len(index.shards), "fingerprint": index.fingerprint}
     spec = RunSpec(seed=recipe.seed, attacks=tuple(records), dataset=dataset)
-    write_run_spec(dst, spec, assets)
-    return PoisonJob(src, dst, spec, shard_plans(index.shards, modified, added))
+    write_run_spec(dst, spec, assets, overwrite=overwrite)
+    job = PoisonJob(src, dst, spec, shard_plans(index.shards, modified, added), overwrite)
+    job.tasks()  # refuses (or, with overwrite, clears) another configuration's shards before any work
+    return job

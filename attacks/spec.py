@@ -127,8 +127,11 @@ class RunSpec:
         raise SpecError(f"no attack {attack_id!r} in this run; attacks: {[a.id for a in self.attacks]}")
 
 
-def write_run_spec(directory: Path, spec: RunSpec, assets: Mapping[AssetRef, bytes]) -> Path:
-    """Write assets, then ``attack.json`` (atomically). A folder holding anything else is refused."""
+def write_run_spec(directory: Path, spec: RunSpec, assets: Mapping[AssetRef, bytes], overwrite: bool = False) -> Path:
+    """Write assets, then ``attack.json`` (atomically). A folder holding anything else is refused.
+
+    ``overwrite`` replaces another poisoning run's spec (its shards are then redone: shards.markers).
+    """
     directory = Path(directory)
     path = directory / SPEC_FILE
     if path.exists():
@@ -136,8 +139,9 @@ def write_run_spec(directory: Path, spec: RunSpec, assets: Mapping[AssetRef, byt
             existing = json.loads(path.read_text(encoding="utf-8")).get("run_id")
         except ValueError:
             existing = "unreadable"
-        if existing != spec.run_id:
-            raise SpecError(f"{directory} already holds another poisoning run ({existing}); use a fresh folder")
+        if existing != spec.run_id and not overwrite:
+            raise SpecError(f"{directory} already holds another poisoning run ({existing}); "
+                           "use a fresh folder, or --overwrite to replace it")
     elif directory.is_dir() and any(directory.iterdir()):
         # its complete-looking shards would be taken for this run's and skipped
         raise SpecError(f"{directory} is not empty and holds no poisoning run; use a fresh folder")

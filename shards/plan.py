@@ -15,7 +15,9 @@ from poisonlab.pipelines.accounting import ShardStats, StageCounts
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import Stage
-from poisonlab.shards.layout import is_complete, list_shards, remove_temp_files, stats_path, write_sizes
+from poisonlab.shards import markers
+from poisonlab.shards.layout import list_shards, remove_temp_files, stats_path, write_sizes
+from poisonlab.shards.markers import ShardMarker
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.writer import ShardWriter
 
@@ -34,17 +36,19 @@ class FolderSource:
 class FolderSink:
     directory: str
     source_name: str | None = None
+    marker: ShardMarker | None = None  # what a finished shard must prove to be skipped (shards.markers)
 
     def __call__(
         self, shard: str, samples: Iterable[Sample], stages: list[StageCounts], shard_errors: list[str]
     ) -> ShardStats:
-        with ShardWriter(Path(self.directory), shard, source=self.source_name) as writer:
+        expected = self.marker.expected(shard) if self.marker is not None else None
+        with ShardWriter(Path(self.directory), shard, source=self.source_name, marker=expected) as writer:
             for sample in samples:
                 writer.write(sample)
             return writer.close(stages=stages, shard_errors=shard_errors)
 
     def is_done(self, shard: str) -> bool:
-        return is_complete(Path(self.directory), shard)
+        return markers.is_done(Path(self.directory), shard, self.marker)
 
     def load_done(self, shard: str) -> ShardStats:
         return load_stats(Path(self.directory), shard)
@@ -75,7 +79,7 @@ def plan_source_tasks(
     source_name: str | None = None,
 ) -> list[ShardTask]:
     """One task per shard name, from any source (a folder, a generator, a URL-list part) into ``dst``."""
-    sink = FolderSink(str(dst), source_name)
+    sink = FolderSink(str(dst), source_name, ShardMarker.for_task(source, stages))
     return [
         ShardTask(shard=n, source=source, stages=tuple(stages), sink=sink, is_done=sink.is_done,
                   load_done=sink.load_done, source_name=source_name)

@@ -55,12 +55,15 @@ def _text(value: str | None) -> str | None:
 class ShardWriter:
     """Write one shard; use as a context manager. Unless ``close()`` completes, nothing is renamed into place."""
 
-    def __init__(self, directory: Path, shard: str, source: str | None = None) -> None:
+    def __init__(self, directory: Path, shard: str, source: str | None = None,
+                 marker: Mapping[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard = shard
         self.stats = ShardStats(shard=shard, source=source)
         self._sidecar = SidecarBuilder()
+        self._marker = dict(marker or {})  # completion marker fields (shards.markers); the tar's digest is added
+        self._sha = hashlib.sha256()
         self._keys: set[str] = set()
         self._final = {
             "tar": tar_path(self.directory, shard),
@@ -78,8 +81,11 @@ class ShardWriter:
         pad = -len(data) % BLOCK
         self._fh.write(header)
         self._fh.write(data)
+        self._sha.update(header)
+        self._sha.update(data)
         if pad:
             self._fh.write(_NUL * pad)
+            self._sha.update(_NUL * pad)
         self._offset += len(header) + len(data) + pad
 
     def _refusal(self, sample: Sample) -> str | None:
@@ -152,12 +158,16 @@ class ShardWriter:
         """Finish the tar, sidecar and stats under temporary names, then rename them into place (stats last)."""
         self.stats.stages = list(stages or [])
         self.stats.shard_errors = list(shard_errors or [])
-        self._fh.write(archive_end(self._offset))
+        end = archive_end(self._offset)
+        self._fh.write(end)
+        self._sha.update(end)
+        marker = {**self._marker, "tar_bytes": self._offset + len(end), "tar_sha256": self._sha.hexdigest()}
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         pq.write_table(self._sidecar.table(), self._tmp["sidecar"], compression="zstd")
-        self._tmp["stats"].write_text(json.dumps(self.stats.to_dict(), indent=2, sort_keys=True) + "\n")
+        record = {**self.stats.to_dict(), "marker": marker}
+        self._tmp["stats"].write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         for kind in ("tar", "sidecar", "stats"):
             os.replace(self._tmp[kind], self._final[kind])
         self._closed = True

@@ -22,6 +22,8 @@ ExecutorOpt = typer.Option("prefect", "--executor", help="prefect (a Prefect flo
 DaskAddressOpt = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")
 WorkersOpt = typer.Option(None, "--workers", help="local Dask workers (default: one per core)")
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
+OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out that another configuration wrote "
+                            "(else such a folder is refused)")
 
 
 def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:

@@ -10,6 +10,7 @@ from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
     JsonOpt,
+    OverwriteOpt,
     WorkersOpt,
     app,
     emit,
@@ -18,6 +19,7 @@ from poisonlab.flows.cli.app import (
 )
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.pipelines.registry import list_registries
+from poisonlab.shards.markers import MarkerConflict
 from poisonlab.shards.summary import summarize
 from poisonlab.shards.synth import SynthSpec
 
@@ -33,11 +35,16 @@ def synth(
     executor: str = ExecutorOpt,
     dask_address: str | None = DaskAddressOpt,
     workers: int | None = WorkersOpt,
+    overwrite: bool = OverwriteOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
     spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
-    result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json))
+    try:
+        result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json),
+                               overwrite=overwrite)
+    except MarkerConflict as exc:
+        fail(str(exc))
     emit(result, as_json, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
 
 

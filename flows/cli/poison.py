@@ -14,6 +14,7 @@ from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
     JsonOpt,
+    OverwriteOpt,
     WorkersOpt,
     app,
     emit,
@@ -66,13 +67,14 @@ def poison(
     executor: str = ExecutorOpt,
     dask_address: str | None = DaskAddressOpt,
     workers: int | None = WorkersOpt,
+    overwrite: bool = OverwriteOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
     runner = runner_spec(executor, dask_address, workers, not as_json)
     try:
         loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
-        job = prepare_poisoning(src, dst, loaded, base_dir)
+        job = prepare_poisoning(src, dst, loaded, base_dir, overwrite=overwrite)
         eval_dir = eval_in if eval_in is not None else src / "eval"
         if eval_out is not None and not eval_dir.is_dir():
             raise FileNotFoundError(f"no eval split at {eval_dir}; give --eval-in")
