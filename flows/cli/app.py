@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.flows.runtime import RUNNERS, RunnerSpec
 
 app = typer.Typer(
     name="poisonlab",
@@ -27,6 +27,9 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out tha
 
 
 def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:
+    """The runner of a command, checked before the command writes anything (an unknown executor fails here)."""
+    if executor not in RUNNERS:
+        fail(f"unknown executor {executor!r}; known: {', '.join(sorted(RUNNERS))}")
     return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -40,11 +41,13 @@ def synth(
 ) -> None:
     """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
     spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
+    outputs.guard(out, "shards")
     try:
         result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json),
                                overwrite=overwrite)
     except MarkerConflict as exc:
         fail(str(exc))
+    outputs.done(out, "shards")
     emit(result, as_json, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -58,9 +59,11 @@ def demo(
 
     from poisonlab.flows.experiment import ExperimentError, ExperimentSpec, run_experiment
 
+    outputs.guard(out, "experiment")
     try:
         spec = ExperimentSpec.model_validate(demo_recipe(samples, seed))
         result = run_experiment(spec, out, runner_spec(executor, dask_address, workers, not as_json), Path.cwd())
     except (ValidationError, ExperimentError) as exc:
         fail(str(exc))
+    outputs.done(out, "experiment")
     emit(result, as_json, result["summary"])

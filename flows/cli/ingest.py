@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -85,6 +86,7 @@ def ingest_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Download a URL list with img2dataset into poisonlab shards; every row gets a sidecar row."""
+    outputs.guard(out, "shards", urls)
     try:
         spec = IngestSpec(
             urls=urls, out=out, samples_per_shard=samples_per_shard, verify=verify,
@@ -94,6 +96,7 @@ def ingest_command(
         result = ingest(spec, runner_spec(executor, dask_address, workers, not as_json))
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
+    outputs.done(out, "shards")
     emit(result, as_json, _summary(result))
 
 
@@ -113,12 +116,14 @@ def import_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Import a local image folder (images as they are) into poisonlab shards, in sorted file order."""
+    outputs.guard(out, "shards", images)
     try:
         spec = ImportSpec(images=images, out=out, captions=captions, file_col=file_col, caption_col=caption_col,
                           samples_per_shard=samples_per_shard, max_pixels=max_pixels)
         result = import_folder(spec, runner_spec(executor, dask_address, workers, not as_json))
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
+    outputs.done(out, "shards")
     emit(result, as_json, _summary(result))
 
 
@@ -152,8 +157,10 @@ def splitview_serve(
 ) -> None:
     """Serve the split-view web on 127.0.0.1 until Ctrl-C; ingest OUT/urls.parquet meanwhile
     (``--hash-col sha256`` to verify), compare with OUT/manifest.parquet."""
+    outputs.guard(out, "splitview", originals, attacker)
     web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
     out.mkdir(parents=True, exist_ok=True)
+    outputs.done(out, "splitview")
     with LoopbackServer(web.resolve) as server:
         write_table(web.url_table(server.url("")), out / "urls.parquet")
         write_table(web.manifest(server.url("")), out / "manifest.parquet")
@@ -202,7 +209,10 @@ def splitview_build_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Serve the split-view web, ingest it (with or without verification) and score the result."""
+    outputs.guard(out, "splitview", originals, attacker)
     web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.done(out, "splitview")  # a folder of folders: recorded first, so a killed build resumes
     try:
         spec = IngestSpec(
             urls=out / "urls.parquet", out=out / "shards", samples_per_shard=samples_per_shard, verify=verify,

@@ -10,6 +10,7 @@ from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -72,6 +73,8 @@ def poison(
 ) -> None:
     """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
     runner = runner_spec(executor, dask_address, workers, not as_json)
+    outputs.guard(dst, "poisoned", src, eval_in, eval_out)
+    outputs.guard(eval_out, "triggered_eval", src, eval_in, dst)
     try:
         loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
         job = prepare_poisoning(src, dst, loaded, base_dir, overwrite=overwrite)
@@ -81,12 +84,14 @@ def poison(
     except INPUT_ERRORS as exc:
         fail(str(exc))
     result = run_poison_job(job, runner)
+    outputs.done(dst, "poisoned")
     if eval_out is not None:
         try:
             eval_job = prepare_eval_trigger(eval_dir, dst, eval_out)
         except INPUT_ERRORS as exc:
             fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
         result["eval"] = run_eval_job(eval_job, runner)
+        outputs.done(eval_out, "triggered_eval")
     emit(result, as_json, _summary(result))
 
 
@@ -104,10 +109,12 @@ def poison_eval(
 ) -> None:
     """Apply a run's exact trigger to an evaluation split's non-target images (for attack success rate)."""
     runner = runner_spec(executor, dask_address, workers, not as_json)
+    outputs.guard(dst, "triggered_eval", src, spec)
     try:
         job = prepare_eval_trigger(src, spec, dst, attack, seed)
     except INPUT_ERRORS as exc:
         fail(str(exc))
     result = run_eval_job(job, runner)
+    outputs.done(dst, "triggered_eval")
     emit(result, as_json, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
                           f"-> {result['out']} ({result['by_status']})")

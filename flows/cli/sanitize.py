@@ -9,6 +9,7 @@ import typer
 
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -86,11 +87,14 @@ def embed(
     """Embed every image and caption with an open_clip model (one task per shard; reruns skip done shards)."""
     from poisonlab.flows.sanitize import embed_folder
 
+    outputs.guard(out, "embeddings", shards)
+
     if dtype not in ("float32", "float16"):
         fail("--dtype must be float32 or float16")
     with _input_errors():
         result = embed_folder(shards, out, _model(arch, weights, run), runner_spec(executor, dask_address, workers, not as_json),
                               batch_size=batch_size, dtype=dtype, device=device, seed=seed)
+    outputs.done(out, "embeddings")
     emit(result, as_json, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
                           f"-> {result['store']}" + "".join(f"\n  {k}: {v}" for k, v in result["reasons"].items()))
 
@@ -108,8 +112,11 @@ def scan(
     """Score every sample with detectors over the whole dataset (one FAISS index); one table per shard."""
     from poisonlab.flows.sanitize import scan_folder
 
+    outputs.guard(out, "scores", store, *[Path(e.partition("=")[2]) for e in embeddings or []])
+
     with _input_errors():
         result = scan_folder(_stores(store, embeddings or []), detector or None, out, overwrite=overwrite)
+    outputs.done(out, "scores")
     lines = [f"scored {result['samples']} samples ({result['live']} live) in {result['shards']} shards -> {out}"
              + (" (already done)" if result.get("skipped") else "")]
     lines += [f"  {name}: {sec:.1f} s" for name, sec in result["seconds"].items()]
@@ -138,9 +145,14 @@ def clean(
     """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table."""
     from poisonlab.flows.sanitize import clean_folder
 
+    outputs.guard(out, "cleaned", shards, scores, excluded_out)
+    outputs.guard(excluded_out, "excluded", shards, scores, out)
+
     with _input_errors():
         result = clean_folder(shards, scores, decision, out, runner_spec(executor, dask_address, workers, not as_json),
                               excluded_out)
+    outputs.done(out, "cleaned")
+    outputs.done(excluded_out, "excluded")
     emit(result, as_json, _clean_summary(result))
 
 
@@ -163,10 +175,19 @@ def sanitize(
     """Embed, scan and clean in one go."""
     from poisonlab.flows.sanitize import sanitize as run_sanitize
 
+    outputs.guard(out, "sanitize", shards)
+    parts = {"emb": "embeddings", "scores": "scores", "clean": "cleaned", "excluded": "excluded"}
+    for name, kind in parts.items():
+        outputs.guard(out / name, kind, shards)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.done(out, "sanitize")  # a folder of folders: recorded first, so a killed run resumes
+
     with _input_errors():
         result = run_sanitize(shards, out, _model(arch, weights, run), decision, detector or None,
                               runner_spec(executor, dask_address, workers, not as_json), keep_excluded,
                               batch_size=batch_size)
+    for name, kind in parts.items():
+        outputs.done(out / name, kind)
     emit(result, as_json, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
                           + _clean_summary(result["clean"]))
 
@@ -181,6 +202,9 @@ def recall(
     """Filter recall per detector and attack: AUROC, PR-AUC, FPR@95%TPR, recall/precision at 0.1%, 1%, 5%."""
     from poisonlab.filters.metrics import markdown_summary, recall_report
 
+    out = out or Path(scores) / "recall"
+    outputs.guard(out, "recall", scores, manifest)
     with _input_errors():
-        result = recall_report(scores, manifest, out=out or Path(scores) / "recall")
+        result = recall_report(scores, manifest, out=out)
+    outputs.done(out, "recall")
     emit(result, as_json, markdown_summary(result) + f"\n\ncurves and tables in {Path(result['files']['json']).parent}")

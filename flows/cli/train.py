@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import (
     DaskAddressOpt,
     ExecutorOpt,
@@ -47,9 +48,11 @@ def train(
         settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  weight_decay=weight_decay, warmup_steps=warmup_steps, workers=data_workers,
                                  device=device, precision=precision)  # type: ignore[arg-type]
+        outputs.guard(out, "run", shards)
         result = train_run(shards, out, settings, resume=resume, progress=not as_json)
     except (ValidationError, DataError, ResumeError, CheckpointError, ValueError) as exc:
         fail(str(exc))
+    outputs.done(out, "run")
     skipped = sum(result.skipped.values())
     emit(result.to_dict(), as_json,
          f"trained {result.epochs} epochs ({result.steps} steps, {result.samples} pairs) in {result.seconds:.0f}s: "
@@ -107,7 +110,9 @@ def experiment(
             parsed[key.strip()] = yaml.safe_load(value)
         spec, base_dir = load_experiment(recipe, parsed)
         folder = out or Path("experiments") / spec.name
+        outputs.guard(folder, "experiment")
         result = run_experiment(spec, folder, runner_spec(executor, dask_address, workers, not as_json), base_dir)
     except ExperimentError as exc:
         fail(str(exc))
+    outputs.done(folder, "experiment")
     emit(result, as_json, result["summary"])
