@@ -104,7 +104,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # a pickle or any other file renamed .safetensors: refused, never unpickled
+            raise CheckpointError(f"refused {path}: not a valid safetensors file ({type(exc).__name__})") from None
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,6 +119,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"refused {path}: not a state dict")
         return {k.removeprefix("module."): v for k, v in obj.items()}
     raise CheckpointError(f"refused {path}: only .safetensors or weights-only torch files are accepted")
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN or infinite weights (a diverged run) would crash evaluation deep in scikit-learn: refuse them here."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: the model's weights are not finite (NaN or inf in {bad[0]!r})")
 
 
 def _weights_file(weights: str) -> Path | None:
@@ -137,7 +147,12 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device="cpu")
     if weights_file is not None:
         state = read_state_dict(weights_file)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        check_finite(state, weights_file)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # same names, other shapes
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"checkpoint {weights_file} does not match architecture {name}: {first}") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint {weights_file} does not match architecture {name}: "

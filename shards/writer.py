@@ -176,10 +176,14 @@ class ShardWriter:
     def abort(self) -> None:
         """Remove the temporary files; whatever was already complete under final names stays as it was."""
         self._closed = True
-        if not self._fh.closed:
-            self._fh.close()
-        for path in self._tmp.values():
-            path.unlink(missing_ok=True)
+        try:
+            if not self._fh.closed:
+                self._fh.close()  # flushes: on a full disk this raises too, and must not leak the temp files
+        except OSError:
+            pass
+        finally:
+            for path in self._tmp.values():
+                path.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -86,5 +86,8 @@ def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             raise ResumeError(f"cannot resume {run_dir}: {name} is missing")
     loaded = load_model(ModelSpec.from_run(run_dir), "cpu").model
     model.load_state_dict(loaded.state_dict())
-    tensors = load_file(str(run_dir / OPTIMIZER_NAME))
-    optimizer.load_state_dict(optimizer_from_flat(tensors, state["optimizer"]))
+    try:
+        tensors = load_file(str(run_dir / OPTIMIZER_NAME))
+        optimizer.load_state_dict(optimizer_from_flat(tensors, state["optimizer"]))
+    except Exception as exc:  # not safetensors, or another model's optimizer: report, never unpickle
+        raise ResumeError(f"cannot resume {run_dir}: {OPTIMIZER_NAME} is unusable ({type(exc).__name__})") from None

@@ -8,9 +8,19 @@ from typing import Any
 
 import typer
 
+from poisonlab.flows.cli.errors import reported as _reported
 from poisonlab.flows.runtime import RUNNERS, RunnerSpec
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(_reported(fn))
+
+
+app = _App(
     name="poisonlab",
     help="Poison and sanitize web-scale image-text datasets stored as WebDataset shards.",
     no_args_is_help=True,
