@@ -104,6 +104,10 @@ def check_output(out: Path, kind: str, inputs: Iterable[Path | None] = ()) -> No
 
 
 def record_output(out: Path, kind: str) -> None:
-    """Leave the kind record once the command has written its output (no paths: bytes stay reproducible)."""
-    if Path(out).is_dir() and _recorded_kind(Path(out)) != kind:
+    """Leave the kind record once the command has written its output (no paths: bytes stay reproducible).
+
+    Plain shard folders get none: their completion markers already say what they are, and their file set
+    stays exactly what every writer of shards produces (runs are compared file by file).
+    """
+    if kind != "shards" and Path(out).is_dir() and _recorded_kind(Path(out)) != kind:
         atomic_write_json(Path(out) / KIND_FILE, {"kind": kind})

@@ -83,15 +83,15 @@ def poison(
             raise FileNotFoundError(f"no eval split at {eval_dir}; give --eval-in")
     except INPUT_ERRORS as exc:
         fail(str(exc))
+    outputs.done(dst, "poisoned")  # recorded once attack.json is there, so a killed run resumes
     result = run_poison_job(job, runner)
-    outputs.done(dst, "poisoned")
     if eval_out is not None:
         try:
             eval_job = prepare_eval_trigger(eval_dir, dst, eval_out)
         except INPUT_ERRORS as exc:
             fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
-        result["eval"] = run_eval_job(eval_job, runner)
         outputs.done(eval_out, "triggered_eval")
+        result["eval"] = run_eval_job(eval_job, runner)
     emit(result, as_json, _summary(result))
 
 
@@ -114,7 +114,7 @@ def poison_eval(
         job = prepare_eval_trigger(src, spec, dst, attack, seed)
     except INPUT_ERRORS as exc:
         fail(str(exc))
-    result = run_eval_job(job, runner)
     outputs.done(dst, "triggered_eval")
+    result = run_eval_job(job, runner)
     emit(result, as_json, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
                           f"-> {result['out']} ({result['by_status']})")

@@ -146,13 +146,13 @@ def clean(
     from poisonlab.flows.sanitize import clean_folder
 
     outputs.guard(out, "cleaned", shards, scores, excluded_out)
-    outputs.guard(excluded_out, "excluded", shards, scores, out)
+    outputs.guard(excluded_out, "shards", shards, scores, out)
 
     with _input_errors():
         result = clean_folder(shards, scores, decision, out, runner_spec(executor, dask_address, workers, not as_json),
                               excluded_out)
     outputs.done(out, "cleaned")
-    outputs.done(excluded_out, "excluded")
+    outputs.done(excluded_out, "shards")
     emit(result, as_json, _clean_summary(result))
 
 
@@ -176,7 +176,7 @@ def sanitize(
     from poisonlab.flows.sanitize import sanitize as run_sanitize
 
     outputs.guard(out, "sanitize", shards)
-    parts = {"emb": "embeddings", "scores": "scores", "clean": "cleaned", "excluded": "excluded"}
+    parts = {"emb": "embeddings", "scores": "scores", "clean": "cleaned", "excluded": "shards"}
     for name, kind in parts.items():
         outputs.guard(out / name, kind, shards)
     out.mkdir(parents=True, exist_ok=True)
