@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from poisonlab.flows import lifecycle
 from poisonlab.flows.cli.app import app
 
 COMMAND_MODULES = (
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
 
 
 def main() -> None:
+    lifecycle.install()  # Prefect's temporary server and Dask workers never outlive the command
     for name in COMMAND_MODULES:
         import_module(name)
     app()
