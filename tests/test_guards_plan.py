@@ -111,6 +111,8 @@ def test_poison_over_the_hostile_corpus_finishes_and_accounts_for_every_planned_
     assert json.loads((out / "poison.json").read_text())["failed"] == result["failed"]
     inputs, rows = _books(out)
     assert inputs == rows
+    for case in cases.values():  # every input sample of the hostile shards has its sidecar row
+        assert pq.read_metadata(out / f"{case.shard}.parquet").num_rows == case.input_samples, case.name
     again = _poison(cli, src, out)  # a rerun skips every shard and finishes with the same books
     assert again == result
     assert not (tmp_path / "marker").exists()
