@@ -45,7 +45,7 @@ def _wait_for_shards(out: Path, proc: subprocess.Popen, n: int) -> None:
     raise AssertionError("the run did not get going: " + (proc.stderr.read().decode()[-2000:] if proc.poll() else ""))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_run_leaves_no_process_and_the_rerun_completes_it(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(_command(out, "--workers", "2"), env=_env(tmp_path), start_new_session=True,
