@@ -37,6 +37,7 @@ from poisonlab.pipelines.executor import ShardTask, run_local
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext
 from poisonlab.shards.images import decode_array, encode_image
+from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 
 CLASSES_FILE = "classes.json"
@@ -120,7 +121,9 @@ class EvalTriggerJob:
 
     def tasks(self) -> list[ShardTask]:
         stage = EvalTriggerStage(str((self.out_dir / SPEC_FILE).resolve()), self.run_id, self.attack_id, self.labels)
-        return plan_folder_tasks(self.eval_dir, self.out_dir, [stage])
+        tasks = plan_folder_tasks(self.eval_dir, self.out_dir, [stage])
+        check_resume(tasks)  # shards another attack or split wrote are refused, not taken for this one's
+        return tasks
 
     def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
         finalize_folder(self.out_dir, stats)
