@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 from poisonlab.filters.clean import EXCLUSIONS_FILE, STAGE_NAME, plan_clean_tasks, write_clean_report
 from poisonlab.filters.decisions import Decision, exclusion_table, parse_decision
 from poisonlab.filters.embed import EmbedConfig, plan_embed_tasks
-from poisonlab.filters.scores import ScoreTable, load_scores, write_table_atomic
+from poisonlab.filters.scores import ScoreTable, load_scores
 from poisonlab.filters.store import EmbeddingMismatchError, file_digest
 from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask, run_local
 from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.layout import list_shards, sidecar_path
+from poisonlab.shards.layout import atomic_path, list_shards, sidecar_path
 from poisonlab.shards.plan import finalize_folder, load_stats
 
 Runner = Callable[[Sequence[ShardTask]], list[ShardStats]]
@@ -86,12 +86,10 @@ def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: 
     if out.exists() and list_shards(out) and not path.exists():
         raise FileExistsError(f"{out} already holds shards that no clean wrote; use a fresh output folder")
     out.mkdir(parents=True, exist_ok=True)
-    staged = out / f".{EXCLUSIONS_FILE}.new"
-    write_table_atomic(exclusions, staged)
-    if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
-        staged.unlink()
-        raise FileExistsError(f"{out} holds shards cleaned by another decision; use a fresh output folder")
-    staged.replace(path)
+    with atomic_path(path) as staged:  # renamed into place only if it is the same decision (or the first)
+        pq.write_table(exclusions, staged, compression="zstd")
+        if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
+            raise FileExistsError(f"{out} holds shards cleaned by another decision; use a fresh output folder")
     stats = run(plan_clean_tasks(src, out, path, excluded_out))
     finalize_folder(out, stats)
     dropped = sum(c.dropped for s in stats for c in s.stages if c.stage == STAGE_NAME)

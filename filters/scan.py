@@ -24,8 +24,16 @@ from pydantic import BaseModel
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
-from poisonlab.filters.scores import SCAN_FILE, list_score_shards, score_path, write_score_shard
+from poisonlab.filters.scores import (
+    EMBEDDED_PREFIX,
+    SCAN_FILE,
+    is_base_column,
+    list_score_shards,
+    score_path,
+    write_score_shard,
+)
 from poisonlab.filters.specs import parse_spec
+from poisonlab.filters.store import read_info
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.layout import atomic_write_json
 
@@ -64,16 +72,24 @@ def detector_specs(detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[
         raw = dict(raw or {})
         name = str(raw.pop("detector", column))
         embeddings = raw.pop("embeddings", None)
-        if column in ("key", "shard", "live", "embedded_image", "embedded_text", "reason"):
+        if is_base_column(column):
             raise ValueError(f"{column!r} is a reserved column name")
         component = DETECTORS.get(name)
         specs.append(DetectorSpec(column, name, component.parse(raw), embeddings))
     columns = {s.column for s in specs}
     for spec in specs:
-        missing = [u for u in getattr(spec.params, "detectors", []) if u not in columns] if spec.name == "ensemble" else []
+        missing = [u for u in spec.create().uses if u not in columns]
         if missing:
-            raise RegistryError(f"ensemble {spec.column!r} combines {missing}, which this scan does not compute")
+            raise RegistryError(f"{spec.name} {spec.column!r} combines {missing}, which this scan does not compute")
     return specs
+
+
+def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> None:
+    """Every detector's declared spaces must be in the store it reads: refused before anything is loaded."""
+    infos = {name: read_info(path) for name, path in stores.items()}
+    for spec in specs:
+        store = spec.embeddings or primary
+        infos[store].require(spec.create().reads(), f"detector {spec.column!r}", str(stores[store]))
 
 
 def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[DetectorSpec]:
@@ -111,6 +127,7 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         if spec.embeddings is not None and spec.embeddings not in stores:
             raise ValueError(f"detector {spec.column!r} asks for embeddings {spec.embeddings!r}; "
                              f"given: {', '.join(stores)}")
+    check_spaces(specs, stores, next(iter(stores)))
     started = time.perf_counter()
     corpus = load_corpus(stores)
     config = _config(corpus, stores, specs)
@@ -139,8 +156,8 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     primary = corpus.model()
     for i, shard in enumerate(corpus.shard_names):
         rows = corpus.shard_rows(i)
-        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "embedded_image": primary.image_ok[rows],
-                "embedded_text": primary.text_ok[rows], "reason": corpus.reasons[rows]}
+        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "reason": corpus.reasons[rows],
+                **{f"{EMBEDDED_PREFIX}{s}": primary.ok[s][rows] for s in primary.spaces}}
         write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
     summary = {
         "config": config,
