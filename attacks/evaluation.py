@@ -21,7 +21,7 @@ from typing import Any
 
 from poisonlab.attacks import captions as C
 from poisonlab.attacks.assets import read_asset
-from poisonlab.attacks.base import image_meta, provenance
+from poisonlab.attacks.base import TEXT_TRIGGER, image_meta, provenance
 from poisonlab.attacks.manifest import build_manifest, write_manifest
 from poisonlab.attacks.spec import (
     SPEC_FILE,
@@ -151,8 +151,8 @@ def prepare_eval_trigger(eval_dir: Path, spec: str | Path, out_dir: Path, attack
     if record.target is None:
         raise SpecError(f"attack {record.id!r} has no target class; nothing to measure on an evaluation split")
     write_run_spec(out_dir, run, assets)
-    _, binding = load_bindings(str((out_dir / SPEC_FILE).resolve()), run.run_id)[record.id]
-    if binding.trigger is None and record.attack != "text_trigger":
+    attack_obj, binding = load_bindings(str((out_dir / SPEC_FILE).resolve()), run.run_id)[record.id]
+    if binding.trigger is None and TEXT_TRIGGER not in attack_obj.capabilities:
         raise SpecError(f"attack {record.id!r} ({record.attack}) has no trigger to apply to an evaluation split")
     return EvalTriggerJob(eval_dir, out_dir, run.run_id, record.id, EvalLabels.from_folder(eval_dir))
 

@@ -123,3 +123,12 @@ def create_embedder(name: str, params: BaseModel) -> Embedder:
     for space in type(embedder).spaces:
         check_space_name(space)
     return embedder
+
+
+def needs_model(spec: str) -> bool:
+    """Whether an embedder spec (``name[:k=v,...]``) still needs a model (``arch``) from the caller."""
+    from poisonlab.filters.specs import parse_spec
+
+    _, name, options = parse_spec(spec)
+    field = EMBEDDERS.get(name).params.model_fields.get("arch")
+    return field is not None and field.is_required() and "arch" not in options

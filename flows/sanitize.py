@@ -31,15 +31,16 @@ def _run_with(runner: RunnerSpec, label: str) -> Runner:
     return lambda tasks: run_tasks(tasks, runner, label=label)
 
 
-def embed_folder(shards: Path, out: Path, model: ModelSpec, runner: RunnerSpec | None = None, *,
+def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: RunnerSpec | None = None, *,
                  batch_size: int = 256, dtype: str = "float32", device: str | None = None,
-                 seed: int = 0, threads: int = 1) -> dict[str, Any]:
-    """Embed every shard into ``out/<model_id>``; returns the store path under ``"store"`` and the counts."""
+                 seed: int = 0, threads: int = 1, embedder: str = "open_clip") -> dict[str, Any]:
+    """Embed every shard into ``out/<model_id>`` with a registered embedder (``name[:key=value,...]``;
+    ``model`` for embedders that take one); returns the store path under ``"store"`` and the counts."""
     from poisonlab.filters.embed import EmbedConfig  # torch is only needed here
 
     runner = runner or RunnerSpec()
     config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
-                         threads=threads)
+                         threads=threads, embedder=embedder)
     return embed_shards(Path(shards), Path(out), config, _run_with(runner, "embed"))
 
 
@@ -58,7 +59,7 @@ def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, A
                         Path(excluded_out) if excluded_out is not None else None)
 
 
-def sanitize(shards: Path, out: Path, model: ModelSpec, decision: Decision | Mapping[str, Any] | str,
+def sanitize(shards: Path, out: Path, model: ModelSpec | None, decision: Decision | Mapping[str, Any] | str,
              detectors: DetectorsArg = None, runner: RunnerSpec | None = None, keep_excluded: bool = False,
              **embed_options: Any) -> dict[str, Any]:
     """All three steps: ``out/emb/<model_id>``, ``out/scores``, ``out/clean`` (and ``out/excluded``)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from poisonlab.filters.embedders import DEFAULT_EMBEDDER, needs_model
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
 from poisonlab.flows.cli.app import (
@@ -28,6 +29,8 @@ INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, FileNotFoundEr
 
 ArchOpt = typer.Option(None, "--arch", help="open_clip architecture, a shipped config (poisonlab-tiny-32) or a JSON file")
 WeightsOpt = typer.Option(None, "--weights", help="open_clip pretrained tag, .safetensors or weights-only .pt file")
+EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value,...] of a registered embedder "
+                           "(default open_clip, which takes --arch/--weights/--run); see `poisonlab components embedder`")
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
 DetectorOpt = typer.Option(None, "--detector", help="[column=]name[:key=value,...], repeatable "
                            "(default: kdist, slof, dao, lid, clip_score); see `poisonlab components detector`")
@@ -43,7 +46,8 @@ def _input_errors():  # type: ignore[no-untyped-def]
         fail(str(exc).strip("'\""))
 
 
-def _model(arch: str | None, weights: str | None, run: Path | None):  # type: ignore[no-untyped-def]
+def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ignore[no-untyped-def]
+           embedder: str = DEFAULT_EMBEDDER):
     from poisonlab.models.zoo import ModelSpec  # torch and open_clip load only for commands that need them
 
     if run is not None:
@@ -51,7 +55,11 @@ def _model(arch: str | None, weights: str | None, run: Path | None):  # type: ig
             raise ValueError("--run names the architecture and weights; do not combine it with --arch/--weights")
         return ModelSpec.from_run(run)
     if arch is None:
-        raise ValueError("give --arch ARCH (and --weights) or --run RUN_DIR")
+        if needs_model(embedder):
+            raise ValueError("give --arch ARCH (and --weights) or --run RUN_DIR")
+        if weights:
+            raise ValueError("--weights needs --arch")
+        return None
     return ModelSpec(arch=arch, weights=weights)
 
 
@@ -74,6 +82,7 @@ def embed(
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
+    embedder: str = EmbedderOpt,
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     dtype: str = typer.Option("float32", "--dtype", help="storage: float32 or float16"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
@@ -83,14 +92,16 @@ def embed(
     workers: int | None = WorkersOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Embed every image and caption with an open_clip model (one task per shard; reruns skip done shards)."""
+    """Embed every sample with a registered embedder (open_clip: images and captions; one task per shard;
+    reruns skip done shards)."""
     from poisonlab.flows.sanitize import embed_folder
 
     if dtype not in ("float32", "float16"):
         fail("--dtype must be float32 or float16")
     with _input_errors():
-        result = embed_folder(shards, out, _model(arch, weights, run), runner_spec(executor, dask_address, workers, not as_json),
-                              batch_size=batch_size, dtype=dtype, device=device, seed=seed)
+        result = embed_folder(shards, out, _model(arch, weights, run, embedder),
+                              runner_spec(executor, dask_address, workers, not as_json),
+                              batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
     emit(result, as_json, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
                           f"-> {result['store']}" + "".join(f"\n  {k}: {v}" for k, v in result["reasons"].items()))
 
@@ -152,6 +163,7 @@ def sanitize(
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
+    embedder: str = EmbedderOpt,
     detector: list[str] | None = DetectorOpt,
     keep_excluded: bool = typer.Option(False, "--keep-excluded", help="write the excluded samples to OUT/excluded"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -164,9 +176,9 @@ def sanitize(
     from poisonlab.flows.sanitize import sanitize as run_sanitize
 
     with _input_errors():
-        result = run_sanitize(shards, out, _model(arch, weights, run), decision, detector or None,
+        result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
                               runner_spec(executor, dask_address, workers, not as_json), keep_excluded,
-                              batch_size=batch_size)
+                              batch_size=batch_size, embedder=embedder)
     emit(result, as_json, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
                           + _clean_summary(result["clean"]))
 
