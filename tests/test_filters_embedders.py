@@ -257,3 +257,20 @@ def test_a_store_of_an_unknown_format_says_to_re_embed(tiny_shards: Path, tmp_pa
     np.savez(tmp_path / "broken" / "00000.npz", **arrays)
     with pytest.raises(StoreFormatError, match="re-embed the shards"):
         load_corpus(tmp_path / "broken")
+
+
+def test_cli_embed_takes_an_embedder_by_name(poisoned: Path, tmp_path: Path) -> None:
+    from poisonlab.flows.cli import COMMAND_MODULES, app
+
+    for name in COMMAND_MODULES:
+        import_module(name)
+    cli = CliRunner()
+    res = cli.invoke(app, ["embed", str(poisoned), "--out", str(tmp_path / "emb"), "--embedder", "toy_projection:dim=8",
+                           "--executor", "local", "--json"])
+    assert res.exit_code == 0, res.output
+    store = json.loads(res.stdout)["store"]
+    assert read_info(Path(store)).spaces == {"pixels": 8, "caption_bytes": 8}
+    res = cli.invoke(app, ["scan", store, "--out", str(tmp_path / "scores"), "--detector", "kdist:k=4,space=pixels", "--json"])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["embed", str(poisoned), "--out", str(tmp_path / "e2"), "--executor", "local"])
+    assert res.exit_code == 2 and "give --arch" in res.output
