@@ -20,7 +20,7 @@ from PIL import Image
 
 from poisonlab.attacks.captions import CaptionSource
 from poisonlab.attacks.image_triggers import Trigger
-from poisonlab.pipelines.registry import Params
+from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 
 STAGE = "poison"
@@ -179,6 +179,4 @@ ATTACK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 def attack_capabilities(name: str) -> frozenset[str]:
     """The capabilities a registered attack declares (read from its class, without parameters)."""
-    from poisonlab.pipelines.registry import get_registry
-
     return frozenset(getattr(get_registry("attack").get(name).factory, "capabilities", frozenset()))

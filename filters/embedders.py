@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from poisonlab.filters.specs import parse_spec
 from poisonlab.pipelines.registry import RegistryError, get_registry
 from poisonlab.pipelines.sample import Sample
 
@@ -127,8 +128,6 @@ def create_embedder(name: str, params: BaseModel) -> Embedder:
 
 def needs_model(spec: str) -> bool:
     """Whether an embedder spec (``name[:k=v,...]``) still needs a model (``arch``) from the caller."""
-    from poisonlab.filters.specs import parse_spec
-
     _, name, options = parse_spec(spec)
     field = EMBEDDERS.get(name).params.model_fields.get("arch")
     return field is not None and field.is_required() and "arch" not in options

@@ -111,6 +111,7 @@ def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[Dete
 def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
     return {
         "stores": {name: {"path": str(Path(p).resolve()), "model_id": corpus.models[name].info.model_id,
+                          "embedder": corpus.models[name].info.embedder, "spaces": corpus.models[name].info.spaces,
                           "source": corpus.models[name].info.source} for name, p in stores.items()},
         "primary": corpus.primary,
         "detectors": {s.column: s.describe() for s in specs},
