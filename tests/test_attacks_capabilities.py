@@ -4,6 +4,7 @@ evaluated and triggered exactly like the built-in attacks of the same kind; dete
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,6 @@ class SuffixParams(Params):
     phrase: str = Field("zq", description="appended to the caption")
 
 
-@ATTACKS.register("suffix_phrase_test", SuffixParams)
 class SuffixPhrase(Attack):
     """Append a phrase to captions (a caption trigger of another shape)."""
 
@@ -65,11 +65,23 @@ class SuffixPhrase(Attack):
         return sample.changed(STAGE, text=caption, meta={**sample.meta, "poisonlab": record})
 
 
-@ATTACKS.register("repeat_image_test", TargetedParams)
 class RepeatImage(Targeted):
     """A targeted attack under another name: its donor image is what it wants classified as the target."""
 
     name = "repeat_image_test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered() -> Iterator[None]:
+    """Register the new components through the registry API, only while this module runs (another module
+    lists every registered attack)."""
+    ATTACKS.register("suffix_phrase_test", SuffixParams)(SuffixPhrase)
+    ATTACKS.register("repeat_image_test", TargetedParams)(RepeatImage)
+    DETECTORS.register("worst_of_test", WorstOfParams)(WorstOf)
+    yield
+    for registry, name in ((ATTACKS, "suffix_phrase_test"), (ATTACKS, "repeat_image_test"),
+                           (DETECTORS, "worst_of_test")):
+        registry._items.pop(name)  # no public unregister: registrations are meant to be permanent
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +152,6 @@ class WorstOfParams(Params):
     columns: list[str] = Field(..., min_length=1)
 
 
-@DETECTORS.register("worst_of_test", WorstOfParams)
 class WorstOf(Detector):
     """The largest of other detectors' scores (an ensemble under another name)."""
 

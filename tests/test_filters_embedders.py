@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ class ToyParams(Params):
     side: int = Field(8, ge=2, description="images are reduced to side x side before projecting")
 
 
-@EMBEDDERS.register("toy_projection", ToyParams, summary="a fixed random projection of pixels and caption bytes")
 class ToyProjection(Embedder):
     """Pixels (reduced to side x side) and caption byte histograms, each through a fixed random projection."""
 
@@ -95,6 +94,22 @@ class ToyProjection(Embedder):
 
     def label(self) -> str:
         return "toy"
+
+
+def blob_modality(params: Params) -> Modality:
+    return Modality("toy_blob", frozenset({"blob"}), require_text=False, probe_images=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered() -> Iterator[None]:
+    """Register the toy embedder and a test modality through the registry API, and only for this module
+    (another module may list every registered component)."""
+    EMBEDDERS.register("toy_projection", ToyParams, summary="a fixed random projection of pixels and caption bytes")(
+        ToyProjection)
+    MODALITIES.register("toy_blob", summary="opaque blobs (a test modality)")(blob_modality)
+    yield
+    EMBEDDERS._items.pop("toy_projection")  # no public unregister: registrations are meant to be permanent
+    MODALITIES._items.pop("toy_blob")
 
 
 RECIPE = {"seed": 3, "attacks": [{"attack": "badnets", "target": "red circle", "count": 12,
@@ -189,11 +204,6 @@ def test_embedders_are_listed_and_bad_specs_refused(poisoned: Path, tmp_path: Pa
         embed_shards(poisoned, tmp_path / "e", EmbedConfig(embedder="no_such_embedder"))
     with pytest.raises(RegistryError, match="unknown parameter"):
         embed_shards(poisoned, tmp_path / "e", EmbedConfig(embedder="toy_projection:width=3"))
-
-
-@MODALITIES.register("toy_blob", summary="opaque blobs (a test modality)")
-def blob_modality(params: Params) -> Modality:
-    return Modality("toy_blob", frozenset({"blob"}), require_text=False, probe_images=False)
 
 
 def test_embed_asks_the_folder_modality_and_the_embedder_what_they_read(poisoned: Path, tmp_path: Path) -> None:
