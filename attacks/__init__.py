@@ -6,7 +6,9 @@ Public API (no Prefect or Dask here; the ``poisonlab poison`` flow runs the same
   ``job.tasks()`` for any runner, ``job.finalize(stats)`` writes ``manifest.parquet``.
 * ``poison_local(src, dst, recipe)``: the whole run in this process.
 * ``load_attack(path, attack=None) -> AttackSpec``: rebuild a run's trigger (``.apply_image(array, key)``,
-  ``.target``, ``.is_image_trigger``, ``.apply_text``) from a run folder, ``attack.json`` or recipe YAML.
+  ``.target``, ``.is_image_trigger``, ``.apply_text``) from a run folder, ``attack.json`` or recipe YAML;
+  ``.capabilities`` says what the attack declares (``attacks.base``: image or text trigger, added samples,
+  target images), which evaluation reads instead of the attack's name.
 * ``apply_trigger_to_eval(eval_dir, spec, out_dir)``: trigger an evaluation split's non-target images.
 * ``load_recipe``, ``recipe_from_options``, ``read_manifest``.
 """

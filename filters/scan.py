@@ -8,6 +8,11 @@ search over worker processes on one machine would copy the index into each of th
 Detector specs map a column name to parameters; two keys are reserved: ``detector`` (the registered
 name, when the column is named otherwise, e.g. ``{"kdist_k5": {"detector": "kdist", "k": 5}}``) and
 ``embeddings`` (which store, when several are given, e.g. a reference model for ``clip_score``).
+
+Detectors declare their inputs, and the scan checks them before loading anything: the embedding spaces
+each one reads must be in its store (a one-line error names the missing space and the spaces there are),
+and the score columns a combining detector uses (``ensemble``) must be computed by this scan, which
+orders detectors so that those columns come first.
 """
 
 from __future__ import annotations
