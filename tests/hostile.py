@@ -165,7 +165,7 @@ def not_a_tar(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
     keys = _keys(shard, 3)
     expected = tuple((k, "missing_from_tar") for k in keys)
     return b"this is not a tar file " * 64, keys, HostileCase("not_a_tar", shard, 3, expected, (),
-                                                           shard_error="truncated_or_corrupt_tar")
+                                                           shard_error="not_a_tar")
 
 
 def _one_bad(name: str, shard: str, bad: list[Member], reason: str,
