@@ -295,6 +295,8 @@ def iter_members(fh: BinaryIO, want: Callable[[str, str, int], bool]) -> Iterato
         extended = None
         name = raw_name.decode("utf-8", "surrogateescape")
         kind = _KINDS.get(flag, "other") if flag != _AREGTYPE else _aregtype_kind(head)
+        if kind == "dir":
+            name = name.rstrip("/")  # as tarfile names directories
         if size and kind != "file" and (kind == "dir" or flag in _DATALESS_TYPES):
             raise TarRefusedError(f"{kind} entry {name!r} with {size} bytes of data at byte {where} "
                                   "(tarfile reads them as further headers)", name)
