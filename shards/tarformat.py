@@ -211,6 +211,8 @@ def _check_end(fh: BinaryIO, where: int) -> None:
     """After the first zero block only zeros may follow (``ignore_zeros`` readers would read on)."""
     while chunk := fh.read(1 << 16):
         if chunk.count(0) != len(chunk):
+            if fh.seekable():  # back to the data, so that a caller can name the members it holds
+                fh.seek(-len(chunk), 1)
             raise TarRefusedError(f"data after the end-of-archive block at byte {where}")
 
 
@@ -299,7 +301,7 @@ def iter_members(fh: BinaryIO, want: Callable[[str, str, int], bool]) -> Iterato
             name = name.rstrip("/")  # as tarfile names directories
         if size and kind != "file" and (kind == "dir" or flag in _DATALESS_TYPES):
             raise TarRefusedError(f"{kind} entry {name!r} with {size} bytes of data at byte {where} "
-                                  "(tarfile reads them as further headers)", name)
+                                  "(tarfile reads them as further headers)")
         padded = size + (-size % BLOCK)
         offset += padded
         if kind == "file" and want(name, kind, size):
