@@ -37,7 +37,7 @@ from poisonlab.shards.safe_open import open_regular
 from poisonlab.shards.tarformat import TarMember
 from poisonlab.shards.tarview import TarProblem, iter_tar, member_names
 
-__all__ = ["ReadPolicy", "ReadReport", "audit_tar", "read_shard", "split_member_name", "unsafe_name"]
+__all__ = ["ReadPolicy", "ReadReport", "audit_members", "audit_tar", "read_shard", "split_member_name", "unsafe_name"]
 
 STAGE = "read"
 # Non-image payloads that adapters may opt into (ReadPolicy(payload_extensions=...)); numpy loads them
@@ -309,8 +309,11 @@ def audit_tar(path: Path, policy: ReadPolicy | None = None) -> list[str]:
     read differently from poisonlab (the shared view of ``tarview``; members hidden past a problem are
     listed by name). Headers only, no payloads.
     """
-    policy = policy or ReadPolicy()
-    members, tar_problems = member_names(path)
+    return audit_members(*member_names(path), policy or ReadPolicy())
+
+
+def audit_members(members: list[TarMember], tar_problems: list[TarProblem], policy: ReadPolicy) -> list[str]:
+    """``audit_tar`` on members already listed (``stats`` lists each tar once for several checks)."""
     problems: list[str] = []
     for member in members:
         why = unsafe_name(canonical_name(member.name))
