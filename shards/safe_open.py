@@ -48,7 +48,10 @@ def _open_fd(name: str | Path, dir_fd: int | None, flags: int) -> int:
         if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "EMLINK", 31)):  # O_NOFOLLOW on a link
             raise UnsafeFileError(exc.errno, f"{name} is a symbolic link (not followed)") from None
         if exc.errno == getattr(os, "ENOTDIR", 20) and flags & os.O_DIRECTORY:
-            raise UnsafeFileError(exc.errno, f"{name} is not a directory") from None
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            what = ("a symbolic link (not followed)" if stat.S_ISLNK(st.st_mode)
+                    else "not a directory" if stat.S_ISREG(st.st_mode) else describe_mode(st.st_mode))
+            raise UnsafeFileError(exc.errno, f"{name} is {what}") from None
         raise
 
 
