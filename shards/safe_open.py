@@ -42,16 +42,17 @@ def describe_mode(mode: int) -> str:
 
 
 def _open_fd(name: str | Path, dir_fd: int | None, flags: int) -> int:
+    """``os.open``; a refused link says so by base name (reasons never hold run-dependent paths)."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "EMLINK", 31)):  # O_NOFOLLOW on a link
-            raise UnsafeFileError(exc.errno, f"{name} is a symbolic link (not followed)") from None
+            raise UnsafeFileError(exc.errno, f"{Path(name).name} is a symbolic link (not followed)") from None
         if exc.errno == getattr(os, "ENOTDIR", 20) and flags & os.O_DIRECTORY:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             what = ("a symbolic link (not followed)" if stat.S_ISLNK(st.st_mode)
                     else "not a directory" if stat.S_ISREG(st.st_mode) else describe_mode(st.st_mode))
-            raise UnsafeFileError(exc.errno, f"{name} is {what}") from None
+            raise UnsafeFileError(exc.errno, f"{Path(name).name} is {what}") from None
         raise
 
 

@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.keys import canonical_name, display_key, split_member_name, unsafe_name
 from poisonlab.shards.layout import sidecar_path, stats_path, tar_path
+from poisonlab.shards.plan import MAX_STATS_BYTES
 from poisonlab.shards.reader import ReadPolicy, audit_members
 from poisonlab.shards.safe_open import open_regular, read_capped
 from poisonlab.shards.tarview import member_names
 
 LIVE = LIVE_STATUSES | {"success"}  # img2dataset's status of a sample in the tar
 SIDECAR_COLUMNS_READ = ("key", "status", "reason", "error_message")
-MAX_STATS_BYTES = 16 * 1024 * 1024
 _EXAMPLES = 3
 
 
@@ -84,7 +84,7 @@ def check_tar(directory: Path, shard: str, live: set[str] | None, policy: ReadPo
         return [f"missing_tar: {sidecar_path(directory, shard).name} has no {path.name}"]
     members, tar_problems = member_names(path)
     problems = audit_members(members, tar_problems, policy)
-    if live is not None:
+    if live is not None and not any(p.kind in ("unreadable_tar", "not_a_tar") for p in tar_problems):
         in_tar = {_key(m.name) for m in members if m.kind == "file"}
         if missing := live - in_tar:
             problems.append(f"sidecar_tar_mismatch: {len(missing)} live sidecar rows have no sample in the tar "
