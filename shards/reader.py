@@ -253,7 +253,8 @@ def _missing_rows(directory: Path, shard: str, seen: set[str], report: ReadRepor
                 return
             rows = sidecar.read().filter(missing).to_pylist()
     except Exception as exc:  # an unreadable sidecar is the shard's problem, not a crash of the run
-        report.shard_errors.append(f"unreadable_sidecar: {type(exc).__name__}: {exc}")
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        report.shard_errors.append(f"unreadable_sidecar: {detail}")
         return
     for row in rows:
         if row.get("key") is not None:

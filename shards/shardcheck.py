@@ -40,7 +40,8 @@ def read_sidecar(directory: Path, shard: str) -> tuple[pa.Table | None, list[str
             columns = [c for c in SIDECAR_COLUMNS_READ if c in sidecar.schema_arrow.names]
             table = sidecar.read(columns=columns)
     except Exception as exc:  # not parquet, a link, a FIFO: the shard's problem, not a crash of the command
-        return None, [f"unreadable_sidecar: {path.name}: {type(exc).__name__}: {exc}"]
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{path.name}: {type(exc).__name__}: {exc}"
+        return None, [f"unreadable_sidecar: {detail}"]
     problems = [f"malformed_sidecar: {path.name} has no {column} column ({table.num_rows} rows)"
                 for column in ("key", "status") if column not in table.column_names]
     return table, problems
