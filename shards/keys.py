@@ -8,6 +8,8 @@ A key reaches file names, sidecars, logs and terminals, so it is restricted to a
   private-use or unassigned code points, and no bytes that are not UTF-8 (surrogate escapes);
 * ``/`` separates path segments; no segment may be empty, ``.`` or ``..``; no leading ``/`` and no
   ``:`` in the first segment (absolute or drive paths); ``\\`` counts as a separator for these checks;
+* at most ``MAX_NAME_CHARS`` characters (so a member name always fits the reader's 4 KiB cap on
+  long-name records, and every tar poisonlab writes can be read back);
 * a leading ``./`` (what ``tar -C dir .`` writes) is dropped before anything else, so ``./K`` and ``K``
   are the same key and a tar holding both has a duplicate key.
 
@@ -16,6 +18,7 @@ Anything else is refused with a reason (``unsafe_name``) and shown escaped (``di
 
 from __future__ import annotations
 
+MAX_NAME_CHARS = 1000  # x 4 bytes of UTF-8 at most, plus an extension: under tarformat.MAX_NAME_BYTES
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
@@ -53,6 +56,8 @@ def unsafe_name(name: str) -> str | None:
     """Why a member name or key must not be used, or None (cheap for the common case: runs per member)."""
     if not name.isprintable():
         return _why_not_printable(name)
+    if len(name) > MAX_NAME_CHARS:
+        return f"longer than {MAX_NAME_CHARS} characters"
     if "/" not in name and "\\" not in name and ":" not in name:
         if name in ("", ".", ".."):
             return "parent directory" if name == ".." else "empty name" if not name else "dot segment"

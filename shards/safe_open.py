@@ -11,7 +11,9 @@ FIFO from blocking the ``open`` itself, and ``fstat`` on the descriptor must say
 Hard links: a regular file with more than one link may have its other names outside the folder (a
 link to a file the folder's owner may read but the importer should not publish). ``open_inside``
 refuses such a file unless the caller names its inode as one whose links are all inside the folder
-(``allowed_inodes``, from a scan of the folder: see ``local_import.scan_folder``).
+(``allowed_inodes``, from a scan of the folder: see ``folder_scan``). Shard files (``open_regular``)
+may be hard links: shard folders are often hard-linked snapshots, and a shard's bytes are parsed as a
+tar and a sidecar, never published as they are; links, FIFOs and devices are refused all the same.
 """
 
 from __future__ import annotations

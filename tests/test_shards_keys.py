@@ -28,6 +28,7 @@ def test_c0_c1_controls_and_del_are_refused(char: str) -> None:
     ("a\u2028b", "non-printable character U+2028"), ("", "empty name"), ("..", "parent directory"),
     ("a/../b.jpg", "parent directory"), ("a/./b.jpg", "dot segment"), ("a//b.jpg", "empty path segment"),
     ("/etc/passwd", "absolute path"), ("c:x.jpg", "absolute path"), ("./k.jpg", "dot segment"),
+    ("é" * 1001, "longer than 1000 characters"),
 ])
 def test_other_unsafe_names(name: str, why: str) -> None:
     assert unsafe_name(name) == why
@@ -50,11 +51,11 @@ def test_display_key_escapes_only_what_is_unsafe() -> None:
 
 def test_the_writer_refuses_keys_outside_the_alphabet(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with ShardWriter(tmp_path, "00000") as writer:
-        for key in ("./k", "k\u202e1", "k\x85", "k"):
+        for key in ("./k", "k\u202e1", "k\x85", "k", "ü" * 1001):
             writer.write(Sample(key=key, payload=b"x", payload_ext="bin", text="caption"))
         stats = writer.close()
     assert stats.written == 1
     with tarfile.open(tmp_path / "00000.tar") as tar:
         assert tar.getnames() == ["k.bin", "k.txt", "k.json"]
     refused = {s.key for s in read_shard(tmp_path, "00000") if "invalid_key" in (s.reason or "")}
-    assert refused == {"./k", "k\\u202e1", "k\\x85"}  # escaped in the sidecar, never raw
+    assert refused == {"./k", "k\\u202e1", "k\\x85", "ü" * 1001}  # escaped in the sidecar, never raw
