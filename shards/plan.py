@@ -17,7 +17,10 @@ from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import Stage
 from poisonlab.shards.layout import is_complete, list_shards, remove_temp_files, stats_path, write_sizes
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
+from poisonlab.shards.safe_open import open_regular, read_capped
 from poisonlab.shards.writer import ShardWriter
+
+MAX_STATS_BYTES = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +54,10 @@ class FolderSink:
 
 
 def load_stats(directory: Path, shard: str) -> ShardStats:
-    return ShardStats.from_dict(json.loads(stats_path(directory, shard).read_text()))
+    """A completed shard's stats (the completion marker), never read through a link or from a FIFO."""
+    path = stats_path(directory, shard)
+    with open_regular(path) as fh:
+        return ShardStats.from_dict(json.loads(read_capped(fh, MAX_STATS_BYTES, path.name)))
 
 
 def plan_folder_tasks(

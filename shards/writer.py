@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import IMAGE_EXTENSIONS, ImageError, probe_image
+from poisonlab.shards.keys import display_key, split_member_name, unsafe_name
 from poisonlab.shards.layout import sidecar_path, stats_path, tar_path
-from poisonlab.shards.reader import split_member_name, unsafe_name
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS, SIDECAR_SCHEMA, SidecarBuilder, printable
 from poisonlab.shards.tarformat import BLOCK, archive_end, member_header
 
@@ -86,7 +86,7 @@ class ShardWriter:
         """Why a live sample cannot go into the tar as it is (it is then recorded as an error)."""
         key = sample.key
         if not key or unsafe_name(key) or "." in key.rpartition("/")[2] or split_member_name(f"{key}.txt")[0] != key:
-            return f"invalid_key: {printable(key)!r} cannot be a WebDataset key"
+            return f"invalid_key: {display_key(key)!r} cannot be a WebDataset key"
         if key in self._keys:
             return f"duplicate_key: {key!r} was already written to this shard"
         if sample.payload is not None and not _EXTENSION.match(sample.payload_ext or ""):
@@ -132,7 +132,7 @@ class ShardWriter:
             self.stats.reasons[reason_category(sample.reason or sample.status)] += 1
         provenance = meta.get("poisonlab")
         self._sidecar.append((
-            printable(sample.key),
+            display_key(sample.key),
             self.shard,
             sample.status,
             _text(sample.reason),

@@ -45,10 +45,13 @@ def synth(
 def stats(
     directory: Path = typer.Argument(..., help="a shard folder"),
     as_json: bool = JsonOpt,
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when any shard has a problem"),
+    check_tars: bool = typer.Option(True, "--check-tars/--no-check-tars",
+                                    help="read tar headers to compare them with the sidecars"),
 ) -> None:
-    """Counts per shard and in total by status, read from the sidecars without opening tars."""
+    """Counts per shard and in total by status from the sidecars, and every shard whose files disagree."""
     try:
-        summary = summarize(directory)
+        summary = summarize(directory, check_tars=check_tars)
     except FileNotFoundError as exc:
         fail(str(exc))
     lines = [f"{summary['samples']} samples in {summary['shards']} shards: "
@@ -57,7 +60,12 @@ def stats(
     if summary.get("hash_mismatch"):
         lines.append(f"hash mismatch rate: {summary['hash_mismatch_rate']:.2%} in total; per shard: "
                      + ", ".join(f"{k} {v['hash_mismatch_rate']:.2%}" for k, v in summary["per_shard"].items()))
+    if summary["problems"]:
+        lines.append(f"warning: {len(summary['problems'])} shards have problems; the counts above may be wrong:")
+        lines += [f"  {shard}: {problem}" for shard, problems in summary["problems"].items() for problem in problems]
     emit(summary, as_json, "\n".join(lines))
+    if strict and summary["problems"]:
+        raise typer.Exit(code=1)
 
 
 @app.command()
