@@ -46,6 +46,7 @@ from poisonlab.models.zoo import CHECKPOINT_NAME, LoadedModel, ModelSpec, load_m
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
+from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.plan import FolderSource
@@ -265,7 +266,7 @@ def plan_embed_tasks(src: Path, out_root: Path, config: EmbedConfig,
                 "embed into a fresh folder"
             )
     sink = EmbedSink(config, str(store), str(src.resolve()))
-    source = FolderSource(str(src))
+    source = FolderSource(str(src), read_policy_for(src))  # the folder's modality, not the image default
     tasks = [ShardTask(shard=n, source=source, stages=(), sink=sink, is_done=sink.is_done,
                        load_done=sink.load_done, source_name=str(src)) for n in names]
     return tasks, store

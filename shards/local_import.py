@@ -20,12 +20,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.accounting import ShardResult, ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
-from poisonlab.shards.layout import atomic_write_json
-from poisonlab.shards.parts import finish_plan, read_part, saved_plan, write_parts
+from poisonlab.shards.parts import PartsJob, PartsPlan, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
 from poisonlab.shards.reader import MAX_MEMBER_BYTES
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS
@@ -208,15 +207,9 @@ class ImportPlan:
 
 def prepare_import(spec: ImportSpec) -> ImportPlan:
     """Write the plan, or find the saved one of this same import; problems with the inputs raise here."""
-    out = Path(spec.out)
-    fingerprint = fingerprint_import(spec)
-    saved = saved_plan(out, (out / RECORD, out / WORK_DIR / "plan.json"), fingerprint)
-    if saved is not None:
-        return ImportPlan(spec, tuple(saved["shards"]), int(saved["rows"]), fingerprint)
-    table = plan_import(spec)
-    shards = write_parts(table, out / WORK_DIR / "parts", spec.samples_per_shard)
-    atomic_write_json(out / WORK_DIR / "plan.json", {"fingerprint": fingerprint, "shards": shards, "rows": table.num_rows})
-    return ImportPlan(spec, tuple(shards), table.num_rows, fingerprint)
+    parts = prepare_parts(Path(spec.out), WORK_DIR, RECORD, fingerprint_import(spec), spec.describe(),
+                          lambda: plan_import(spec), spec.samples_per_shard)
+    return ImportPlan(spec, parts.shards, parts.rows, parts.fingerprint)
 
 
 def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
@@ -224,6 +217,11 @@ def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
     return plan_source_tasks(source, list(plan.shards), Path(plan.spec.out), source_name=str(plan.spec.images))
 
 
+def import_job(plan: ImportPlan) -> PartsJob:
+    """The import as a ``ShardJob``: one task per part, then ``sizes.json``, ``dataset.json``, ``import.json``."""
+    parts = PartsPlan(Path(plan.spec.out), WORK_DIR, RECORD, plan.fingerprint, plan.shards, plan.rows)
+    return PartsJob(parts, plan.spec.describe(), lambda: plan_import_tasks(plan))
+
+
 def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    record = {"fingerprint": plan.fingerprint, "shards": list(plan.shards), "rows": plan.rows, "spec": plan.spec.describe()}
-    return finish_plan(Path(plan.spec.out), plan.work, RECORD, record, plan.rows, stats)
+    return import_job(plan).finalize([ShardResult(s) for s in stats])
