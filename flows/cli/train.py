@@ -69,8 +69,10 @@ def evaluate(
     except EvalError as exc:
         fail(str(exc))
     if save is not None:
+        from poisonlab.shards.layout import atomic_write_text
+
         save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(result, indent=2, sort_keys=True))
+        atomic_write_text(save, json.dumps(result, indent=2, sort_keys=True))
     emit(result, as_json, format_evaluation(result))
 
 
