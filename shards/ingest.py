@@ -126,19 +126,8 @@ class IngestSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestPlan:
+class IngestPlan(PartsPlan):
     spec: IngestSpec
-    shards: tuple[str, ...]
-    rows: int
-    fingerprint: str
-
-    @property
-    def work(self) -> Path:
-        return Path(self.spec.out) / WORK_DIR
-
-    @property
-    def parts(self) -> Path:
-        return self.work / "parts"
 
     @property
     def staging(self) -> Path:
@@ -168,10 +157,9 @@ def prepare_ingest(spec: IngestSpec) -> IngestPlan:
     """Check the URL list and write the plan; every problem with the list as a whole is raised here."""
     if spec.samples_per_shard < 1:
         raise UrlListError("samples per shard must be at least 1")
-    parts = prepare_parts(Path(spec.out), WORK_DIR, RECORD, _fingerprint(spec), spec.describe(),
-                          lambda: plan_table(read_url_list(Path(spec.urls)), spec.columns, spec.verifies),
-                          spec.samples_per_shard)
-    return IngestPlan(spec, parts.shards, parts.rows, parts.fingerprint)
+    return prepare_parts(IngestPlan, Path(spec.out), WORK_DIR, RECORD, _fingerprint(spec), spec.describe(),
+                         lambda: plan_table(read_url_list(Path(spec.urls)), spec.columns, spec.verifies),
+                         spec.samples_per_shard, spec=spec)
 
 
 @contextlib.contextmanager
@@ -345,8 +333,7 @@ def plan_ingest_tasks(plan: IngestPlan) -> list[ShardTask]:
 def ingest_job(plan: IngestPlan) -> PartsJob:
     """The finalize step as a ``ShardJob``: one task per staged part, then ``sizes.json``, ``dataset.json``,
     ``ingest.json``, and the plan and staging area removed."""
-    parts = PartsPlan(Path(plan.spec.out), WORK_DIR, RECORD, plan.fingerprint, plan.shards, plan.rows)
-    return PartsJob(parts, plan.spec.describe(), lambda: plan_ingest_tasks(plan))
+    return PartsJob(plan, lambda: plan_ingest_tasks(plan))
 
 
 def finish_ingest(plan: IngestPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:

@@ -194,33 +194,24 @@ def fingerprint_import(spec: ImportSpec) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImportPlan:
+class ImportPlan(PartsPlan):
     spec: ImportSpec
-    shards: tuple[str, ...]
-    rows: int
-    fingerprint: str
-
-    @property
-    def work(self) -> Path:
-        return Path(self.spec.out) / WORK_DIR
 
 
 def prepare_import(spec: ImportSpec) -> ImportPlan:
     """Write the plan, or find the saved one of this same import; problems with the inputs raise here."""
-    parts = prepare_parts(Path(spec.out), WORK_DIR, RECORD, fingerprint_import(spec), spec.describe(),
-                          lambda: plan_import(spec), spec.samples_per_shard)
-    return ImportPlan(spec, parts.shards, parts.rows, parts.fingerprint)
+    return prepare_parts(ImportPlan, Path(spec.out), WORK_DIR, RECORD, fingerprint_import(spec), spec.describe(),
+                         lambda: plan_import(spec), spec.samples_per_shard, spec=spec)
 
 
 def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
-    source = ImportSource(str(plan.work / "parts"), str(plan.spec.images), plan.spec.max_pixels)
+    source = ImportSource(str(plan.parts), str(plan.spec.images), plan.spec.max_pixels)
     return plan_source_tasks(source, list(plan.shards), Path(plan.spec.out), source_name=str(plan.spec.images))
 
 
 def import_job(plan: ImportPlan) -> PartsJob:
     """The import as a ``ShardJob``: one task per part, then ``sizes.json``, ``dataset.json``, ``import.json``."""
-    parts = PartsPlan(Path(plan.spec.out), WORK_DIR, RECORD, plan.fingerprint, plan.shards, plan.rows)
-    return PartsJob(parts, plan.spec.describe(), lambda: plan_import_tasks(plan))
+    return PartsJob(plan, lambda: plan_import_tasks(plan))
 
 
 def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,7 +95,7 @@ def saved_plan(out: Path, records: Sequence[Path], fingerprint: str) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class PartsPlan:
-    """Where a planned dataset's parts live and what they hold (shared by ingest and local import)."""
+    """Where a planned dataset's parts live and what they hold; ingest and local import extend it with their spec."""
 
     out: Path
     work_dir: str
@@ -103,6 +103,7 @@ class PartsPlan:
     fingerprint: str
     shards: tuple[str, ...]
     rows: int
+    description: dict[str, Any]  # the options that made this plan, as recorded
 
     @property
     def work(self) -> Path:
@@ -112,29 +113,35 @@ class PartsPlan:
     def parts(self) -> Path:
         return self.work / "parts"
 
+    def record(self) -> dict[str, Any]:
+        """The in-progress plan (``plan.json``) and, with totals added, the finished record."""
+        return {"fingerprint": self.fingerprint, "shards": list(self.shards), "rows": self.rows,
+                "spec": self.description}
 
-def plan_record(fingerprint: str, shards: Sequence[str], rows: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """The in-progress plan (``plan.json``) and, with totals added, the finished record."""
-    return {"fingerprint": fingerprint, "shards": list(shards), "rows": rows, "spec": spec}
+
+Plan = TypeVar("Plan", bound=PartsPlan)
 
 
-def prepare_parts(out: Path, work_dir: str, record_name: str, fingerprint: str, spec: dict[str, Any],
-                  build: Callable[[], pa.Table], samples_per_shard: int) -> PartsPlan:
+def prepare_parts(plan_type: type[Plan], out: Path, work_dir: str, record_name: str, fingerprint: str,
+                  description: dict[str, Any], build: Callable[[], pa.Table], samples_per_shard: int,
+                  **fields: Any) -> Plan:
     """The saved plan of this same run (to resume), else ``build()``'s table written as fresh parts.
 
     ``build`` runs only for a fresh folder, so a resumed run does not reread its inputs; a folder
-    holding another plan's output is refused before anything is written.
+    holding another plan's output is refused before anything is written. ``fields`` are the plan
+    type's own (its spec).
     """
     out = Path(out)
-    work = out / work_dir
-    saved = saved_plan(out, (out / record_name, work / "plan.json"), fingerprint)
+    saved = saved_plan(out, (out / record_name, out / work_dir / "plan.json"), fingerprint)
     if saved is not None:
-        return PartsPlan(out, work_dir, record_name, fingerprint, tuple(saved["shards"]), int(saved["rows"]))
+        return plan_type(out, work_dir, record_name, fingerprint, tuple(saved["shards"]), int(saved["rows"]),
+                         description, **fields)
     table = build()
-    shutil.rmtree(work / "parts", ignore_errors=True)
-    shards = write_parts(table, work / "parts", samples_per_shard)
-    atomic_write_json(work / "plan.json", plan_record(fingerprint, shards, table.num_rows, spec))
-    return PartsPlan(out, work_dir, record_name, fingerprint, tuple(shards), table.num_rows)
+    shutil.rmtree(out / work_dir / "parts", ignore_errors=True)
+    shards = write_parts(table, out / work_dir / "parts", samples_per_shard)
+    plan = plan_type(out, work_dir, record_name, fingerprint, tuple(shards), table.num_rows, description, **fields)
+    atomic_write_json(plan.work / "plan.json", plan.record())
+    return plan
 
 
 def finish_plan(out: Path, work: Path, record_name: str, record: dict[str, Any], rows: int,
@@ -156,7 +163,6 @@ class PartsJob:
     """A planned ingest or import as a ``ShardJob``: its shard tasks, then ``finish_plan`` over the results."""
 
     plan: PartsPlan
-    spec: dict[str, Any]
     plan_tasks: Callable[[], list[ShardTask]]
 
     def tasks(self) -> list[ShardTask]:
@@ -164,5 +170,4 @@ class PartsJob:
 
     def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
         plan = self.plan
-        record = plan_record(plan.fingerprint, plan.shards, plan.rows, self.spec)
-        return finish_plan(plan.out, plan.work, plan.record_name, record, plan.rows, stats_of(results))
+        return finish_plan(plan.out, plan.work, plan.record_name, plan.record(), plan.rows, stats_of(results))

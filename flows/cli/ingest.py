@@ -121,37 +121,50 @@ def import_command(
     options.emit(result, _summary(result))
 
 
-def _web(originals: Path, attacker: Path, fraction: float, seed: int, urls_per_domain: int, poisoned_only: bool) -> SplitViewWeb:
-    try:
-        return SplitViewWeb(load_items(originals), load_items(attacker, poisoned_only),
-                            SplitViewSpec(fraction=fraction, seed=seed, urls_per_domain=urls_per_domain))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
+@dataclasses.dataclass(frozen=True)
+class WebArgs:
+    """The split-view web's options, shared by ``splitview serve`` and ``splitview build``."""
+
+    originals: Path
+    attacker: Path
+    fraction: float = 0.01
+    seed: int = 0
+    urls_per_domain: int = 1
+    poisoned_only: bool = True
+
+    def web(self) -> SplitViewWeb:
+        try:
+            return SplitViewWeb(load_items(self.originals), load_items(self.attacker, self.poisoned_only),
+                                SplitViewSpec(fraction=self.fraction, seed=self.seed, urls_per_domain=self.urls_per_domain))
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+            raise  # unreachable: fail() exits
 
 
-OriginalsOpt = typer.Option(..., "--originals", help="shard folder the curator collected (e.g. from `poisonlab synth`)")
-AttackerOpt = typer.Option(..., "--attacker", help="what expired domains serve: a shard folder (e.g. from `poisonlab poison`) or an image folder")
-FractionOpt = typer.Option(0.01, "--fraction", min=0.0, max=1.0, help="fraction of URLs whose domain expired")
-SeedOpt = typer.Option(0, "--seed")
-PerDomainOpt = typer.Option(1, "--urls-per-domain", min=1, help="URLs per domain (an attacker buys whole domains)")
-PoisonedOnlyOpt = typer.Option(True, "--poisoned-only/--all-attacker-images",
-                               help="from an attacker shard folder, serve only its changed and added samples")
+with_web_options = option_group("site", WebArgs, {
+    "originals": (Path, typer.Option(..., "--originals",
+                                     help="shard folder the curator collected (e.g. from `poisonlab synth`)")),
+    "attacker": (Path, typer.Option(..., "--attacker", help="what expired domains serve: a shard folder "
+                                    "(e.g. from `poisonlab poison`) or an image folder")),
+    "fraction": (float, typer.Option(0.01, "--fraction", min=0.0, max=1.0, help="fraction of URLs whose domain expired")),
+    "seed": (int, typer.Option(0, "--seed")),
+    "urls_per_domain": (int, typer.Option(1, "--urls-per-domain", min=1,
+                                          help="URLs per domain (an attacker buys whole domains)")),
+    "poisoned_only": (bool, typer.Option(True, "--poisoned-only/--all-attacker-images",
+                                         help="from an attacker shard folder, serve only its changed and added samples")),
+})
+NO_WEB = WebArgs(Path(), Path())  # a placeholder: @with_web_options fills the parameter
 
 
 @splitview_app.command("serve")
+@with_web_options
 def splitview_serve(
-    originals: Path = OriginalsOpt,
-    attacker: Path = AttackerOpt,
     out: Path = typer.Option(..., "--out", help="folder for urls.parquet and manifest.parquet"),
-    fraction: float = FractionOpt,
-    seed: int = SeedOpt,
-    urls_per_domain: int = PerDomainOpt,
-    poisoned_only: bool = PoisonedOnlyOpt,
+    site: WebArgs = NO_WEB,
 ) -> None:
     """Serve the split-view web on 127.0.0.1 until Ctrl-C; ingest OUT/urls.parquet meanwhile
     (``--hash-col sha256`` to verify), compare with OUT/manifest.parquet."""
-    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    web = site.web()
     out.mkdir(parents=True, exist_ok=True)
     with LoopbackServer(web.resolve) as server:
         write_table(web.url_table(server.url("")), out / "urls.parquet")
@@ -178,23 +191,19 @@ def _stop_on_signals() -> None:
 
 
 @splitview_app.command("build")
+@with_web_options
 @with_run_options
 @with_download_options
 def splitview_build_command(
-    originals: Path = OriginalsOpt,
-    attacker: Path = AttackerOpt,
     out: Path = typer.Option(..., "--out", help="folder for shards/, urls.parquet, manifest.parquet, report.json"),
-    fraction: float = FractionOpt,
-    seed: int = SeedOpt,
-    urls_per_domain: int = PerDomainOpt,
-    poisoned_only: bool = PoisonedOnlyOpt,
+    site: WebArgs = NO_WEB,
     verify: bool = typer.Option(False, "--verify/--no-verify",
                                 help="verify the curator's hashes (the defence) or not (a poisoned dataset)"),
     download: DownloadArgs = DownloadArgs(),
     options: RunOptions = RunOptions(),
 ) -> None:
     """Serve the split-view web, ingest it (with or without verification) and score the result."""
-    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    web = site.web()
     try:
         spec = download.ingest_spec(out / "urls.parquet", out / "shards", UrlColumns(hash="sha256"), verify)
         report = splitview_build(web, out, spec, options.runner)
