@@ -30,13 +30,12 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from poisonlab.pipelines.accounting import ShardResult, ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.hashcheck import VerifyHash, VerifyHashParams
@@ -335,7 +334,3 @@ def ingest_job(plan: IngestPlan) -> PartsJob:
     ``ingest.json``, and the plan and staging area removed."""
     return PartsJob(plan, lambda: plan_ingest_tasks(plan))
 
-
-def finish_ingest(plan: IngestPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    """Finalise from stats alone (``ingest_job(plan).finalize`` for code that holds only the stats)."""
-    return ingest_job(plan).finalize([ShardResult(s) for s in stats])

@@ -14,13 +14,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 
-from poisonlab.pipelines.accounting import ShardResult, ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
@@ -213,6 +212,3 @@ def import_job(plan: ImportPlan) -> PartsJob:
     """The import as a ``ShardJob``: one task per part, then ``sizes.json``, ``dataset.json``, ``import.json``."""
     return PartsJob(plan, lambda: plan_import_tasks(plan))
 
-
-def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    return import_job(plan).finalize([ShardResult(s) for s in stats])
