@@ -45,7 +45,7 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def option_group(name: str, group: type, options: dict[str, tuple[Any, Any]]) -> Callable[[Command], Command]:
+def option_group(name: str, group: Callable[..., Any], options: dict[str, tuple[Any, Any]]) -> Callable[[Command], Command]:
     """Replace the command's parameter ``name`` by ``options`` (field -> (annotation, typer option)),
     and call the command with ``group(**values)`` under ``name``."""
 
@@ -71,21 +71,18 @@ def option_group(name: str, group: type, options: dict[str, tuple[Any, Any]]) ->
 class RunOptions:
     """Where a command's shard tasks run, and whether it prints JSON (then without a progress bar)."""
 
-    executor: str = "prefect"
-    dask_address: str | None = None
-    workers: int | None = None
+    runner: RunnerSpec = RunnerSpec()
     as_json: bool = False
 
-    @property
-    def runner(self) -> RunnerSpec:
-        return RunnerSpec(executor=self.executor, dask_address=self.dask_address, workers=self.workers,
-                          progress=not self.as_json)
+    @classmethod
+    def from_options(cls, executor: str, dask_address: str | None, workers: int | None, as_json: bool) -> RunOptions:
+        return cls(RunnerSpec(executor, dask_address, workers, progress=not as_json), as_json)
 
     def emit(self, result: Any, human: str) -> None:
         emit(result, self.as_json, human)
 
 
-with_run_options = option_group("options", RunOptions, {
+with_run_options = option_group("options", RunOptions.from_options, {
     "executor": (str, typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")),
     "dask_address": (str | None, typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")),
     "workers": (int | None, typer.Option(None, "--workers", help="local Dask workers (default: one per core)")),
