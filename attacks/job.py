@@ -25,8 +25,9 @@ from poisonlab.attacks.planner import ShardPlan, added_keys, planned_count, sele
 from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, configure
 from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for, write_run_spec
 from poisonlab.attacks.stage import PoisonStage
-from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.accounting import ShardResult, stats_of
 from poisonlab.pipelines.executor import ShardTask
+from poisonlab.shards.dataset import copy_dataset_record, read_policy_for
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 
 
@@ -80,14 +81,17 @@ class PoisonJob:
     def tasks(self) -> list[ShardTask]:
         """One task per shard; each carries only its own part of the plan."""
         out = []
+        policy = read_policy_for(self.src)  # the folder's modality: a non-image payload is not refused
         for shard, plan in self.plans.items():
             stage = PoisonStage(str(self.spec_path.resolve()), self.spec.run_id, plan)
-            out.extend(plan_folder_tasks(self.src, self.dst, [stage], shards=[shard]))
+            out.extend(plan_folder_tasks(self.src, self.dst, [stage], policy, shards=[shard]))
         return out
 
-    def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
-        """Write ``sizes.json`` and ``manifest.parquet``; check them against the plan; summarise."""
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        """Write ``sizes.json``, ``dataset.json`` and ``manifest.parquet``; check them against the plan."""
+        stats = stats_of(results)
         finalize_folder(self.dst, stats)
+        copy_dataset_record(self.src, self.dst)
         table = build_manifest(self.dst, self.spec.run_id)
         manifest = write_manifest(self.dst, table)
         done = Counter(table.column("attack_id").to_pylist())

@@ -19,16 +19,12 @@ from typing import Any
 
 from poisonlab.filters.decisions import Decision
 from poisonlab.filters.metrics import recall_report
-from poisonlab.filters.pipeline import Runner, clean_shards, embed_shards
+from poisonlab.filters.pipeline import clean_shards, embed_shards
 from poisonlab.filters.scan import scan
-from poisonlab.flows.runtime import RunnerSpec, run_tasks
+from poisonlab.flows.runtime import RunnerSpec, job_runner
 from poisonlab.models.zoo import ModelSpec
 
 DetectorsArg = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
-
-
-def _run_with(runner: RunnerSpec, label: str) -> Runner:
-    return lambda tasks: run_tasks(tasks, runner, label=label)
 
 
 def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: RunnerSpec | None = None, *,
@@ -40,8 +36,8 @@ def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: Runne
 
     runner = runner or RunnerSpec()
     config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
-                         threads=threads, embedder=embedder)
-    return embed_shards(Path(shards), Path(out), config, _run_with(runner, "embed"))
+                         threads=threads)
+    return embed_shards(Path(shards), Path(out), config, job_runner(runner, "embed"))
 
 
 def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Path,
@@ -55,7 +51,7 @@ def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, A
     """Decide from the score tables; cleaned shards, ``exclusions.parquet`` and ``clean.json`` into ``out``."""
     runner = runner or RunnerSpec()
     decision = decision if isinstance(decision, (Decision, str)) else dict(decision)
-    return clean_shards(Path(shards), Path(scores), decision, Path(out), _run_with(runner, "clean"),
+    return clean_shards(Path(shards), Path(scores), decision, Path(out), job_runner(runner, "clean"),
                         Path(excluded_out) if excluded_out is not None else None)
 
 

@@ -21,19 +21,17 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 
-from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.folder_scan import FolderScan, scan_folder
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
-from poisonlab.shards.layout import atomic_write_json
-from poisonlab.shards.parts import finish_plan, read_part, saved_plan, write_parts
+from poisonlab.shards.parts import PartsJob, PartsPlan, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
 from poisonlab.shards.reader import MAX_MEMBER_BYTES, ReadPolicy
 from poisonlab.shards.safe_open import UnsafeFileError, open_inside, read_capped
@@ -225,35 +223,22 @@ def fingerprint_import(spec: ImportSpec) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImportPlan:
+class ImportPlan(PartsPlan):
     spec: ImportSpec
-    shards: tuple[str, ...]
-    rows: int
-    fingerprint: str
-
-    @property
-    def work(self) -> Path:
-        return Path(self.spec.out) / WORK_DIR
 
 
 def prepare_import(spec: ImportSpec) -> ImportPlan:
     """Write the plan, or find the saved one of this same import; problems with the inputs raise here."""
-    out = Path(spec.out)
-    fingerprint = fingerprint_import(spec)
-    saved = saved_plan(out, (out / RECORD, out / WORK_DIR / "plan.json"), fingerprint)
-    if saved is not None:
-        return ImportPlan(spec, tuple(saved["shards"]), int(saved["rows"]), fingerprint)
-    table = plan_import(spec)
-    shards = write_parts(table, out / WORK_DIR / "parts", spec.samples_per_shard)
-    atomic_write_json(out / WORK_DIR / "plan.json", {"fingerprint": fingerprint, "shards": shards, "rows": table.num_rows})
-    return ImportPlan(spec, tuple(shards), table.num_rows, fingerprint)
+    return prepare_parts(ImportPlan, Path(spec.out), WORK_DIR, RECORD, fingerprint_import(spec), spec.describe(),
+                         lambda: plan_import(spec), spec.samples_per_shard, spec=spec)
 
 
 def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
-    source = ImportSource(str(plan.work / "parts"), str(plan.spec.images), plan.spec.max_pixels)
+    source = ImportSource(str(plan.parts), str(plan.spec.images), plan.spec.max_pixels)
     return plan_source_tasks(source, list(plan.shards), Path(plan.spec.out), source_name=str(plan.spec.images))
 
 
-def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    record = {"fingerprint": plan.fingerprint, "shards": list(plan.shards), "rows": plan.rows, "spec": plan.spec.describe()}
-    return finish_plan(Path(plan.spec.out), plan.work, RECORD, record, plan.rows, stats)
+def import_job(plan: ImportPlan) -> PartsJob:
+    """The import as a ``ShardJob``: one task per part, then ``sizes.json``, ``dataset.json``, ``import.json``."""
+    return PartsJob(plan, lambda: plan_import_tasks(plan))
+

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_categ
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import IMAGE_EXTENSIONS, ImageError, probe_image
 from poisonlab.shards.keys import display_key, split_member_name, unsafe_name
-from poisonlab.shards.layout import sidecar_path, stats_path, tar_path
+from poisonlab.shards.layout import sidecar_path, stats_path, tar_path, unique_temp_path
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS, SIDECAR_SCHEMA, SidecarBuilder, printable
 from poisonlab.shards.tarformat import BLOCK, archive_end, member_header
 
@@ -67,8 +66,7 @@ class ShardWriter:
             "sidecar": sidecar_path(self.directory, shard),
             "stats": stats_path(self.directory, shard),
         }
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._tmp = {kind: p.with_name(f".{p.name}.{token}.tmp") for kind, p in self._final.items()}
+        self._tmp = {kind: unique_temp_path(p) for kind, p in self._final.items()}  # the one temp-name scheme
         self._fh = open(self._tmp["tar"], "wb", buffering=_BUFFER)
         self._offset = 0
         self._closed = False

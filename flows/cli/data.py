@@ -6,16 +6,7 @@ from pathlib import Path
 
 import typer
 
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.pipelines.registry import list_registries
 from poisonlab.shards.summary import summarize
@@ -23,6 +14,7 @@ from poisonlab.shards.synth import SynthSpec
 
 
 @app.command()
+@with_run_options
 def synth(
     out: Path = typer.Option(..., "--out", help="folder for the shards (the eval split goes to OUT/eval)"),
     samples: int = typer.Option(20000, "--samples", min=1),
@@ -30,15 +22,12 @@ def synth(
     image_size: int = typer.Option(32, "--image-size", min=8, max=1024),
     samples_per_shard: int = typer.Option(1000, "--samples-per-shard", min=1),
     eval_per_class: int = typer.Option(50, "--eval-per-class", min=0, help="evaluation images per class"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
     spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
-    result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json))
-    emit(result, as_json, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
+    result = synth_dataset(out, spec, eval_per_class, options.runner)
+    options.emit(result, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
 
 
 @app.command()

@@ -10,16 +10,7 @@ import typer
 from poisonlab.filters.embedders import DEFAULT_EMBEDDER, needs_model
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
 from poisonlab.pipelines.registry import RegistryError
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error
@@ -76,6 +67,7 @@ def _stores(primary: Path, extra: list[str]) -> dict[str, Path] | Path:
 
 
 @app.command()
+@with_run_options
 def embed(
     shards: Path = typer.Argument(..., help="shard folder"),
     out: Path = typer.Option(..., "--out", help="embedding root: the store goes to OUT/<model_id>"),
@@ -87,10 +79,7 @@ def embed(
     dtype: str = typer.Option("float32", "--dtype", help="storage: float32 or float16"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
     seed: int = typer.Option(0, "--seed", help="initialisation of random weights"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Embed every sample with a registered embedder (open_clip: images and captions; one task per shard;
     reruns skip done shards)."""
@@ -99,10 +88,9 @@ def embed(
     if dtype not in ("float32", "float16"):
         fail("--dtype must be float32 or float16")
     with _input_errors():
-        result = embed_folder(shards, out, _model(arch, weights, run, embedder),
-                              runner_spec(executor, dask_address, workers, not as_json),
+        result = embed_folder(shards, out, _model(arch, weights, run, embedder), options.runner,
                               batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
-    emit(result, as_json, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
+    options.emit(result, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
                           f"-> {result['store']}" + "".join(f"\n  {k}: {v}" for k, v in result["reasons"].items()))
 
 
@@ -135,27 +123,26 @@ def _clean_summary(result: dict) -> str:
 
 
 @app.command()
+@with_run_options
 def clean(
     shards: Path = typer.Argument(..., help="the shard folder that was embedded and scanned"),
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
     decision: str = DecisionOpt,
     out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and exclusions.parquet"),
     excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table."""
     from poisonlab.flows.sanitize import clean_folder
 
     with _input_errors():
-        result = clean_folder(shards, scores, decision, out, runner_spec(executor, dask_address, workers, not as_json),
+        result = clean_folder(shards, scores, decision, out, options.runner,
                               excluded_out)
-    emit(result, as_json, _clean_summary(result))
+    options.emit(result, _clean_summary(result))
 
 
 @app.command()
+@with_run_options
 def sanitize(
     shards: Path = typer.Argument(..., help="shard folder"),
     out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean (and OUT/excluded)"),
@@ -167,19 +154,15 @@ def sanitize(
     detector: list[str] | None = DetectorOpt,
     keep_excluded: bool = typer.Option(False, "--keep-excluded", help="write the excluded samples to OUT/excluded"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Embed, scan and clean in one go."""
     from poisonlab.flows.sanitize import sanitize as run_sanitize
 
     with _input_errors():
         result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
-                              runner_spec(executor, dask_address, workers, not as_json), keep_excluded,
-                              batch_size=batch_size, embedder=embedder)
-    emit(result, as_json, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
+                              options.runner, keep_excluded, batch_size=batch_size, embedder=embedder)
+    options.emit(result, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
                           + _clean_summary(result["clean"]))
 
 
