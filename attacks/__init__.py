@@ -3,10 +3,12 @@
 Public API (no Prefect or Dask here; the ``poisonlab poison`` flow runs the same job on Dask):
 
 * ``prepare_poisoning(src, dst, recipe) -> PoisonJob``: validate and plan, save ``attack.json``;
-  ``job.tasks()`` for any runner, ``job.finalize(stats)`` writes ``manifest.parquet``.
+  ``job.tasks()`` for any runner, ``job.finalize(results)`` writes ``manifest.parquet``.
 * ``poison_local(src, dst, recipe)``: the whole run in this process.
 * ``load_attack(path, attack=None) -> AttackSpec``: rebuild a run's trigger (``.apply_image(array, key)``,
-  ``.target``, ``.is_image_trigger``, ``.apply_text``) from a run folder, ``attack.json`` or recipe YAML.
+  ``.target``, ``.is_image_trigger``, ``.apply_text``) from a run folder, ``attack.json`` or recipe YAML;
+  ``.capabilities`` says what the attack declares (``attacks.base``: image or text trigger, added samples,
+  target images), which evaluation reads instead of the attack's name.
 * ``apply_trigger_to_eval(eval_dir, spec, out_dir)``: trigger an evaluation split's non-target images.
 * ``load_recipe``, ``recipe_from_options``, ``read_manifest``.
 """
@@ -23,13 +25,13 @@ from poisonlab.attacks.job import PoisonJob, prepare_poisoning
 from poisonlab.attacks.manifest import MANIFEST_FILE, read_manifest
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SPEC_FILE, AttackSpec, SpecError, load_attack
-from poisonlab.pipelines.executor import run_local
+from poisonlab.pipelines.job import run_job_local
 
 
 def poison_local(src: str | Path, dst: str | Path, recipe: Recipe, base_dir: str | Path | None = None) -> dict[str, Any]:
     """Poison ``src`` into ``dst`` in this process (tests, notebooks); returns the run summary."""
     job = prepare_poisoning(Path(src), Path(dst), recipe, Path(base_dir) if base_dir else None)
-    return job.finalize(run_local(job.tasks()))
+    return run_job_local(job)
 
 
 __all__ = [

@@ -20,10 +20,18 @@ from PIL import Image
 
 from poisonlab.attacks.captions import CaptionSource
 from poisonlab.attacks.image_triggers import Trigger
-from poisonlab.pipelines.registry import Params
+from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 
 STAGE = "poison"
+
+# What an attack is capable of, declared on its class: evaluation, the planner and the eval-trigger job ask
+# these, never the attack's name, so a new attack of a known kind is measured the same way.
+IMAGE_TRIGGER = "image_trigger"  # an image trigger that evaluation applies to new images (ASR)
+TEXT_TRIGGER = "text_trigger"  # a caption trigger that ``apply_text`` inserts into new captions (text ASR)
+ADDS_SAMPLES = "adds_samples"  # adds new samples instead of modifying chosen ones (the planner makes keys)
+TARGET_IMAGES = "target_images"  # its donor images are what it wants classified as the target (targeted success)
+CAPABILITIES = frozenset({IMAGE_TRIGGER, TEXT_TRIGGER, ADDS_SAMPLES, TARGET_IMAGES})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +83,28 @@ class DonorRequest:
 
 
 class Attack(ABC):
-    """Base of every registered attack. Subclasses set the class flags and override what they use."""
+    """Base of every registered attack. Subclasses declare ``capabilities`` and override what they use."""
 
     name: ClassVar[str]
-    adds_samples: ClassVar[bool] = False
-    image_trigger: ClassVar[bool] = False
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    eligibility: ClassVar[str] = ""  # what makes a sample eligible beyond having a payload (said when too few are)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.capabilities) - CAPABILITIES
+        if unknown:
+            raise TypeError(f"{cls.__name__} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
 
     def __init__(self, params: Params) -> None:
         self.params = params
+
+    @property
+    def adds_samples(self) -> bool:
+        return ADDS_SAMPLES in self.capabilities
+
+    @property
+    def image_trigger(self) -> bool:
+        return IMAGE_TRIGGER in self.capabilities
 
     # -- planning (driver) --
     def eligible(self, candidate: Candidate, names_target: bool) -> bool:
@@ -153,3 +175,8 @@ def image_meta(meta: Any, image: np.ndarray | Image.Image, record: dict[str, Any
 
 
 ATTACK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def attack_capabilities(name: str) -> frozenset[str]:
+    """The capabilities a registered attack declares (read from its class, without parameters)."""
+    return frozenset(getattr(get_registry("attack").get(name).factory, "capabilities", frozenset()))

@@ -19,7 +19,19 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
 from poisonlab.attacks import captions as C
-from poisonlab.attacks.base import STAGE, Attack, Binding, Candidate, DonorRequest, image_meta, provenance
+from poisonlab.attacks.base import (
+    ADDS_SAMPLES,
+    IMAGE_TRIGGER,
+    STAGE,
+    TARGET_IMAGES,
+    TEXT_TRIGGER,
+    Attack,
+    Binding,
+    Candidate,
+    DonorRequest,
+    image_meta,
+    provenance,
+)
 from poisonlab.attacks.image_triggers import (
     TRIGGERS,
     BadNetsTriggerParams,
@@ -67,7 +79,7 @@ def _apply_trigger(sample: Sample, binding: Binding, attack: str, new_caption: s
 class ImageTriggerAttack(Attack):
     """Dirty-label backdoor: trigger the image, replace its caption with one naming the target."""
 
-    image_trigger = True
+    capabilities = frozenset({IMAGE_TRIGGER})
     trigger_name: ClassVar[str]
 
     def trigger(self) -> Trigger:
@@ -152,7 +164,8 @@ class LabelConsistent(Attack):
     """Clean-label backdoor: trigger only images whose caption names the target; captions unchanged."""
 
     name = "label_consistent"
-    image_trigger = True
+    capabilities = frozenset({IMAGE_TRIGGER})
+    eligibility = "captions naming the target"
 
     def eligible(self, candidate: Candidate, names_target: bool) -> bool:
         return candidate.has_image and names_target
@@ -196,6 +209,7 @@ class TextTrigger(Attack):
     """Insert a trigger phrase into captions (keyed position); optionally with target-class images."""
 
     name = "text_trigger"
+    capabilities = frozenset({TEXT_TRIGGER})
     params: TextTriggerParams
 
     def needs_target(self) -> bool:
@@ -271,7 +285,7 @@ class Targeted(Attack):
     """Add pairs repeating one image (optionally augmented) with captions naming the target."""
 
     name = "targeted"
-    adds_samples = True
+    capabilities = frozenset({ADDS_SAMPLES, TARGET_IMAGES})
     params: TargetedParams
 
     def caption_source(self) -> tuple[C.CaptionSource, tuple[str, ...] | None, int]:

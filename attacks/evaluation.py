@@ -21,7 +21,7 @@ from typing import Any
 
 from poisonlab.attacks import captions as C
 from poisonlab.attacks.assets import read_asset
-from poisonlab.attacks.base import image_meta, provenance
+from poisonlab.attacks.base import TEXT_TRIGGER, image_meta, provenance
 from poisonlab.attacks.manifest import build_manifest, write_manifest
 from poisonlab.attacks.spec import (
     SPEC_FILE,
@@ -32,10 +32,12 @@ from poisonlab.attacks.spec import (
     spec_from_recipe,
     write_run_spec,
 )
-from poisonlab.pipelines.accounting import ShardStats
-from poisonlab.pipelines.executor import ShardTask, run_local
+from poisonlab.pipelines.accounting import ShardResult, shard_totals, stats_of
+from poisonlab.pipelines.executor import ShardTask
+from poisonlab.pipelines.job import run_job_local
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext
+from poisonlab.shards.dataset import copy_dataset_record
 from poisonlab.shards.images import decode_array, encode_image
 from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
@@ -125,18 +127,16 @@ class EvalTriggerJob:
         check_resume(tasks)  # shards another attack or split wrote are refused, not taken for this one's
         return tasks
 
-    def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        stats = stats_of(results)
         finalize_folder(self.out_dir, stats)
+        copy_dataset_record(self.eval_dir, self.out_dir)
         if (self.eval_dir / CLASSES_FILE).is_file():
             shutil.copyfile(self.eval_dir / CLASSES_FILE, self.out_dir / CLASSES_FILE)
         table = build_manifest(self.out_dir, self.run_id)
         write_manifest(self.out_dir, table)
-        by_status: dict[str, int] = {}
-        for s in stats:
-            for k, v in s.by_status.items():
-                by_status[k] = by_status.get(k, 0) + v
         return {"out": str(self.out_dir), "run_id": self.run_id, "attack_id": self.attack_id,
-                "triggered": table.num_rows, "by_status": dict(sorted(by_status.items()))}
+                "triggered": table.num_rows, "by_status": shard_totals(stats)["by_status"]}
 
 
 def prepare_eval_trigger(eval_dir: Path, spec: str | Path, out_dir: Path, attack: str | None = None,
@@ -154,8 +154,8 @@ def prepare_eval_trigger(eval_dir: Path, spec: str | Path, out_dir: Path, attack
     if record.target is None:
         raise SpecError(f"attack {record.id!r} has no target class; nothing to measure on an evaluation split")
     write_run_spec(out_dir, run, assets)
-    _, binding = load_bindings(str((out_dir / SPEC_FILE).resolve()), run.run_id)[record.id]
-    if binding.trigger is None and record.attack != "text_trigger":
+    attack_obj, binding = load_bindings(str((out_dir / SPEC_FILE).resolve()), run.run_id)[record.id]
+    if binding.trigger is None and TEXT_TRIGGER not in attack_obj.capabilities:
         raise SpecError(f"attack {record.id!r} ({record.attack}) has no trigger to apply to an evaluation split")
     return EvalTriggerJob(eval_dir, out_dir, run.run_id, record.id, EvalLabels.from_folder(eval_dir))
 
@@ -164,4 +164,4 @@ def apply_trigger_to_eval(eval_dir: str | Path, spec: str | Path, out_dir: str |
                           seed: int | None = None) -> dict[str, Any]:
     """Trigger the evaluation split in this process (small splits); the CLI runs the same job on Dask."""
     job = prepare_eval_trigger(Path(eval_dir), spec, Path(out_dir), attack, seed)
-    return job.finalize(run_local(job.tasks()))
+    return run_job_local(job)

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 
 from poisonlab.attacks.base import Candidate
 from poisonlab.pipelines.sample import LIVE_STATUSES
+from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.images import IMAGE_EXTENSIONS
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
-from poisonlab.shards.reader import ReadPolicy, read_shard
+from poisonlab.shards.reader import read_shard
 
 # img2dataset marks downloaded rows "success"; ours are ok/changed/added.
 LIVE_SOURCE_STATUSES = LIVE_STATUSES | {"success"}
@@ -62,7 +63,7 @@ def _rows_from_sidecar(path: Path) -> list[dict]:
 
 
 def _rows_from_tar(src: Path, shard: str) -> list[dict]:
-    policy = ReadPolicy(probe_images=False)
+    policy = read_policy_for(src, probe_images=False)  # the folder's modality, without decoding
     return [
         {"key": s.key, "status": s.status, "caption": s.text, "payload_ext": s.payload_ext if s.payload else None,
          "provenance": json.dumps(s.meta["poisonlab"]) if "poisonlab" in s.meta else None}

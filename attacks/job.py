@@ -26,8 +26,9 @@ from poisonlab.attacks.planner import ShardPlan, added_keys, planned_count, sele
 from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, configure
 from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for, write_run_spec
 from poisonlab.attacks.stage import PoisonStage
-from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.accounting import ShardResult, stats_of
 from poisonlab.pipelines.executor import ShardTask
+from poisonlab.shards.dataset import copy_dataset_record, read_policy_for
 from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 
@@ -87,19 +88,22 @@ class PoisonJob:
         work (or removed to be redone with ``overwrite``): their markers would not match.
         """
         out = []
+        policy = read_policy_for(self.src)  # the folder's modality: a non-image payload is not refused
         for shard, plan in self.plans.items():
             stage = PoisonStage(str(self.spec_path.resolve()), self.spec.run_id, plan)
-            out.extend(plan_folder_tasks(self.src, self.dst, [stage], shards=[shard]))
+            out.extend(plan_folder_tasks(self.src, self.dst, [stage], policy, shards=[shard]))
         check_resume(out, self.overwrite)
         return out
 
-    def finalize(self, stats: Sequence[ShardStats]) -> dict[str, Any]:
-        """Write ``sizes.json`` and ``manifest.parquet``; account for every planned sample; summarise.
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        """Write ``sizes.json``, ``dataset.json`` and ``manifest.parquet``; account for every planned sample.
 
         A planned sample the run could not poison (the reader refused it, the trigger could not decode it)
         is counted as failed with its reason, never raised after the shards are written.
         """
+        stats = stats_of(results)
         finalize_folder(self.dst, stats)
+        copy_dataset_record(self.src, self.dst)
         table = build_manifest(self.dst, self.spec.run_id)
         manifest = write_manifest(self.dst, table)
         outcomes = plan_outcomes(self.dst, self.plans, self.spec.run_id)

@@ -52,7 +52,7 @@ def select(
     if n > len(eligible):
         raise RecipeError(
             f"attack {attack_id!r} needs {n} samples but only {len(eligible)} are eligible"
-            + (" (captions naming the target)" if attack.name == "label_consistent" else "")
+            + (f" ({attack.eligibility})" if attack.eligibility else "")
         )
     salt = f"{attack_id}/select"
     return heapq.nsmallest(n, eligible, key=lambda c: (keyed_u64(seed, salt, c.key), c.shard, c.key))

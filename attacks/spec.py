@@ -9,6 +9,7 @@ evaluation rebuilds the trigger from it, so both use the very same trigger by co
     spec = load_attack("poisoned/")            # a run folder, its attack.json, or a recipe YAML
     spec.target                                # "red circle"
     spec.is_image_trigger                      # True for badnets/blended/sig/wanet/label_consistent
+    spec.capabilities                          # what the attack declares: image_trigger, text_trigger, ...
     triggered = spec.apply_image(image, key)   # HxWx3 uint8 -> HxWx3 uint8
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from poisonlab.attacks.assets import AssetError, AssetRef, read_asset, read_image_file, write_asset
-from poisonlab.attacks.base import Attack, Binding, Donor
+from poisonlab.attacks.base import TARGET_IMAGES, TEXT_TRIGGER, Attack, Binding, Donor
 from poisonlab.attacks.captions import template_pool
 from poisonlab.attacks.components import ATTACKS
 from poisonlab.attacks.recipe import ConfiguredAttack, configure, load_recipe
@@ -238,7 +239,11 @@ class AttackSpec:
     run_id = property(lambda self: self.run.run_id)
     params = property(lambda self: dict(self.record.params), doc="all parameters, defaults included")
     is_image_trigger = property(lambda self: self._binding.trigger is not None, doc="has an image trigger")
-    has_text_trigger = property(lambda self: self.record.attack == "text_trigger")
+    capabilities = property(lambda self: self._attack.capabilities, doc="what the attack declares it does")
+    has_text_trigger = property(lambda self: TEXT_TRIGGER in self.capabilities, doc="has a caption trigger")
+    has_target_images = property(lambda self: TARGET_IMAGES in self.capabilities,
+                                 doc="wants its donor images classified as the target")
+    donors = property(lambda self: self._binding.donors, doc="the donor images of the run (empty from a recipe)")
 
     def locate(self, image: np.ndarray, key: str = "") -> tuple[np.ndarray, dict[str, Any]]:
         """The triggered image and where the trigger went."""
@@ -255,7 +260,7 @@ class AttackSpec:
         return self.apply_image
 
     def apply_text(self, caption: str, key: str = "") -> str:
-        """Insert the text trigger into a caption (text_trigger only)."""
+        """Insert the text trigger into a caption (attacks with the text_trigger capability)."""
         try:
             return self._attack.apply_text(caption, key, self._binding)
         except NotImplementedError as exc:

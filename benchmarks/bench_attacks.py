@@ -13,36 +13,23 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
+from baselines import generate, jpeg_images, pil_loop, raw_tar_copy
 from run import Row
 
 from poisonlab.attacks import poison_local, prepare_poisoning, recipe_from_options
 from poisonlab.attacks.planner import ShardPlan
 from poisonlab.attacks.stage import PoisonStage
-from poisonlab.pipelines.executor import run_local, run_shard_task
+from poisonlab.pipelines.executor import run_shard_task
 from poisonlab.pipelines.stage import ShardContext
-from poisonlab.shards.layout import list_shards, tar_path
-from poisonlab.shards.plan import finalize_folder, plan_source_tasks
+from poisonlab.shards.layout import list_shards
 from poisonlab.shards.reader import read_shard
-from poisonlab.shards.synth import SynthSource, SynthSpec
-
-IMAGE_SIZE = 256
-QUALITY = 95
-
-
-def _generate(out: Path, samples: int, per_shard: int) -> Path:
-    source = SynthSource(SynthSpec(samples=samples, seed=3, image_size=IMAGE_SIZE, samples_per_shard=per_shard))
-    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
-    return out
 
 
 def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int,
@@ -63,30 +50,6 @@ def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int,
             wall[i].append(time.perf_counter() - start)
             cpu[i].append(time.process_time() - start_cpu)
     return min(wall[0]), min(wall[1]), min(cpu[0]) / min(cpu[1])
-
-
-def _images(src: Path) -> list[bytes]:
-    out = []
-    for shard in list_shards(src):
-        with tarfile.open(tar_path(src, shard)) as tar:
-            out += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
-    return out
-
-
-def _pil_loop(images: list[bytes]) -> None:
-    for data in images:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-        buf = io.BytesIO()
-        rgb.save(buf, format="JPEG", quality=QUALITY, subsampling=0, optimize=False)
-
-
-def _raw_tar_copy(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for shard in list_shards(src):
-        with tarfile.open(tar_path(src, shard), "r|") as tin, tarfile.open(tar_path(dst, shard), "w") as tout:
-            for info in tin:
-                tout.addfile(info, tin.extractfile(info))
 
 
 def _poison(src: Path, dst: Path, attack: str, n: int, target: str | None, params: list[str]) -> None:
@@ -157,23 +120,23 @@ def run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as tmp:
         root = Path(tmp)
-        src = _generate(root / "src", samples, per_shard)
+        src = generate(root / "src", samples, per_shard, seed=3)
         n = samples
 
-        images = _images(src)
+        images = jpeg_images(src)
         stage = _stage_run(src, root / "stage-spec", n)
-        pil, ours, cpu = _paired(lambda: _pil_loop(images), stage, repeats)
+        pil, ours, cpu = _paired(lambda: pil_loop(images), stage, repeats)
         rows.append(Row("attacks: badnets stage on 256px JPEGs in memory", n / ours, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
                         note=f"decode, patch, re-encode, provenance; JPEG q95 4:4:4 both; CPU-time ratio {cpu:.2f}"))
         del stage  # its samples stay out of the garbage collector's way in the next rows
-        pil, bad, cpu = _paired(lambda: _pil_loop(images),
+        pil, bad, cpu = _paired(lambda: pil_loop(images),
                                 lambda: _poison(src, root / "bad", "badnets", n, "red circle", []), repeats)
         rows.append(Row("attacks: badnets run on 256px JPEGs (whole run)", n / bad, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
                         note=f"+ plan, shard read/write (fsync), sidecar, manifest; CPU-time ratio {cpu:.2f}"))
 
-        raw, cap, cpu = _paired(lambda: _raw_tar_copy(src, root / "raw"),
+        raw, cap, cpu = _paired(lambda: raw_tar_copy(src, root / "raw"),
                                 lambda: _poison(src, root / "cap", "text_trigger", n, None, []), repeats,
                                 reset=lambda: shutil.rmtree(root / "raw", True))
         rows.append(Row("attacks: text_trigger on every caption (whole run)", n / cap, "samples/s", n / raw,

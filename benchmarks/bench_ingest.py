@@ -36,14 +36,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from run import Row
 
-from poisonlab.flows.runtime import RunnerSpec, run_tasks
+from poisonlab.flows.runtime import RunnerSpec, run_job
 from poisonlab.shards.ingest import (
     DownloadOptions,
     IngestSpec,
     download_staging,
-    finish_ingest,
     img2dataset_environment,
-    plan_ingest_tasks,
+    ingest_job,
     prepare_ingest,
     redirect_output,
 )
@@ -109,7 +108,7 @@ def _ingest(urls: Path, out: Path, per_shard: int, log: Path, runner: RunnerSpec
     times["plan"] = time.perf_counter() - start
     download_staging(plan, log)
     times["download"] = time.perf_counter() - start - times["plan"]
-    finish_ingest(plan, run_tasks(plan_ingest_tasks(plan), runner, label="bench-ingest"))
+    run_job(ingest_job(plan), runner, "bench-ingest")
     times["total"] = time.perf_counter() - start
     times["finalize"] = times["total"] - times["plan"] - times["download"]
     return times

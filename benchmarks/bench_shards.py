@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+from baselines import QUALITY, generate, jpeg_images, pil_loop, raw_tar_copy
 from run import Row
 
 from poisonlab.pipelines.executor import run_local
@@ -31,12 +31,8 @@ from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext, chain_stages
 from poisonlab.shards.images import decode_image, encode_image
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
-from poisonlab.shards.plan import finalize_folder, plan_folder_tasks, plan_source_tasks
+from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 from poisonlab.shards.reader import read_shard
-from poisonlab.shards.synth import SynthSource, SynthSpec
-
-IMAGE_SIZE = 256
-QUALITY = 95
 
 
 class Reencode(MapStage):
@@ -47,12 +43,6 @@ class Reencode(MapStage):
     def map(self, sample: Sample, ctx: ShardContext) -> Sample:
         image = decode_image(sample.payload)
         return sample.changed(self.name, payload=encode_image(image, "jpg", QUALITY))
-
-
-def _generate(out: Path, samples: int, per_shard: int) -> Path:
-    source = SynthSource(SynthSpec(samples=samples, seed=7, image_size=IMAGE_SIZE, samples_per_shard=per_shard))
-    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
-    return out
 
 
 def _best(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:  # type: ignore[type-arg]
@@ -72,14 +62,6 @@ def _best(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:  # type: i
     return {k: (min(cpu[k]), min(wall[k])) for k in fns}
 
 
-def _raw_tar_copy(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for shard in list_shards(src):
-        with tarfile.open(tar_path(src, shard), "r|") as tin, tarfile.open(tar_path(dst, shard), "w") as tout:
-            for info in tin:
-                tout.addfile(info, tin.extractfile(info))
-
-
 def _passthrough(src: Path, dst: Path, stages=()) -> None:  # type: ignore[no-untyped-def]
     finalize_folder(dst, run_local(plan_folder_tasks(src, dst, list(stages))))
 
@@ -96,22 +78,6 @@ def _read_reencode(src: Path) -> None:
         stream, _ = chain_stages([Reencode()], read_shard(src, shard), ctx)
         for _ in stream:
             pass
-
-
-def _pil_loop(images: list[bytes]) -> None:
-    for data in images:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-        buf = io.BytesIO()
-        rgb.save(buf, format="JPEG", quality=QUALITY, subsampling=0, optimize=False)
-
-
-def _images(src: Path) -> list[bytes]:
-    out = []
-    for shard in list_shards(src):
-        with tarfile.open(tar_path(src, shard)) as tar:
-            out += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
-    return out
 
 
 def _replicate(src: Path, dst: Path, copies: int) -> Path:
@@ -158,13 +124,13 @@ def run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         root = Path(tmp)
-        src = _generate(root / "src", samples, per_shard)
+        src = generate(root / "src", samples, per_shard, seed=7)
         n = samples
-        images = _images(src)
+        images = jpeg_images(src)
         t = _best({
-            "raw": lambda: _raw_tar_copy(src, _fresh(root, "raw")),
+            "raw": lambda: raw_tar_copy(src, _fresh(root, "raw")),
             "pass": lambda: _passthrough(src, _fresh(root, "pass")),
-            "pil": lambda: _pil_loop(images),
+            "pil": lambda: pil_loop(images),
             "reencode": lambda: _read_reencode(src),
             "reencode_write": lambda: _passthrough(src, _fresh(root, "reenc"), [Reencode()]),
         }, repeats)

@@ -1,8 +1,10 @@
-"""Sanitize: embed shards with an open_clip model, score every sample with detectors, decide, clean.
+"""Sanitize: embed shards with a registered embedder, score every sample with detectors, decide, clean.
 
 The steps, each usable alone (``poisonlab.flows.sanitize`` runs them as Prefect flows on Dask):
 
-* ``embed.plan_embed_tasks`` / ``pipeline.embed_shards``: per-shard embeddings in a store, once per model;
+* ``embed.plan_embed_tasks`` / ``pipeline.embed_shards``: per-shard embeddings in a store, once per
+  embedder configuration, one array per named space (``embedders``: the protocol and the registry;
+  ``open_clip_embedder``: the default);
 * ``scan.scan``: detectors over the whole dataset (one FAISS index), score tables per shard;
 * ``pipeline.clean_shards``: a decision over the score tables, cleaned shards and an exclusion table;
 * ``metrics.recall_report``: detection quality against a poison manifest.

@@ -23,7 +23,8 @@ from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import FilterStage, ShardContext
-from poisonlab.shards.layout import is_complete
+from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.layout import atomic_write_text, is_complete
 from poisonlab.shards.plan import FolderSink, load_stats, plan_folder_tasks
 from poisonlab.shards.writer import ShardWriter
 
@@ -104,7 +105,7 @@ def _for_inspection(sample: Sample) -> Sample:
 def plan_clean_tasks(src: Path, out: Path, exclusions: Path, excluded_out: Path | None = None) -> list[ShardTask]:
     """One task per input shard: the exclusion stage, written to ``out`` (and ``excluded_out``)."""
     stage = ExcludeKeys(ExcludeKeysParams(exclusions=str(exclusions)))
-    tasks = plan_folder_tasks(Path(src), Path(out), [stage])
+    tasks = plan_folder_tasks(Path(src), Path(out), [stage], read_policy_for(Path(src)))
     if excluded_out is None:
         return tasks
     if Path(excluded_out).resolve() in (Path(src).resolve(), Path(out).resolve()):
@@ -115,7 +116,5 @@ def plan_clean_tasks(src: Path, out: Path, exclusions: Path, excluded_out: Path 
 
 def write_clean_report(out: Path, report: dict) -> Path:
     path = Path(out) / "clean.json"
-    tmp = path.with_name(".clean.json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -1,4 +1,4 @@
 """Components contributed by the filters layer (loaded through the ``poisonlab.components`` entry point):
-the detectors, the decisions and the ``exclude_keys`` stage."""
+the embedders, the detectors, the decisions and the ``exclude_keys`` stage."""
 
-from poisonlab.filters import clean, decisions, detectors  # noqa: F401  (registering is importing)
+from poisonlab.filters import clean, decisions, detectors, open_clip_embedder  # noqa: F401  (registering is importing)

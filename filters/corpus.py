@@ -1,5 +1,7 @@
 """All embeddings of a dataset in memory, row-aligned across shards and models, for the global detectors.
 
+Each store holds named spaces (``image``, ``text``, ``graph``, ...) with their own dimensions; a reader
+asks ``ModelView.space(name)`` and a missing space is a one-line error naming the spaces there are.
 Rows are in shard order, then in the order the embed step saw the samples, so a shard's rows are one
 contiguous slice and score tables are written shard by shard. A second model's store (a reference model
 for CLIP-score next to the victim model for kNN detectors) must hold exactly the same keys in the same
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from poisonlab.filters.store import (
+    REEMBED,
     EmbeddingMismatchError,
     StoreInfo,
     list_store_shards,
@@ -25,17 +28,23 @@ from poisonlab.filters.store import (
 
 @dataclasses.dataclass
 class ModelView:
-    """One model's embeddings of the corpus rows."""
+    """One store's embeddings of the corpus rows, by named space."""
 
     info: StoreInfo
-    image: np.ndarray  # (n, d) float32, zero rows where image_ok is False
-    text: np.ndarray
-    image_ok: np.ndarray
-    text_ok: np.ndarray
+    vectors: dict[str, np.ndarray]  # space -> (n, d) float32, zero rows where that space's ok is False
+    ok: dict[str, np.ndarray]  # space -> bool (n,)
 
     @property
-    def dim(self) -> int:
-        return int(self.image.shape[1])
+    def spaces(self) -> list[str]:
+        return list(self.vectors)
+
+    def space(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and mask of one space; a space the store lacks is a one-line error saying what to do."""
+        self.info.require([name], "this scan", self.info.model_id)
+        return self.vectors[name], self.ok[name]
+
+    def dim(self, name: str) -> int:
+        return int(self.space(name)[0].shape[1])
 
 
 @dataclasses.dataclass
@@ -74,11 +83,15 @@ def _load_store(store: Path, shards: list[str] | None) -> tuple[StoreInfo, list[
     parts = []
     for shard in names:
         part = read_shard_embeddings(store, shard)
-        if len(part) and part.image.shape[1] != info.embed_dim:
-            raise EmbeddingMismatchError(
-                f"{store}/{shard}.npz holds {part.image.shape[1]}-d embeddings but the store's model "
-                f"{info.model_id} has {info.embed_dim} dimensions"
-            )
+        if set(part.vectors) != set(info.spaces):
+            raise EmbeddingMismatchError(f"{store}/{shard}.npz holds the spaces {sorted(part.vectors)} but the store's "
+                                         f"embedder {info.model_id} writes {sorted(info.spaces)}; {REEMBED}")
+        for space, dim in info.spaces.items():
+            if len(part) and part.vectors[space].shape[1] != dim:
+                raise EmbeddingMismatchError(
+                    f"{store}/{shard}.npz holds {part.vectors[space].shape[1]}-d {space} embeddings but the store's "
+                    f"model {info.model_id} has {dim} dimensions"
+                )
         parts.append(part)
     return info, names, parts
 
@@ -125,24 +138,37 @@ def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
 
 
 def _view(info: StoreInfo, parts: list) -> ModelView:
-    def stack(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
+    vectors = {s: np.ascontiguousarray(np.concatenate([p.vectors[s] for p in parts]), dtype=np.float32)
+               for s in info.spaces}
+    ok = {s: np.concatenate([p.ok[s] for p in parts]).astype(bool) for s in info.spaces}
+    return ModelView(info=info, vectors=vectors, ok=ok)
 
-    return ModelView(info=info, image=np.ascontiguousarray(stack("image"), dtype=np.float32),
-                     text=np.ascontiguousarray(stack("text"), dtype=np.float32),
-                     image_ok=stack("image_ok").astype(bool), text_ok=stack("text_ok").astype(bool))
+
+def in_memory_info(spaces: dict[str, int]) -> StoreInfo:
+    """The record of embeddings made elsewhere (tests, benchmarks, notebooks)."""
+    return StoreInfo("in-memory", "unknown", dict(spaces), "float32", "memory")
+
+
+def corpus_from_spaces(vectors: Mapping[str, np.ndarray], keys: list[str] | None = None,
+                       captions: list[str] | None = None, ok: Mapping[str, np.ndarray] | None = None) -> Corpus:
+    """An in-memory corpus (one shard) of L2-normalised vectors per named space."""
+    arrays = {s: np.ascontiguousarray(v, dtype=np.float32) for s, v in vectors.items()}
+    sizes = {len(v) for v in arrays.values()}
+    if len(sizes) != 1:
+        raise EmbeddingMismatchError(f"spaces hold different numbers of rows: { {s: len(v) for s, v in arrays.items()} }")
+    n = sizes.pop()
+    masks = {s: np.ones(n, bool) if ok is None or s not in ok else np.asarray(ok[s], bool) for s in arrays}
+    view = ModelView(in_memory_info({s: int(v.shape[1]) for s, v in arrays.items()}), arrays, masks)
+    return Corpus(keys=keys or [f"{i:012d}" for i in range(n)], captions=captions or [""] * n, shard_names=["00000"],
+                  shard_bounds=np.array([0, n]), live=np.ones(n, bool), reasons=[""] * n, source_status=[""] * n,
+                  hash_status=[""] * n, models={"model": view}, primary="model")
 
 
 def corpus_from_vectors(image: np.ndarray, text: np.ndarray | None = None, keys: list[str] | None = None,
                         captions: list[str] | None = None) -> Corpus:
-    """An in-memory corpus of L2-normalised vectors (one shard), for detectors on embeddings made elsewhere."""
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    n, d = image.shape
-    text = image if text is None else np.ascontiguousarray(text, dtype=np.float32)
+    """An in-memory image/text corpus (text defaults to the image vectors), for detectors on embeddings made elsewhere."""
+    image = np.asarray(image, dtype=np.float32)
+    text = image if text is None else np.asarray(text, dtype=np.float32)
     if text.shape != image.shape:
         raise EmbeddingMismatchError(f"image embeddings are {image.shape}, text embeddings {text.shape}")
-    info = StoreInfo("in-memory", "unknown", None, "unknown", d, 0, 0, "float32", "memory")
-    view = ModelView(info, image, text, np.ones(n, bool), np.ones(n, bool))
-    return Corpus(keys=keys or [f"{i:012d}" for i in range(n)], captions=captions or [""] * n, shard_names=["00000"],
-                  shard_bounds=np.array([0, n]), live=np.ones(n, bool), reasons=[""] * n, source_status=[""] * n,
-                  hash_status=[""] * n, models={"model": view}, primary="model")
+    return corpus_from_spaces({"image": image, "text": text}, keys, captions)

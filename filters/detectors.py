@@ -10,28 +10,52 @@ from __future__ import annotations
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import rankdata
 
 from poisonlab.filters.context import NeighbourhoodKey, ScanContext
+from poisonlab.filters.embedders import known_spaces
 from poisonlab.filters.index import IndexParams, similar_pairs
+from poisonlab.filters.neighbours import CROSS, space_reads
 from poisonlab.filters.outliers import dao, k_distance, slof
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
 
 DETECTORS = get_registry("detector")
-FeatureSpace = Literal["image", "text", "concat"]
+CONCAT: dict[str, tuple[str, str]] = {"concat": ("image", "text")}  # both side by side
+
+
+def _known(combined: dict[str, tuple[str, str]]):  # type: ignore[no-untyped-def]
+    def check(space: str) -> str:
+        known = known_spaces() | set(combined)
+        if space not in known:
+            raise ValueError(f"unknown space {space!r}; registered embedders produce: {', '.join(sorted(known))}")
+        return space
+    return check
+
+
+NeighbourSpace = Annotated[str, AfterValidator(_known(CROSS))]
+FeatureSpace = Annotated[str, AfterValidator(_known(CONCAT))]
+EmbeddingSpace = Annotated[str, AfterValidator(_known({}))]
 
 
 class Detector(ABC):
-    """Scores the corpus rows; ``model`` names the embeddings to use (the primary store by default)."""
+    """Scores the corpus rows; ``model`` names the embeddings to use (the primary store by default).
 
-    uses: ClassVar[tuple[str, ...]] = ()  # score columns this detector reads (ensembles)
+    A detector declares its inputs: ``reads()`` the embedding spaces (checked against the store before
+    any work) and ``uses`` the score columns of other detectors (ensembles; the scan orders by them).
+    """
+
+    uses: tuple[str, ...] = ()  # score columns this detector reads (ensembles)
+
+    def reads(self) -> tuple[str, ...]:
+        """Embedding spaces this detector needs from its store."""
+        return ()
 
     def plan(self, ctx: ScanContext, model: str) -> None:  # noqa: B027 - optional hook
         """Announce shared work (neighbour graphs) before any detector runs."""
@@ -54,11 +78,15 @@ class ClipScore(Detector):
     def __init__(self, params: ClipScoreParams) -> None:
         self.params = params
 
+    def reads(self) -> tuple[str, ...]:
+        return ("image", "text")
+
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         view = ctx.corpus.model(model)
-        both = view.image_ok & view.text_ok
+        (image, image_ok), (text, text_ok) = view.space("image"), view.space("text")
+        both = image_ok & text_ok
         out = np.full(len(both), np.nan)
-        out[both] = 1.0 - np.einsum("ij,ij->i", view.image[both], view.text[both]).astype(np.float64)
+        out[both] = 1.0 - np.einsum("ij,ij->i", image[both], text[both]).astype(np.float64)
         return out
 
 
@@ -67,7 +95,7 @@ class ClipScore(Detector):
 
 class KnnParams(Params):
     k: int = Field(16, ge=1, description="neighbours")
-    space: Literal["image", "text", "cross"] = Field("image", description="image, text or cross (image among images and captions)")
+    space: NeighbourSpace = Field("image", description="a stored space (image, text, ...) or cross (image among images and captions)")
     mode: Literal["global", "batch_local"] = Field("global", description="global (FAISS over the whole dataset) or batch_local (Huang et al.)")
     batch_size: int = Field(1024, ge=2, description="batch_local: rows per keyed batch")
     seed: int = Field(0, description="batch_local: seed of the keyed shuffle")
@@ -77,6 +105,9 @@ class KnnParams(Params):
 class KnnDetector(Detector):
     def __init__(self, params: KnnParams) -> None:
         self.params = params
+
+    def reads(self) -> tuple[str, ...]:
+        return space_reads(self.params.space)
 
     def key(self, model: str) -> NeighbourhoodKey:
         p = self.params
@@ -142,17 +173,17 @@ class DimensionalityAwareOutlier(KnnDetector):
 # --- global baselines on the embeddings ---------------------------------------------------------------
 
 
-def features(ctx: ScanContext, model: str, space: FeatureSpace) -> tuple[np.ndarray, np.ndarray]:
-    """Rows that have the features, and the features (image, text, or both side by side)."""
+def feature_reads(space: str) -> tuple[str, ...]:
+    return CONCAT.get(space, (space,))
+
+
+def features(ctx: ScanContext, model: str, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that have the features, and the features (one space, or ``concat``: several side by side)."""
     view = ctx.corpus.model(model)
-    if space == "image":
-        rows = np.flatnonzero(view.image_ok)
-        return rows, view.image[rows]
-    if space == "text":
-        rows = np.flatnonzero(view.text_ok)
-        return rows, view.text[rows]
-    rows = np.flatnonzero(view.image_ok & view.text_ok)
-    return rows, np.hstack([view.image[rows], view.text[rows]])
+    parts = [view.space(s) for s in feature_reads(space)]
+    ok = np.logical_and.reduce([mask for _, mask in parts])
+    rows = np.flatnonzero(ok)
+    return rows, np.hstack([vectors[rows] for vectors, _ in parts]) if len(parts) > 1 else parts[0][0][rows]
 
 
 class IsolationForestParams(Params):
@@ -170,6 +201,9 @@ class IsolationForestDetector(Detector):
 
     def __init__(self, params: IsolationForestParams) -> None:
         self.params = params
+
+    def reads(self) -> tuple[str, ...]:
+        return feature_reads(self.params.space)
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         from sklearn.ensemble import IsolationForest
@@ -201,6 +235,9 @@ class SpectralSignature(Detector):
 
     def __init__(self, params: SpectralParams) -> None:
         self.params = params
+
+    def reads(self) -> tuple[str, ...]:
+        return feature_reads(self.params.space)
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         import faiss
@@ -257,9 +294,11 @@ class CaptionFrequency(Detector):
     def __init__(self, params: CaptionFrequencyParams) -> None:
         self.params = params
 
+    def reads(self) -> tuple[str, ...]:
+        return ("text",) if self.params.near_duplicate is not None else ()
+
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         corpus = ctx.corpus
-        view = corpus.model(model)
         out = np.full(len(corpus), np.nan)
         rows = [i for i, c in enumerate(corpus.captions) if corpus.live[i] and c.strip()]
         if not rows:
@@ -275,10 +314,11 @@ class CaptionFrequency(Detector):
         counts = np.bincount(caption_of_row, minlength=len(unique)).astype(np.float64)
         sizes = counts
         if self.params.near_duplicate is not None:
+            vectors, embedded_ok = corpus.model(model).space("text")
             firsts = np.array(first_row, np.int64)
-            embedded = np.flatnonzero(view.text_ok[firsts])
+            embedded = np.flatnonzero(embedded_ok[firsts])
             if len(embedded) > 1:
-                a, b = similar_pairs(view.text[firsts[embedded]], self.params.near_duplicate, self.params.index)
+                a, b = similar_pairs(vectors[firsts[embedded]], self.params.near_duplicate, self.params.index)
                 _, merged = group_sizes(len(embedded), a, b, counts[embedded])
                 sizes = counts.copy()
                 sizes[embedded] = merged
@@ -288,6 +328,7 @@ class CaptionFrequency(Detector):
 
 
 class ImageDuplicatesParams(Params):
+    space: EmbeddingSpace = Field("image", description="the stored space compared (image by default)")
     threshold: float = Field(0.95, gt=0, le=1, description="cosine above which two images are near-duplicates")
     index: IndexParams = Field(default_factory=IndexParams)
 
@@ -299,13 +340,16 @@ class ImageDuplicates(Detector):
     def __init__(self, params: ImageDuplicatesParams) -> None:
         self.params = params
 
+    def reads(self) -> tuple[str, ...]:
+        return (self.params.space,)
+
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
-        view = ctx.corpus.model(model)
-        rows = np.flatnonzero(view.image_ok)
+        vectors, ok = ctx.corpus.model(model).space(self.params.space)
+        rows = np.flatnonzero(ok)
         out = np.full(len(ctx.corpus), np.nan)
         if len(rows) == 0:
             return out
-        a, b = similar_pairs(view.image[rows], self.params.threshold, self.params.index) if len(rows) > 1 else (
+        a, b = similar_pairs(vectors[rows], self.params.threshold, self.params.index) if len(rows) > 1 else (
             np.zeros(0, np.int64), np.zeros(0, np.int64))
         _, sizes = group_sizes(len(rows), a, b)
         out[rows] = sizes - 1.0

@@ -1,40 +1,37 @@
-"""The embedding step: one task per shard encodes every image and caption with an open_clip model.
+"""The embedding step: one task per shard runs a registered embedder over every sample.
 
-The model is loaded once per worker process (a per-process cache keyed by the model spec and device),
-batched, on CUDA when torch sees a GPU (half precision there) and on the CPU otherwise. Images are decoded
-with the shared pixel cap; a sample whose image does not decode, or that was not live in the shard, gets
-no image embedding and a recorded reason, never a silent drop. A shard's embeddings are written under a
-temporary name and renamed into place, with the digest of the tar they came from: a rerun skips them,
-and a changed shard is an error rather than a silent mix of versions.
+The embed step is modality-free: it reads shards with the folder's read policy (``read_policy_for``), asks
+the embedder to decode each live sample into per-space inputs, batches each space, and writes one array
+per space. A sample that was not live, or whose payload the embedder cannot read, gets no embedding in
+that space and a recorded reason, never a silent drop. A shard's embeddings are written under a temporary
+name and renamed into place, with the digest of the tar they came from: a rerun skips them, and a changed
+shard is an error rather than a silent mix of versions.
 
 Float results of a CPU forward pass depend (in the last bits) on torch's thread count and on how samples
 are batched, so both are part of the configuration, not of the machine: ``threads`` defaults to 1 (the
 parallelism is one worker per core) and batches never cross shards, so the same config writes the same
 bytes with any number of workers.
-
-With random weights (``weights=None``), the model is initialised from ``seed`` inside a forked torch RNG,
-so every worker builds the same model and the global generator is left as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
+from pydantic import BaseModel
 
+from poisonlab.filters import open_clip_embedder as _open_clip  # noqa: F401  (registers the default embedder)
+from poisonlab.filters.embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, resolve_params
+from poisonlab.filters.specs import parse_spec
 from poisonlab.filters.store import (
     EmbeddingMismatchError,
     ShardEmbeddings,
     StoreInfo,
-    file_digest,
     read_shard_digest,
     read_shard_embeddings,
     shard_file,
@@ -42,11 +39,12 @@ from poisonlab.filters.store import (
     write_info,
     write_shard,
 )
-from poisonlab.models.zoo import CHECKPOINT_NAME, LoadedModel, ModelSpec, load_model
+from poisonlab.models.zoo import LoadedModel, ModelSpec
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
-from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
+from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.plan import FolderSource
 
@@ -56,54 +54,54 @@ HASH_TYPES = ("md5", "sha256", "sha512")
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
-    """Which model, and how to run it."""
+    """Which embedder, and how to run it.
 
-    model: ModelSpec
+    ``embedder`` is a spec (``name[:key=value,...]`` or JSON, as for detectors). ``model`` and the run
+    settings below are handed to the embedder when its parameters declare them (open_clip takes them all).
+    """
+
+    model: ModelSpec | None = None
     batch_size: int = 256
     dtype: Literal["float32", "float16"] = "float32"  # storage; computation is float32 on CPUs
     device: str | None = None  # None: cuda when available, else cpu
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 autocast on CUDA, fp32 on CPU
-    threads: int = 1  # torch CPU threads per worker: float results depend on it, so it is fixed (see below)
+    threads: int = 1  # torch CPU threads per worker: float results depend on it, so it is fixed
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0  # initialisation of random weights
+    embedder: str = DEFAULT_EMBEDDER
 
-    def resolved_device(self) -> str:
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    def embedder_name(self) -> str:
+        return parse_spec(self.embedder)[1]
 
-
-def weights_identity(spec: ModelSpec, seed: int) -> str:
-    """What the weights are: a file's sha256, an open_clip tag, or random from a seed."""
-    if spec.weights is None:
-        return f"random:{seed}"
-    path = Path(spec.weights)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if path.exists():
-        return "sha256:" + file_digest(path)
-    return f"tag:{spec.weights}"
+    def embedder_params(self) -> BaseModel:
+        _, name, options = parse_spec(self.embedder)
+        shared: dict[str, Any] = {"device": self.device, "precision": self.precision, "seed": self.seed,
+                                  "max_pixels": self.max_pixels}
+        if self.model is not None:
+            shared.update(arch=self.model.arch, weights=self.model.weights)
+        return resolve_params(name, shared, options)
 
 
-def model_id(spec: ModelSpec, seed: int) -> str:
-    """A folder name that changes whenever the architecture or the weights change."""
-    arch = Path(spec.arch)
-    arch_identity = arch.read_text() if arch.suffix == ".json" and arch.exists() else spec.arch
-    digest = hashlib.sha256(json.dumps([arch_identity, weights_identity(spec, seed)]).encode()).hexdigest()[:12]
-    label = json.loads(arch_identity).get("arch", arch.stem) if arch.suffix == ".json" and arch.exists() else spec.arch
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', str(label))[:48]}-{digest}"
+_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
 
 
-_MODELS: dict[tuple, LoadedModel] = {}
+def cached_embedder(config: EmbedConfig) -> Embedder:
+    """The embedder of this config, created and set up once per process."""
+    params = config.embedder_params()
+    key = (config.embedder_name(), json.dumps(params.model_dump(mode="json"), sort_keys=True))
+    if key not in _EMBEDDERS:
+        embedder = create_embedder(key[0], params)
+        embedder.setup()
+        _EMBEDDERS[key] = embedder
+    return _EMBEDDERS[key]
 
 
 def cached_model(config: EmbedConfig) -> LoadedModel:
-    """The model of this spec on this device, loaded once per process."""
-    device = config.resolved_device()
-    key = (config.model, device, config.seed)
-    if key not in _MODELS:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            _MODELS[key] = load_model(config.model, device)
-    return _MODELS[key]
+    """The open_clip model behind an open_clip config (benchmarks time it without the pipeline)."""
+    loaded = getattr(cached_embedder(config), "loaded", None)
+    if loaded is None:
+        raise ValueError(f"embedder {config.embedder_name()!r} holds no open_clip model")
+    return loaded
 
 
 def _hash_status(meta: dict[str, Any]) -> str:
@@ -114,34 +112,54 @@ def _hash_status(meta: dict[str, Any]) -> str:
     return ""
 
 
-class _Encoder:
-    """Batches of decoded images and captions through one model."""
+class _Rows:
+    """A shard's rows as the embed step sees them, and each space's inputs with their row numbers."""
 
-    def __init__(self, config: EmbedConfig) -> None:
-        self.config = config
-        self.loaded = cached_model(config)
-        self.device = config.resolved_device()
-        precision = config.precision
-        if precision == "auto":
-            precision = "fp16" if self.device.startswith("cuda") else "fp32"
-        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.captions: list[str] = []
+        self.live: list[bool] = []
+        self.status: list[str] = []
+        self.reasons: list[str] = []
+        self.source_status: list[str] = []
+        self.hash_status: list[str] = []
+        self.inputs: dict[str, list[Any]] = {}
+        self.rows: dict[str, list[int]] = {}
 
-    def _run(self, fn, batch: torch.Tensor) -> np.ndarray:  # type: ignore[no-untyped-def]
-        batch = batch.to(self.device)
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast):
-                    out = fn(batch)
-            else:
-                out = fn(batch)
-            out = torch.nn.functional.normalize(out.float(), dim=-1)
-        return out.cpu().numpy()
+    def add(self, sample: Sample, embedder: Embedder) -> str:
+        """Record a sample; returns why it lacks an embedding ("" when it has every space)."""
+        row = len(self.keys)
+        self.keys.append(sample.key)
+        self.captions.append(sample.text or "")
+        self.live.append(sample.is_live)
+        self.status.append(sample.status)
+        self.source_status.append(str(sample.meta.get("source_status") or ""))
+        self.hash_status.append(_hash_status(dict(sample.meta)))
+        if not sample.is_live:
+            why = [f"not_live: {sample.reason or sample.status}"]
+        else:
+            decoded = embedder.decode(sample)
+            for space, value in decoded.inputs.items():
+                self.inputs.setdefault(space, []).append(value)
+                self.rows.setdefault(space, []).append(row)
+            why = [f"{STAGE}: {m}" for m in decoded.missing]
+        self.reasons.append("; ".join(why))
+        return why[0] if why else ""
 
-    def images(self, images: list) -> np.ndarray:
-        return self._run(self.loaded.model.encode_image, torch.stack([self.loaded.preprocess(im) for im in images]))
 
-    def texts(self, texts: list[str]) -> np.ndarray:
-        return self._run(self.loaded.model.encode_text, self.loaded.tokenizer(texts))
+def _embed_spaces(rows: _Rows, embedder: Embedder, batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Batches of each space's inputs through the embedder; zero rows where a sample has no input."""
+    n, dims = len(rows.keys), embedder.dims()
+    vectors = {s: np.zeros((n, d), np.float32) for s, d in dims.items()}
+    ok = {s: np.zeros(n, bool) for s in dims}
+    longest = max((len(v) for v in rows.inputs.values()), default=0)
+    for start in range(0, longest, batch_size):
+        batch = {s: v[start:start + batch_size] for s, v in rows.inputs.items() if s in dims and v[start:start + batch_size]}
+        for space, out in embedder.embed(batch).items():
+            target = rows.rows[space][start:start + batch_size]
+            vectors[space][target] = out
+            ok[space][target] = True
+    return vectors, ok
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +172,8 @@ class EmbedSink:
 
     def __call__(self, shard: str, samples: Iterable[Sample], stages: list[StageCounts],
                  shard_errors: list[str]) -> ShardStats:
+        import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(self.config.threads)
         try:
@@ -163,62 +183,22 @@ class EmbedSink:
 
     def _embed(self, shard: str, samples: Iterable[Sample], stages: list[StageCounts],
                shard_errors: list[str]) -> ShardStats:
-        encoder = _Encoder(self.config)
-        dim = encoder.loaded.embed_dim
+        embedder = cached_embedder(self.config)
         digest = source_digest(Path(self.source), shard)
-        keys, captions, live, status, reasons, source_status, hash_status = [], [], [], [], [], [], []
-        image_rows: list[int] = []
-        images: list = []
-        text_rows: list[int] = []
-        texts: list[str] = []
+        rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
         for sample in samples:
-            row = len(keys)
-            keys.append(sample.key)
-            captions.append(sample.text or "")
-            live.append(sample.is_live)
-            status.append(sample.status)
-            source_status.append(str(sample.meta.get("source_status") or ""))
-            hash_status.append(_hash_status(dict(sample.meta)))
             stats.samples += 1
             stats.by_status[sample.status] += 1
-            why: list[str] = []
-            if not sample.is_live:
-                why.append(f"not_live: {sample.reason or sample.status}")
-            else:
-                if sample.payload is None or sample.payload_ext not in IMAGE_EXTENSIONS:
-                    why.append(f"{STAGE}: no_image: payload .{sample.payload_ext} is not an image")
-                else:
-                    try:
-                        images.append(decode_image(sample.payload, self.config.max_pixels))
-                        image_rows.append(row)
-                    except ImageError as exc:
-                        why.append(f"{STAGE}: {exc}")
-                if sample.text and sample.text.strip():
-                    texts.append(sample.text)
-                    text_rows.append(row)
-                else:
-                    why.append(f"{STAGE}: no_caption")
-            reasons.append("; ".join(why))
+            why = rows.add(sample, embedder)
             if why:
-                stats.reasons[reason_category(why[0])] += 1
-        n = len(keys)
-        image = np.zeros((n, dim), np.float32)
-        text = np.zeros((n, dim), np.float32)
-        bs = self.config.batch_size
-        for start in range(0, len(images), bs):
-            image[image_rows[start:start + bs]] = encoder.images(images[start:start + bs])
-        for start in range(0, len(texts), bs):
-            text[text_rows[start:start + bs]] = encoder.texts(texts[start:start + bs])
-        image_ok = np.zeros(n, bool)
-        image_ok[image_rows] = True
-        text_ok = np.zeros(n, bool)
-        text_ok[text_rows] = True
-        emb = ShardEmbeddings(keys=keys, captions=captions, image=image, text=text, image_ok=image_ok,
-                              text_ok=text_ok, live=np.asarray(live, bool), status=status, reasons=reasons,
-                              source_status=source_status, hash_status=hash_status, digest=digest)
+                stats.reasons[reason_category(why)] += 1
+        vectors, ok = _embed_spaces(rows, embedder, self.config.batch_size)
+        emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
+                              live=np.asarray(rows.live, bool), status=rows.status, reasons=rows.reasons,
+                              source_status=rows.source_status, hash_status=rows.hash_status, digest=digest)
         write_shard(Path(self.store), shard, emb, self.config.dtype)
-        stats.written = int(image_ok.sum())
+        stats.written = _written(emb)
         stats.stages = list(stages)
         stats.shard_errors = list(shard_errors)
         return stats
@@ -229,23 +209,30 @@ class EmbedSink:
 
     def load_done(self, shard: str) -> ShardStats:
         emb = read_shard_embeddings(Path(self.store), shard)
-        stats = ShardStats(shard=shard, source=self.source, samples=len(emb), written=int(emb.image_ok.sum()))
+        stats = ShardStats(shard=shard, source=self.source, samples=len(emb), written=_written(emb))
         stats.by_status = Counter(emb.status)
         stats.reasons = Counter(reason_category(r) for r in emb.reasons if r)
         return stats
 
 
+def _written(emb: ShardEmbeddings) -> int:
+    """Samples embedded in the first space (the payload's: images for open_clip)."""
+    first = next(iter(emb.ok.values()), None)
+    return int(first.sum()) if first is not None else 0
+
+
 def prepare_store(src: Path, out_root: Path, config: EmbedConfig) -> tuple[Path, StoreInfo]:
-    """Load the model once here (a refused checkpoint fails before any shard), then create the store."""
-    loaded = cached_model(config)
-    mid = model_id(config.model, config.seed)
-    info = StoreInfo(
-        model_id=mid, arch=config.model.arch, weights=config.model.weights,
-        weights_digest=weights_identity(config.model, config.seed), embed_dim=loaded.embed_dim,
-        image_size=loaded.image_size, context_length=loaded.context_length, dtype=config.dtype,
-        source=str(Path(src).resolve()),
-    )
-    store = Path(out_root) / mid
+    """Set the embedder up once here (a refused checkpoint fails before any shard), then create the store."""
+    embedder = cached_embedder(config)
+    policy = read_policy_for(src)
+    if not embedder.payload_extensions & policy.payload_extensions:
+        raise ValueError(f"embedder {config.embedder_name()!r} reads {', '.join(sorted(embedder.payload_extensions))} "
+                         f"payloads but {src} holds {', '.join(sorted(policy.payload_extensions))}; choose another "
+                         "--embedder (`poisonlab components embedder`)")
+    info = StoreInfo(model_id=embedder.store_id(), embedder=config.embedder_name(), spaces=embedder.dims(),
+                     dtype=config.dtype, source=str(Path(src).resolve()), identity=embedder.identity(),
+                     details=embedder.details())
+    store = Path(out_root) / info.model_id
     write_info(store, info)
     return store, info
 
@@ -265,7 +252,7 @@ def plan_embed_tasks(src: Path, out_root: Path, config: EmbedConfig,
                 "embed into a fresh folder"
             )
     sink = EmbedSink(config, str(store), str(src.resolve()))
-    source = FolderSource(str(src))
+    source = FolderSource(str(src), read_policy_for(src, max_pixels=config.max_pixels))
     tasks = [ShardTask(shard=n, source=source, stages=(), sink=sink, is_done=sink.is_done,
                        load_done=sink.load_done, source_name=str(src)) for n in names]
     return tasks, store

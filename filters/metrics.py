@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
+from poisonlab.shards.layout import atomic_path, atomic_write_text
 
 BUDGETS = (0.001, 0.01, 0.05)
 
@@ -117,8 +118,8 @@ def write_report(out: Path, report: dict[str, Any], table: ScoreTable, live: np.
         suffix = "" if scope == "all" else f"_{_slug(scope)}"
         curves = {n: table.column(n)[live][subset] for n in names}
         files[f"roc{suffix}"], files[f"pr{suffix}"] = plot_curves(out, curves, labels[subset], suffix, scope)
-    _atomic_text(out / "recall.md", markdown_summary(report))
-    _atomic_text(out / "recall.json", json.dumps({**report, "files": files}, indent=2, sort_keys=True))
+    atomic_write_text(out / "recall.md", _line_ended(markdown_summary(report)))
+    atomic_write_text(out / "recall.json", _line_ended(json.dumps({**report, "files": files}, indent=2, sort_keys=True)))
     return files
 
 
@@ -126,10 +127,8 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:40]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + ("\n" if not text.endswith("\n") else ""))
-    tmp.replace(path)
+def _line_ended(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
 
 
 def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, suffix: str,
@@ -159,10 +158,9 @@ def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, s
         ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "upper right")
         fig.tight_layout()
         path = out / f"{kind}{suffix}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
-        tmp.replace(path)
         paths.append(str(path))
     return paths[0], paths[1]
 

@@ -1,8 +1,8 @@
 """Neighbour graphs over a corpus: which points are references, and who the k nearest others of each are.
 
-``space`` says what is compared: ``image`` (image embeddings among images), ``text`` (captions among
-captions) or ``cross`` (an image among the images *and* captions of the dataset, as Huang et al. do for
-image-text pairs; a pair's own caption is never its neighbour). ``mode`` says where neighbours come from:
+``space`` says what is compared: any stored space among itself (``image`` among images, ``text`` among
+captions, ``graph`` among graphs, ...) or ``cross`` (an image among the images *and* captions of the
+dataset, as Huang et al. do for image-text pairs; a pair's own caption is never its neighbour). ``mode`` says where neighbours come from:
 
 * ``global``: the whole dataset, through a FAISS index (poisonlab's setting: every sample is compared
   with every other, so a trigger cannot hide behind the few hundred references a batch holds);
@@ -21,7 +21,7 @@ from poisonlab.filters.corpus import ModelView
 from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
 from poisonlab.pipelines.keyed import keyed_u64
 
-Space = Literal["image", "text", "cross"]
+CROSS: dict[str, tuple[str, str]] = {"cross": ("image", "text")}  # query space, then the other references
 Mode = Literal["global", "batch_local"]
 
 
@@ -40,22 +40,23 @@ def _rows_of(vectors: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (vectors if len(rows) == len(vectors) else vectors[rows]), rows  # no copy when every row has one
 
 
-def reference_set(view: ModelView, space: Space) -> RefSet:
-    if space == "image":
-        vectors, rows = _rows_of(view.image, view.image_ok)
+def space_reads(space: str) -> tuple[str, ...]:
+    """The stored spaces a neighbourhood space compares: ``cross`` is image among images and captions."""
+    return CROSS.get(space, (space,))
+
+
+def reference_set(view: ModelView, space: str) -> RefSet:
+    if space not in CROSS:
+        vectors, rows = _rows_of(*view.space(space))
         return RefSet(vectors, rows, len(rows), None)
-    if space == "text":
-        vectors, rows = _rows_of(view.text, view.text_ok)
-        return RefSet(vectors, rows, len(rows), None)
-    if space != "cross":
-        raise ValueError(f"unknown neighbourhood space {space!r}; use image, text or cross")
-    img_rows, txt_rows = np.flatnonzero(view.image_ok), np.flatnonzero(view.text_ok)
-    vectors = np.concatenate([view.image[img_rows], view.text[txt_rows]])
+    (query_vecs, query_ok), (other_vecs, other_ok) = (view.space(s) for s in CROSS[space])
+    img_rows, txt_rows = np.flatnonzero(query_ok), np.flatnonzero(other_ok)
+    vectors = np.concatenate([query_vecs[img_rows], other_vecs[txt_rows]])
     rows = np.concatenate([img_rows, txt_rows])
-    # partner: image ref j <-> the caption ref of the same corpus row (when that caption was embedded)
-    text_ref_of_row = np.full(len(view.image_ok), -1, np.int64)
+    # partner: query ref j <-> the other-space ref of the same corpus row (when that row has one)
+    text_ref_of_row = np.full(len(query_ok), -1, np.int64)
     text_ref_of_row[txt_rows] = len(img_rows) + np.arange(len(txt_rows))
-    image_ref_of_row = np.full(len(view.image_ok), -1, np.int64)
+    image_ref_of_row = np.full(len(query_ok), -1, np.int64)
     image_ref_of_row[img_rows] = np.arange(len(img_rows))
     partner = np.concatenate([text_ref_of_row[img_rows], image_ref_of_row[txt_rows]])
     return RefSet(np.ascontiguousarray(vectors), rows, len(img_rows), partner)

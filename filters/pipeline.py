@@ -1,50 +1,60 @@
 """The sanitize steps as plain functions: embed shards, clean shards by a decision.
 
-``run`` is any function that runs shard tasks and returns their stats in order: ``run_local`` here (tests,
-notebooks), or ``poisonlab.flows.sanitize``'s Prefect/Dask runner, which wraps these same functions.
+Both are ``ShardJob``s (``EmbedJob``, ``CleanJob``); ``run`` is any ``JobRunner``: ``run_job_local`` here
+(tests, notebooks), or ``poisonlab.flows.runtime.job_runner`` (Prefect on Dask), which runs these same jobs.
 Scanning is ``poisonlab.filters.scan.scan`` (one global step, in this process) and recall is
 ``poisonlab.filters.metrics.recall_report``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonlab.filters.clean import EXCLUSIONS_FILE, STAGE_NAME, plan_clean_tasks, write_clean_report
 from poisonlab.filters.decisions import Decision, exclusion_table, parse_decision
 from poisonlab.filters.embed import EmbedConfig, plan_embed_tasks
-from poisonlab.filters.scores import ScoreTable, load_scores, write_table_atomic
+from poisonlab.filters.scores import ScoreTable, load_scores
 from poisonlab.filters.store import EmbeddingMismatchError, file_digest
-from poisonlab.pipelines.accounting import ShardStats
-from poisonlab.pipelines.executor import ShardTask, run_local
+from poisonlab.pipelines.accounting import ShardResult, shard_totals, stats_of
+from poisonlab.pipelines.executor import ShardTask
+from poisonlab.pipelines.job import JobRunner, run_job_local
 from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.layout import list_shards, sidecar_path
+from poisonlab.shards.dataset import copy_dataset_record
+from poisonlab.shards.layout import atomic_path, list_shards, sidecar_path
 from poisonlab.shards.plan import finalize_folder, load_stats
 
-Runner = Callable[[Sequence[ShardTask]], list[ShardStats]]
+Runner = JobRunner  # the name callers import
 SOURCE_LIVE = LIVE_STATUSES | {"success"}  # img2dataset's live rows are "success"
 
 
-def _totals(stats: Sequence[ShardStats]) -> dict[str, Any]:
-    by_status: Counter = Counter()
-    reasons: Counter = Counter()
-    for s in stats:
-        by_status.update(s.by_status)
-        reasons.update(s.reasons)
-    return {"shards": len(stats), "samples": sum(s.samples for s in stats), "written": sum(s.written for s in stats),
-            "by_status": dict(sorted(by_status.items())), "reasons": dict(sorted(reasons.items()))}
+@dataclasses.dataclass
+class EmbedJob:
+    """Embedding a folder as a ``ShardJob``; ``tasks()`` loads the model once and creates the store."""
+
+    src: Path
+    out_root: Path
+    config: EmbedConfig
+    store: Path | None = None
+
+    def tasks(self) -> list[ShardTask]:
+        tasks, self.store = plan_embed_tasks(Path(self.src), Path(self.out_root), self.config)
+        return tasks
+
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        assert self.store is not None, "finalize before tasks()"
+        return {"store": str(self.store), "model_id": self.store.name, **shard_totals(stats_of(results))}
 
 
-def embed_shards(src: Path, out_root: Path, config: EmbedConfig, run: Runner = run_local) -> dict[str, Any]:
+def embed_shards(src: Path, out_root: Path, config: EmbedConfig, run: JobRunner = run_job_local) -> dict[str, Any]:
     """Embed every shard of ``src`` into ``out_root/<model_id>`` (skips shards already embedded)."""
-    tasks, store = plan_embed_tasks(Path(src), Path(out_root), config)
-    stats = run(tasks)
-    return {"store": str(store), "model_id": store.name, **_totals(stats)}
+    return run(EmbedJob(Path(src), Path(out_root), config))
 
 
 def check_coverage(src: Path, table: ScoreTable) -> list[str]:
@@ -73,45 +83,77 @@ def check_coverage(src: Path, table: ScoreTable) -> list[str]:
     return unchecked
 
 
-def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: Path, run: Runner = run_local,
-                 excluded_out: Path | None = None) -> dict[str, Any]:
-    """Decide from the score tables, write ``out/exclusions.parquet``, then the cleaned shards."""
+@dataclasses.dataclass
+class CleanJob:
+    """A decided clean as a ``ShardJob``: the exclusion table is written, the shards are not yet."""
+
+    src: Path
+    out: Path
+    scores: str  # as given, for the report
+    decision: Decision
+    exclusions: pa.Table
+    samples: int
+    live: int
+    unchecked: list[str]
+    excluded_out: Path | None = None
+
+    @property
+    def exclusions_path(self) -> Path:
+        return self.out / EXCLUSIONS_FILE
+
+    def tasks(self) -> list[ShardTask]:
+        return plan_clean_tasks(self.src, self.out, self.exclusions_path, self.excluded_out)
+
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        """``sizes.json`` and ``dataset.json``, the books against the exclusion table, ``clean.json``."""
+        stats, excluded_out = stats_of(results), self.excluded_out
+        finalize_folder(self.out, stats)
+        copy_dataset_record(self.src, self.out)
+        dropped = sum(c.dropped for s in stats for c in s.stages if c.stage == STAGE_NAME)
+        skipped_any = any(not s.stages for s in stats)
+        if not skipped_any and dropped != self.exclusions.num_rows:
+            raise RuntimeError(f"{self.exclusions.num_rows} samples were to be excluded but the shards dropped {dropped}")
+        if excluded_out is not None:
+            finalize_folder(excluded_out, [load_stats(excluded_out, s.shard) for s in stats])
+            copy_dataset_record(self.src, excluded_out)
+        report = {
+            "decision": {"name": self.decision.kind, "params": self.decision.params.model_dump(mode="json")},
+            "scores": self.scores,
+            "samples": self.samples,
+            "live": self.live,
+            "excluded": self.exclusions.num_rows,
+            "by_rule": dict(sorted(Counter(r for r in self.exclusions.column("rule").to_pylist()).items())),
+            "exclusions": str(self.exclusions_path),
+            "out": str(self.out),
+            "excluded_out": str(excluded_out) if excluded_out is not None else None,
+            "unchecked_shards": self.unchecked,
+            "shards": shard_totals(stats),
+        }
+        write_clean_report(self.out, report)
+        return report
+
+
+def prepare_clean(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
+                  excluded_out: Path | None = None) -> CleanJob:
+    """Decide from the score tables and write ``out/exclusions.parquet``; refuse another decision's folder."""
     src, out = Path(src), Path(out)
     decision = decision if isinstance(decision, Decision) else parse_decision(decision)
     table = load_scores(Path(scores))
     unchecked = check_coverage(src, table)
-    verdict = decision.decide(table)
-    exclusions = exclusion_table(table, verdict)
+    exclusions = exclusion_table(table, decision.decide(table))
     path = out / EXCLUSIONS_FILE
     if out.exists() and list_shards(out) and not path.exists():
         raise FileExistsError(f"{out} already holds shards that no clean wrote; use a fresh output folder")
     out.mkdir(parents=True, exist_ok=True)
-    staged = out / f".{EXCLUSIONS_FILE}.new"
-    write_table_atomic(exclusions, staged)
-    if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
-        staged.unlink()
-        raise FileExistsError(f"{out} holds shards cleaned by another decision; use a fresh output folder")
-    staged.replace(path)
-    stats = run(plan_clean_tasks(src, out, path, excluded_out))
-    finalize_folder(out, stats)
-    dropped = sum(c.dropped for s in stats for c in s.stages if c.stage == STAGE_NAME)
-    skipped_any = any(not s.stages for s in stats)
-    if not skipped_any and dropped != exclusions.num_rows:
-        raise RuntimeError(f"{exclusions.num_rows} samples were to be excluded but the shards dropped {dropped}")
-    if excluded_out is not None:
-        finalize_folder(Path(excluded_out), [load_stats(Path(excluded_out), s.shard) for s in stats])
-    report = {
-        "decision": {"name": decision.kind, "params": decision.params.model_dump(mode="json")},
-        "scores": str(scores),
-        "samples": len(table),
-        "live": int(table.live.sum()),
-        "excluded": exclusions.num_rows,
-        "by_rule": dict(sorted(Counter(r for r in exclusions.column("rule").to_pylist()).items())),
-        "exclusions": str(path),
-        "out": str(out),
-        "excluded_out": str(excluded_out) if excluded_out is not None else None,
-        "unchecked_shards": unchecked,
-        "shards": _totals(stats),
-    }
-    write_clean_report(out, report)
-    return report
+    with atomic_path(path) as staged:  # renamed into place only if it is the same decision (or the first)
+        pq.write_table(exclusions, staged, compression="zstd")
+        if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
+            raise FileExistsError(f"{out} holds shards cleaned by another decision; use a fresh output folder")
+    return CleanJob(src, out, str(scores), decision, exclusions, len(table), int(table.live.sum()), unchecked,
+                    Path(excluded_out) if excluded_out is not None else None)
+
+
+def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
+                 run: JobRunner = run_job_local, excluded_out: Path | None = None) -> dict[str, Any]:
+    """Decide from the score tables, write ``out/exclusions.parquet``, then the cleaned shards."""
+    return run(prepare_clean(src, scores, decision, out, excluded_out))

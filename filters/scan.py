@@ -8,6 +8,11 @@ search over worker processes on one machine would copy the index into each of th
 Detector specs map a column name to parameters; two keys are reserved: ``detector`` (the registered
 name, when the column is named otherwise, e.g. ``{"kdist_k5": {"detector": "kdist", "k": 5}}``) and
 ``embeddings`` (which store, when several are given, e.g. a reference model for ``clip_score``).
+
+Detectors declare their inputs, and the scan checks them before loading anything: the embedding spaces
+each one reads must be in its store (a one-line error names the missing space and the spaces there are),
+and the score columns a combining detector uses (``ensemble``) must be computed by this scan, which
+orders detectors so that those columns come first.
 """
 
 from __future__ import annotations
@@ -24,8 +29,16 @@ from pydantic import BaseModel
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
-from poisonlab.filters.scores import SCAN_FILE, list_score_shards, score_path, write_score_shard
+from poisonlab.filters.scores import (
+    EMBEDDED_PREFIX,
+    SCAN_FILE,
+    is_base_column,
+    list_score_shards,
+    score_path,
+    write_score_shard,
+)
 from poisonlab.filters.specs import parse_spec
+from poisonlab.filters.store import read_info
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.layout import atomic_write_json
 
@@ -64,16 +77,24 @@ def detector_specs(detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[
         raw = dict(raw or {})
         name = str(raw.pop("detector", column))
         embeddings = raw.pop("embeddings", None)
-        if column in ("key", "shard", "live", "embedded_image", "embedded_text", "reason"):
+        if is_base_column(column):
             raise ValueError(f"{column!r} is a reserved column name")
         component = DETECTORS.get(name)
         specs.append(DetectorSpec(column, name, component.parse(raw), embeddings))
     columns = {s.column for s in specs}
     for spec in specs:
-        missing = [u for u in getattr(spec.params, "detectors", []) if u not in columns] if spec.name == "ensemble" else []
+        missing = [u for u in spec.create().uses if u not in columns]
         if missing:
-            raise RegistryError(f"ensemble {spec.column!r} combines {missing}, which this scan does not compute")
+            raise RegistryError(f"{spec.name} {spec.column!r} combines {missing}, which this scan does not compute")
     return specs
+
+
+def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> None:
+    """Every detector's declared spaces must be in the store it reads: refused before anything is loaded."""
+    infos = {name: read_info(path) for name, path in stores.items()}
+    for spec in specs:
+        store = spec.embeddings or primary
+        infos[store].require(spec.create().reads(), f"detector {spec.column!r}", str(stores[store]))
 
 
 def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[DetectorSpec]:
@@ -95,6 +116,7 @@ def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[Dete
 def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
     return {
         "stores": {name: {"path": str(Path(p).resolve()), "model_id": corpus.models[name].info.model_id,
+                          "embedder": corpus.models[name].info.embedder, "spaces": corpus.models[name].info.spaces,
                           "source": corpus.models[name].info.source} for name, p in stores.items()},
         "primary": corpus.primary,
         "detectors": {s.column: s.describe() for s in specs},
@@ -111,6 +133,7 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         if spec.embeddings is not None and spec.embeddings not in stores:
             raise ValueError(f"detector {spec.column!r} asks for embeddings {spec.embeddings!r}; "
                              f"given: {', '.join(stores)}")
+    check_spaces(specs, stores, next(iter(stores)))
     started = time.perf_counter()
     corpus = load_corpus(stores)
     config = _config(corpus, stores, specs)
@@ -139,8 +162,8 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     primary = corpus.model()
     for i, shard in enumerate(corpus.shard_names):
         rows = corpus.shard_rows(i)
-        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "embedded_image": primary.image_ok[rows],
-                "embedded_text": primary.text_ok[rows], "reason": corpus.reasons[rows]}
+        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "reason": corpus.reasons[rows],
+                **{f"{EMBEDDED_PREFIX}{s}": primary.ok[s][rows] for s in primary.spaces}}
         write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
     summary = {
         "config": config,

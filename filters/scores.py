@@ -1,7 +1,8 @@
 """Score tables: one parquet per shard (``{shard}.parquet``), one row per sample, one column per detector.
 
-Columns: ``key``, ``shard``, ``live`` (the sample was live in the scanned shards), ``embedded_image`` and
-``embedded_text`` (under the primary model), ``reason`` (why a row has no embedding), then one float64
+Columns: ``key``, ``shard``, ``live`` (the sample was live in the scanned shards), ``embedded_<space>`` for
+each space of the primary store (``embedded_image``, ``embedded_text`` for open_clip), ``reason`` (why a
+row has no embedding), then one float64
 column per detector, higher = more suspicious, null where a detector could not score the row. ``scan.json``
 beside them records the stores and detector parameters; it is written last and marks the scan complete.
 Decisions and recall metrics only ever read these tables: re-thresholding never recomputes anything.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from poisonlab.shards.layout import atomic_path
+
 SCAN_FILE = "scan.json"
-BASE_COLUMNS = ("key", "shard", "live", "embedded_image", "embedded_text", "reason")
+BASE_COLUMNS = ("key", "shard", "live", "reason")
+EMBEDDED_PREFIX = "embedded_"
+
+
+def is_base_column(name: str) -> bool:
+    """Key, shard, liveness, reason and the ``embedded_<space>`` flags: everything that is not a score."""
+    return name in BASE_COLUMNS or name.startswith(EMBEDDED_PREFIX)
 
 
 def score_path(directory: Path, shard: str) -> Path:
@@ -33,12 +40,8 @@ def list_score_shards(directory: Path) -> list[str]:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_score_shard(directory: Path, shard: str, base: dict[str, list | np.ndarray],
@@ -47,8 +50,7 @@ def write_score_shard(directory: Path, shard: str, base: dict[str, list | np.nda
         "key": pa.array(base["key"], pa.string()),
         "shard": pa.array([shard] * len(base["key"]), pa.string()),
         "live": pa.array(np.asarray(base["live"], bool)),
-        "embedded_image": pa.array(np.asarray(base["embedded_image"], bool)),
-        "embedded_text": pa.array(np.asarray(base["embedded_text"], bool)),
+        **{name: pa.array(np.asarray(v, bool)) for name, v in base.items() if name.startswith(EMBEDDED_PREFIX)},
         "reason": pa.array([r or None for r in base["reason"]], pa.string()),
     }
     for name, values in columns.items():
@@ -107,7 +109,7 @@ def load_scores(directory: Path) -> ScoreTable:
     if not shards:
         raise FileNotFoundError(f"no score tables (NNNNN.parquet) in {directory}")
     table = pa.concat_tables([pq.read_table(score_path(directory, s)) for s in shards], promote_options="default")
-    names = [c for c in table.column_names if c not in BASE_COLUMNS]
+    names = [c for c in table.column_names if not is_base_column(c)]
     columns = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in names}
     return ScoreTable(
         keys=table.column("key").to_pylist(),

@@ -1,14 +1,19 @@
-"""The embedding store: one folder per model, one ``.npz`` per shard, keyed by sample.
+"""The embedding store: one folder per embedder configuration, one ``.npz`` per shard, keyed by sample.
 
 Layout (``<root>/<model_id>/``)::
 
-    model.json      which model (architecture, weights and their digest), dimension, storage dtype, source
-    00000.npz       keys, captions, image and text embeddings (L2-normalised), what could not be embedded
+    model.json      which embedder (name, identity, details such as weights and their digest), the named
+                    spaces with their dimensions, storage dtype, source
+    00000.npz       keys, captions, one array per space (L2-normalised) with a mask of embedded rows, and
+                    what could not be embedded
 
-Embeddings are computed once per model and shard and reused by every detector; a shard file is renamed
+Embeddings are computed once per embedder and shard and reused by every detector; a shard file is renamed
 into place only when complete, and records the digest of the tar it came from, so embeddings of another
 version of a shard are refused instead of silently mixed. Strings are stored as UTF-8 bytes plus offsets
 (never as pickled objects), so ``np.load(..., allow_pickle=False)`` reads every file.
+
+Format 1 (written before embedders were registered) held fixed ``image``/``text`` arrays and an
+``embed_dim``: it is still read, as the spaces ``image`` and ``text`` of an open_clip embedder.
 """
 
 from __future__ import annotations
@@ -17,22 +22,32 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from poisonlab.shards.layout import atomic_write_json, tar_path
+from poisonlab.shards.layout import atomic_path, atomic_write_json, tar_path
 
 MODEL_FILE = "model.json"
-STORE_VERSION = 1
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _STRING_FIELDS = ("keys", "captions", "status", "reasons", "source_status", "hash_status")
+_INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised")
+REEMBED = "re-embed the shards with `poisonlab embed` into a fresh folder"
 
 
 class EmbeddingMismatchError(ValueError):
     """Embeddings that do not belong together: other dimensions, another model, or other shards."""
+
+
+class StoreFormatError(EmbeddingMismatchError):
+    """A store written in a format this version cannot read."""
+
+
+class MissingSpaceError(EmbeddingMismatchError):
+    """A detector (or caller) asked for a space the store does not hold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,39 +55,64 @@ class StoreInfo:
     """What ``model.json`` holds: enough to tell two stores apart and to refuse mixing them."""
 
     model_id: str
-    arch: str
-    weights: str | None
-    weights_digest: str
-    embed_dim: int
-    image_size: int
-    context_length: int
+    embedder: str
+    spaces: dict[str, int]  # space name -> dimension
     dtype: str
     source: str
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # embedder facts (arch, weights, ...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "version": STORE_VERSION, "normalised": True}
+        base = {"model_id": self.model_id, "embedder": self.embedder, "spaces": dict(self.spaces),
+                "dtype": self.dtype, "source": self.source, "identity": self.identity}
+        return {**self.details, **base, "version": STORE_VERSION, "normalised": True}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreInfo:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        version = data.get("version", 1)
+        if version not in READABLE_VERSIONS:
+            raise StoreFormatError(f"embedding store format {version!r} is not one this poisonlab reads "
+                                   f"({', '.join(map(str, READABLE_VERSIONS))}); {REEMBED}")
+        if version == 1:  # fixed image/text fields of one open_clip model
+            dim = int(data["embed_dim"])
+            details = {k: v for k, v in data.items() if k not in ("model_id", "dtype", "source", "version", "normalised")}
+            return cls(str(data["model_id"]), "open_clip", {"image": dim, "text": dim}, str(data["dtype"]),
+                       str(data["source"]), {"weights": data.get("weights_digest")}, details)
+        details = {k: v for k, v in data.items() if k not in _INFO_FIELDS}
+        return cls(str(data["model_id"]), str(data["embedder"]), {str(k): int(v) for k, v in data["spaces"].items()},
+                   str(data["dtype"]), str(data["source"]), dict(data.get("identity") or {}), details)
+
+    def require(self, spaces: Sequence[str], who: str, where: str) -> None:
+        """Refuse, in one line, a reader that needs spaces this store does not hold."""
+        missing = [s for s in spaces if s not in self.spaces]
+        if missing:
+            raise MissingSpaceError(
+                f"{who} reads the space {missing[0]!r}, which the embedding store {where} (embedder "
+                f"{self.embedder}) does not hold; it has: {', '.join(self.spaces) or 'none'}. Embed with an "
+                f"embedder that produces {missing[0]!r} (`poisonlab components embedder`) or choose one of these spaces")
 
 
 def read_info(store: Path) -> StoreInfo:
     path = Path(store) / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"{store} is not an embedding store: {MODEL_FILE} is missing (run `poisonlab embed`)")
-    return StoreInfo.from_dict(json.loads(path.read_text()))
+    try:
+        return StoreInfo.from_dict(json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, StoreFormatError):
+            raise
+        raise StoreFormatError(f"{path} is not a readable embedding store record ({type(exc).__name__}: {exc}); "
+                               f"{REEMBED}") from None
 
 
 def write_info(store: Path, info: StoreInfo) -> None:
-    """Create the store, or check that an existing one holds the same model for the same source."""
+    """Create the store, or check that an existing one holds the same embedder for the same source."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     path = store / MODEL_FILE
     if path.exists():
         old = read_info(store)
-        for field in ("model_id", "embed_dim", "dtype", "source"):
+        for field in ("model_id", "spaces", "dtype", "source"):
             if getattr(old, field) != getattr(info, field):
                 raise EmbeddingMismatchError(
                     f"{store} holds embeddings with {field}={getattr(old, field)!r}, not {getattr(info, field)!r}; "
@@ -123,13 +163,11 @@ class ShardEmbeddings:
 
     keys: list[str]
     captions: list[str]
-    image: np.ndarray  # (n, d); rows without an image embedding are zero
-    text: np.ndarray
-    image_ok: np.ndarray  # bool
-    text_ok: np.ndarray
+    vectors: dict[str, np.ndarray]  # space -> (n, d); rows without an embedding in that space are zero
+    ok: dict[str, np.ndarray]  # space -> bool (n,)
     live: np.ndarray  # the sample was live in the shard (non-live ones are carried for accounting)
     status: list[str]  # the sample's status in the shard (ok, changed, added, error, ...)
-    reasons: list[str]  # why a row has no embedding ("" when it has both)
+    reasons: list[str]  # why a row lacks an embedding ("" when it has every space)
     source_status: list[str]  # status recorded upstream (img2dataset's, ingest's), "" when none
     hash_status: list[str]  # "mismatch", "match" or "" (no hashes to compare)
     digest: str
@@ -137,27 +175,30 @@ class ShardEmbeddings:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def space(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.vectors:
+            raise MissingSpaceError(f"no space {name!r} in these embeddings; they have: {', '.join(self.vectors)}")
+        return self.vectors[name], self.ok[name]
+
 
 def write_shard(store: Path, shard: str, emb: ShardEmbeddings, dtype: str) -> Path:
-    """Write under a temporary name, then rename: a shard file is either complete or absent."""
+    """Write under a unique temporary name, then rename: a shard file is either complete or absent."""
     arrays: dict[str, np.ndarray] = {
-        "image": emb.image.astype(dtype), "text": emb.text.astype(dtype),
-        "image_ok": emb.image_ok.astype(bool), "text_ok": emb.text_ok.astype(bool), "live": emb.live.astype(bool),
+        "live": emb.live.astype(bool),
         "digest": np.frombuffer(emb.digest.encode(), dtype=np.uint8).copy(),
         "version": np.array([STORE_VERSION], dtype=np.int64),
     }
+    arrays["spaces_bytes"], arrays["spaces_ends"] = pack_strings(list(emb.vectors))
+    for name, vectors in emb.vectors.items():
+        arrays[f"emb.{name}"] = vectors.astype(dtype)
+        arrays[f"ok.{name}"] = emb.ok[name].astype(bool)
     for name in _STRING_FIELDS:
         arrays[f"{name}_bytes"], arrays[f"{name}_ends"] = pack_strings(getattr(emb, name))
     final = shard_file(store, shard)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
     return final
 
 
@@ -166,11 +207,24 @@ def read_shard_digest(store: Path, shard: str) -> str:
         return data["digest"].tobytes().decode()
 
 
+def _spaces_of(data: Any, path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    version = int(data["version"][0]) if "version" in data.files else 1
+    if version == 1:
+        return ({"image": data["image"].astype(np.float32), "text": data["text"].astype(np.float32)},
+                {"image": data["image_ok"], "text": data["text_ok"]})
+    if version != STORE_VERSION:
+        raise StoreFormatError(f"{path} is in embedding format {version}, which this poisonlab cannot read; {REEMBED}")
+    names = unpack_strings(data["spaces_bytes"], data["spaces_ends"])
+    return ({n: data[f"emb.{n}"].astype(np.float32) for n in names}, {n: data[f"ok.{n}"] for n in names})
+
+
 def read_shard_embeddings(store: Path, shard: str) -> ShardEmbeddings:
-    with np.load(shard_file(store, shard), allow_pickle=False) as data:
-        strings = {name: unpack_strings(data[f"{name}_bytes"], data[f"{name}_ends"]) for name in _STRING_FIELDS}
-        return ShardEmbeddings(
-            image=data["image"].astype(np.float32), text=data["text"].astype(np.float32),
-            image_ok=data["image_ok"], text_ok=data["text_ok"], live=data["live"],
-            digest=data["digest"].tobytes().decode(), **strings,
-        )
+    path = shard_file(store, shard)
+    with np.load(path, allow_pickle=False) as data:
+        try:
+            vectors, ok = _spaces_of(data, path)
+            strings = {name: unpack_strings(data[f"{name}_bytes"], data[f"{name}_ends"]) for name in _STRING_FIELDS}
+        except KeyError as exc:
+            raise StoreFormatError(f"{path} lacks {exc}: not an embedding shard this poisonlab reads; {REEMBED}") from None
+        return ShardEmbeddings(vectors=vectors, ok=ok, live=data["live"], digest=data["digest"].tobytes().decode(),
+                               **strings)

@@ -97,9 +97,9 @@ def report(exp: Experiment) -> dict[str, Any]:
 
 
 def _shard_runner(exp: Experiment, label: str):  # type: ignore[no-untyped-def]
-    from poisonlab.flows.runtime import run_tasks
+    from poisonlab.flows.runtime import job_runner
 
-    return lambda tasks: run_tasks(tasks, exp.runner, label=label)
+    return job_runner(exp.runner, label)
 
 
 def embed(exp: Experiment) -> dict[str, Any]:

@@ -20,16 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonlab.flows.runtime import RunnerSpec, run_tasks
-from poisonlab.shards.ingest import (
-    IngestSpec,
-    download_staging,
-    finish_ingest,
-    plan_ingest_tasks,
-    prepare_ingest,
-)
-from poisonlab.shards.layout import atomic_write_json
-from poisonlab.shards.local_import import ImportSpec, finish_import, plan_import_tasks, prepare_import
+from poisonlab.flows.runtime import RunnerSpec, run_job
+from poisonlab.shards.ingest import IngestSpec, download_staging, ingest_job, prepare_ingest
+from poisonlab.shards.layout import atomic_path, atomic_write_json
+from poisonlab.shards.local_import import ImportSpec, import_job, prepare_import
 from poisonlab.shards.loopback import LoopbackServer
 from poisonlab.shards.parts import PlanError
 from poisonlab.shards.splitview import SplitViewWeb, evaluate_splitview
@@ -39,15 +33,12 @@ def ingest(spec: IngestSpec, runner: RunnerSpec, log: Path | None = None) -> dic
     """URL list -> shards in ``spec.out``. img2dataset's output goes to stderr, or to ``log``."""
     plan = prepare_ingest(spec)  # a malformed URL list fails here, before any download
     download_staging(plan, log)
-    stats = run_tasks(plan_ingest_tasks(plan), runner, label="ingest")
-    return finish_ingest(plan, stats)
+    return run_job(ingest_job(plan), runner, "ingest")
 
 
 def import_folder(spec: ImportSpec, runner: RunnerSpec) -> dict[str, Any]:
     """Image folder (+ captions table or .txt files) -> shards in ``spec.out``."""
-    plan = prepare_import(spec)
-    stats = run_tasks(plan_import_tasks(plan), runner, label="import")
-    return finish_import(plan, stats)
+    return run_job(import_job(prepare_import(spec)), runner, "import")
 
 
 def splitview_build(
@@ -77,6 +68,5 @@ def splitview_build(
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

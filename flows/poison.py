@@ -1,8 +1,8 @@
 """Flows that build a poisoned subset and trigger an evaluation split, one Prefect task per shard on Dask.
 
 The attacks layer validates and plans everything in the driver (``prepare_*``); these flows only run
-the planned shard tasks with the chosen runner and write the final manifest, so the bytes written never
-depend on the runner, the number of workers or the order in which shards finish.
+the planned jobs with the chosen runner (``run_job``), so the bytes written never depend on the runner,
+the number of workers or the order in which shards finish.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.evaluation import EvalTriggerJob
 from poisonlab.attacks.job import PoisonJob
 from poisonlab.attacks.recipe import Recipe
-from poisonlab.flows.runtime import RunnerSpec, run_tasks
+from poisonlab.flows.runtime import RunnerSpec, run_job
 
 
 def run_poison_job(job: PoisonJob, runner: RunnerSpec) -> dict[str, Any]:
-    return job.finalize(run_tasks(job.tasks(), runner, label="poison"))
+    return run_job(job, runner, "poison")
 
 
 def poison_dataset(src: Path, dst: Path, recipe: Recipe, runner: RunnerSpec, base_dir: Path | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def poison_dataset(src: Path, dst: Path, recipe: Recipe, runner: RunnerSpec, bas
 
 
 def run_eval_job(job: EvalTriggerJob, runner: RunnerSpec) -> dict[str, Any]:
-    return job.finalize(run_tasks(job.tasks(), runner, label="poison-eval"))
+    return run_job(job, runner, "poison-eval")
 
 
 def trigger_eval_split(

@@ -1,7 +1,8 @@
 """Where shard tasks run: a local Dask cluster (default), an existing cluster by address, or in-process.
 
 Every runner calls the same ``run_shard_task`` so the bytes written never depend on the runner, the
-number of workers or the order in which shards finish.
+number of workers or the order in which shards finish. ``run_job`` is how every command runs a
+``ShardJob``: its tasks on the chosen runner, then its ``finalize`` on the results in task order.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
+from typing import Any
 
-from poisonlab.pipelines.accounting import ShardStats
-from poisonlab.pipelines.executor import ShardTask, run_local, run_shard_task
+from poisonlab.pipelines.accounting import ShardResult, ShardStats, stats_of
+from poisonlab.pipelines.executor import OnDone, ShardTask, run_local_results, run_shard_task
+from poisonlab.pipelines.job import JobRunner, ShardJob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +58,10 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=label, unit="shard", file=sys.stderr, dynamic_ncols=True)
 
-    def update(self, stats: ShardStats, skipped: bool) -> None:
+    def update(self, result: ShardResult) -> None:
+        skipped = result.skipped
         if not skipped:
-            self.samples += stats.samples
+            self.samples += result.stats.samples
         if self.bar is not None:
             rate = self.samples / max(1e-9, time.perf_counter() - self.start)
             self.bar.set_postfix_str(f"{rate:,.0f} samples/s" + (" (skipped done shards)" if skipped else ""))
@@ -68,8 +72,8 @@ class Progress:
             self.bar.close()
 
 
-def run_tasks(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str = "shards") -> list[ShardStats]:
-    """Run shard tasks with the chosen runner; results come back in task order."""
+def run_task_results(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str = "shards") -> list[ShardResult]:
+    """Run shard tasks with the chosen runner; results (stats and small results) come back in task order."""
     runner = RUNNERS.get(spec.executor)
     if runner is None:
         raise ValueError(f"unknown executor {spec.executor!r}; known: {', '.join(sorted(RUNNERS))}")
@@ -80,23 +84,36 @@ def run_tasks(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str = "shards
         progress.close()
 
 
-def _run_in_process(
-    tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: Callable[[ShardStats, bool], None]
-) -> list[ShardStats]:
-    return run_local(tasks, on_done)
+def run_tasks(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str = "shards") -> list[ShardStats]:
+    """``run_task_results``, keeping only the stats."""
+    return stats_of(run_task_results(tasks, spec, label))
 
 
-def _run_prefect(
-    tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: Callable[[ShardStats, bool], None]
-) -> list[ShardStats]:
+def run_job(job: ShardJob, spec: RunnerSpec, label: str) -> dict[str, Any]:
+    """Plan (errors before any work), run every shard task with the chosen runner, finalise."""
+    return job.finalize(run_task_results(job.tasks(), spec, label))
+
+
+def job_runner(spec: RunnerSpec, label: str) -> JobRunner:
+    """``run_job`` bound to a runner and a label, for code that takes a ``JobRunner`` (filters, experiments)."""
+    return lambda job: run_job(job, spec, label)
+
+
+def _run_in_process(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: OnDone) -> list[ShardResult]:
+    return run_local_results(tasks, on_done)
+
+
+def _run_prefect(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: OnDone) -> list[ShardResult]:
     check_prefect_environment()
     from poisonlab.flows.shard_flow import run_shard_flow
 
     return run_shard_flow(tasks, spec, label, on_done)
 
 
-RUNNERS: dict[str, Callable[..., list[ShardStats]]] = {"local": _run_in_process, "prefect": _run_prefect}
+RUNNERS: dict[str, Callable[[Sequence[ShardTask], RunnerSpec, str, OnDone], list[ShardResult]]] = {
+    "local": _run_in_process, "prefect": _run_prefect,
+}
 
 
 def run_one(task: ShardTask) -> ShardStats:
-    return run_shard_task(task)[0]
+    return run_shard_task(task).stats

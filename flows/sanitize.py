@@ -19,28 +19,25 @@ from typing import Any
 
 from poisonlab.filters.decisions import Decision
 from poisonlab.filters.metrics import recall_report
-from poisonlab.filters.pipeline import Runner, clean_shards, embed_shards
+from poisonlab.filters.pipeline import clean_shards, embed_shards
 from poisonlab.filters.scan import scan
-from poisonlab.flows.runtime import RunnerSpec, run_tasks
+from poisonlab.flows.runtime import RunnerSpec, job_runner
 from poisonlab.models.zoo import ModelSpec
 
 DetectorsArg = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
 
 
-def _run_with(runner: RunnerSpec, label: str) -> Runner:
-    return lambda tasks: run_tasks(tasks, runner, label=label)
-
-
-def embed_folder(shards: Path, out: Path, model: ModelSpec, runner: RunnerSpec | None = None, *,
+def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: RunnerSpec | None = None, *,
                  batch_size: int = 256, dtype: str = "float32", device: str | None = None,
-                 seed: int = 0, threads: int = 1) -> dict[str, Any]:
-    """Embed every shard into ``out/<model_id>``; returns the store path under ``"store"`` and the counts."""
+                 seed: int = 0, threads: int = 1, embedder: str = "open_clip") -> dict[str, Any]:
+    """Embed every shard into ``out/<model_id>`` with a registered embedder (``name[:key=value,...]``;
+    ``model`` for embedders that take one); returns the store path under ``"store"`` and the counts."""
     from poisonlab.filters.embed import EmbedConfig  # torch is only needed here
 
     runner = runner or RunnerSpec()
     config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
                          threads=threads)
-    return embed_shards(Path(shards), Path(out), config, _run_with(runner, "embed"))
+    return embed_shards(Path(shards), Path(out), config, job_runner(runner, "embed"))
 
 
 def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Path,
@@ -54,11 +51,11 @@ def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, A
     """Decide from the score tables; cleaned shards, ``exclusions.parquet`` and ``clean.json`` into ``out``."""
     runner = runner or RunnerSpec()
     decision = decision if isinstance(decision, (Decision, str)) else dict(decision)
-    return clean_shards(Path(shards), Path(scores), decision, Path(out), _run_with(runner, "clean"),
+    return clean_shards(Path(shards), Path(scores), decision, Path(out), job_runner(runner, "clean"),
                         Path(excluded_out) if excluded_out is not None else None)
 
 
-def sanitize(shards: Path, out: Path, model: ModelSpec, decision: Decision | Mapping[str, Any] | str,
+def sanitize(shards: Path, out: Path, model: ModelSpec | None, decision: Decision | Mapping[str, Any] | str,
              detectors: DetectorsArg = None, runner: RunnerSpec | None = None, keep_excluded: bool = False,
              **embed_options: Any) -> dict[str, Any]:
     """All three steps: ``out/emb/<model_id>``, ``out/scores``, ``out/clean`` (and ``out/excluded``)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -17,14 +17,14 @@ from prefect_dask import DaskTaskRunner
 
 from poisonlab.flows import plan_store
 from poisonlab.flows.runtime import RunnerSpec
-from poisonlab.pipelines.accounting import ShardStats
-from poisonlab.pipelines.executor import ShardTask, run_shard_task
+from poisonlab.pipelines.accounting import ShardResult
+from poisonlab.pipelines.executor import OnDone, ShardTask, run_shard_task
 
 
 @task(name="shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def shard_task(shard_task: ShardTask) -> tuple[dict, bool]:
-    stats, skipped = run_shard_task(shard_task)
-    return stats.to_dict(), skipped
+def shard_task(shard_task: ShardTask) -> dict:
+    """Stats, skipped flag and the task's small result, as plain JSON-able data for the trip back."""
+    return run_shard_task(shard_task).to_dict()
 
 
 def dask_runner(spec: RunnerSpec) -> DaskTaskRunner:
@@ -52,19 +52,17 @@ def shards_flow(plan_id: str) -> list[dict]:
     position = {id(f): i for i, f in enumerate(futures)}
     results: list[dict] = [{} for _ in futures]
     for fut in as_completed(futures):
-        stats_dict, skipped = fut.result()
-        results[position[id(fut)]] = stats_dict
-        on_done(ShardStats.from_dict(stats_dict), skipped)
+        result = fut.result()
+        results[position[id(fut)]] = result
+        on_done(ShardResult.from_dict(result))
     return results
 
 
-def run_shard_flow(
-    tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: Callable[[ShardStats, bool], None]
-) -> list[ShardStats]:
+def run_shard_flow(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: OnDone) -> list[ShardResult]:
     plan_id = uuid.uuid4().hex
     plan_store.put(plan_id, (tasks, on_done))
     try:
         configured = shards_flow.with_options(name=_flow_name(label), task_runner=dask_runner(spec))
-        return [ShardStats.from_dict(d) for d in configured(plan_id)]
+        return [ShardResult.from_dict(d) for d in configured(plan_id)]
     finally:
         plan_store.discard(plan_id)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from poisonlab.pipelines.registry import Params, get_registry
+from poisonlab.shards.layout import atomic_path, atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODELS = get_registry("model")
@@ -178,13 +179,10 @@ def save_checkpoint(model: torch.nn.Module, run_dir: Path, arch: str, extra: dic
     run_dir.mkdir(parents=True, exist_ok=True)
     name, cfg = _resolve_arch(arch)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(run_dir / CHECKPOINT_NAME)
+    with atomic_path(run_dir / CHECKPOINT_NAME) as tmp:
+        save_file(state, str(tmp))
     meta = {"arch": name, "model_cfg": cfg, **(extra or {})}
-    cfg_tmp = run_dir / (CONFIG_NAME + ".tmp")
-    cfg_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    cfg_tmp.replace(run_dir / CONFIG_NAME)
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))
     return run_dir / CHECKPOINT_NAME
 
 

@@ -1,10 +1,12 @@
-"""The core of poisonlab: samples, stages, the component registry, keyed randomness and accounting.
+"""The core of poisonlab: samples, stages, the component registry, keyed randomness, accounting
+and the job protocol.
 
 This layer knows nothing about images, Prefect, Dask or torch, so that graph and federated adapters
 can carry other payloads through the same stages.
 """
 
-from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
+from poisonlab.pipelines.accounting import ShardResult, ShardStats, StageCounts, reason_category, shard_totals
+from poisonlab.pipelines.job import JobRunner, ShardJob, run_job_local
 from poisonlab.pipelines.keyed import keyed_rng, keyed_u64, keyed_uniform
 from poisonlab.pipelines.registry import (
     Params,
@@ -36,7 +38,10 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Sample",
+    "JobRunner",
     "ShardContext",
+    "ShardJob",
+    "ShardResult",
     "ShardStats",
     "Stage",
     "StageCounts",
@@ -48,4 +53,6 @@ __all__ = [
     "list_registries",
     "load_plugins",
     "reason_category",
+    "run_job_local",
+    "shard_totals",
 ]

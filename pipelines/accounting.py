@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 SOURCE = "source"  # name of the StageCounts entry that counts what the shard's source yielded
@@ -106,3 +107,47 @@ class ShardStats:
             stages=stages,
             shard_errors=list(data.get("shard_errors", [])),
         )
+
+
+JSONValue = Any  # a small JSON-able value: None, bool, number, str, list or dict of them
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """What one shard task hands back: its stats, whether it was skipped, and an optional small result.
+
+    ``result`` is for what a job needs beside the counts (a federated client's metrics, a path); it must
+    be JSON-able so every runner (in-process, Prefect on Dask) carries it the same way.
+    """
+
+    stats: ShardStats
+    skipped: bool = False
+    result: JSONValue = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_dict(), "skipped": self.skipped, "result": self.result}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardResult:
+        return cls(ShardStats.from_dict(data["stats"]), bool(data.get("skipped")), data.get("result"))
+
+
+def stats_of(results: Iterable[ShardResult]) -> list[ShardStats]:
+    """The stats of each shard result, in order."""
+    return [r.stats for r in results]
+
+
+def shard_totals(stats: Iterable[ShardStats]) -> dict[str, Any]:
+    """Shards, sidecar rows, written samples, statuses and failure kinds over a set of shards.
+
+    The one place totals are computed, so every command reports its shards the same way.
+    """
+    shards = samples = written = 0
+    by_status: Counter = Counter()
+    reasons: Counter = Counter()
+    for s in stats:
+        shards, samples, written = shards + 1, samples + s.samples, written + s.written
+        by_status.update(s.by_status)
+        reasons.update(s.reasons)
+    return {"shards": shards, "samples": samples, "written": written,
+            "by_status": dict(sorted(by_status.items())), "reasons": dict(sorted(reasons.items()))}

@@ -1,7 +1,8 @@
 """Run a chain of stages over shards, one shard at a time, without Prefect or Dask.
 
 ``ShardTask`` describes one unit of work; ``run_shard_task`` is the single function every runner calls
-(this local executor, the Prefect/Dask flows), so all of them produce the same bytes. The reading and
+(this local executor, the Prefect/Dask flows), so all of them produce the same bytes. It hands back a
+``ShardResult``: the shard's stats and, when the sink returns one, a small JSON-able result beside them. The reading and
 writing of shards is injected (source and sink callables) so this core layer stays free of any storage
 format. The books are checked when the stream ends, which is before a sink commits anything: a shard
 that loses a sample is never written.
@@ -14,12 +15,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from poisonlab.pipelines.accounting import SOURCE, ShardStats, StageCounts, reason_category
+from poisonlab.pipelines.accounting import (
+    SOURCE,
+    ShardResult,
+    ShardStats,
+    StageCounts,
+    reason_category,
+    stats_of,
+)
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import AccountingError, ShardContext, Stage, chain_stages
 
 Source = Callable[[str, list[str]], Iterator[Sample]]
-Sink = Callable[[str, Iterable[Sample], list[StageCounts], list[str]], ShardStats]
+Sink = Callable[[str, Iterable[Sample], list[StageCounts], list[str]], ShardStats | ShardResult]
+OnDone = Callable[[ShardResult], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +37,8 @@ class ShardTask:
 
     ``source(shard, shard_errors)`` yields every sample of the shard (problems with the shard as a
     whole go to ``shard_errors``); ``sink(shard, samples, counts, shard_errors)`` consumes the stream
-    and commits the shard only once it is exhausted.
+    and commits the shard only once it is exhausted. A sink (and ``load_done``) returns the shard's
+    ``ShardStats``, or a ``ShardResult`` when it has a small result to hand back beside them.
     """
 
     shard: str
@@ -36,7 +46,7 @@ class ShardTask:
     stages: Sequence[Stage]
     sink: Sink
     is_done: Callable[[str], bool] | None = None
-    load_done: Callable[[str], ShardStats] | None = None
+    load_done: Callable[[str], ShardStats | ShardResult] | None = None
     source_name: str | None = None
 
 
@@ -84,11 +94,17 @@ def _checked(stream: Iterator[Sample], counts: list[StageCounts], shard: str) ->
         )
 
 
-def run_shard_task(task: ShardTask) -> tuple[ShardStats, bool]:
-    """Run one shard; returns its stats and whether it was skipped because it was already complete."""
+def _as_result(value: ShardStats | ShardResult, skipped: bool) -> ShardResult:
+    if isinstance(value, ShardResult):
+        return dataclasses.replace(value, skipped=skipped)
+    return ShardResult(value, skipped)
+
+
+def run_shard_task(task: ShardTask) -> ShardResult:
+    """Run one shard; its result says whether it was skipped because it was already complete."""
     if task.is_done is not None and task.is_done(task.shard):
-        stats = task.load_done(task.shard) if task.load_done else ShardStats(shard=task.shard)
-        return stats, True
+        done = task.load_done(task.shard) if task.load_done else ShardStats(shard=task.shard)
+        return _as_result(done, True)
     start = time.perf_counter()
     shard_errors: list[str] = []
     stages = [prepared(s) for s in task.stages]
@@ -97,20 +113,25 @@ def run_shard_task(task: ShardTask) -> tuple[ShardStats, bool]:
     source = _counted_source(task.source(task.shard, shard_errors), source_counts)
     stream, stage_counts = chain_stages(stages, source, ctx)
     counts = [source_counts, *stage_counts]
-    stats = task.sink(task.shard, _checked(stream, counts, task.shard), counts, shard_errors)
-    stats.seconds = time.perf_counter() - start
-    problems = stats.accounting_problems()
+    result = _as_result(task.sink(task.shard, _checked(stream, counts, task.shard), counts, shard_errors), False)
+    result.stats.seconds = time.perf_counter() - start
+    problems = result.stats.accounting_problems()
     if problems:  # the sink dropped or invented rows; the stream itself was already checked
         raise AccountingError(f"shard {task.shard}: " + "; ".join(problems))
-    return stats, False
+    return result
 
 
-def run_local(tasks: Iterable[ShardTask], on_done: Callable[[ShardStats, bool], Any] | None = None) -> list[ShardStats]:
+def run_local_results(tasks: Iterable[ShardTask], on_done: OnDone | None = None) -> list[ShardResult]:
     """Run tasks one after another in this process (tests, notebooks, the reference for the flows)."""
     results = []
     for task in tasks:
-        stats, skipped = run_shard_task(task)
+        result = run_shard_task(task)
         if on_done is not None:
-            on_done(stats, skipped)
-        results.append(stats)
+            on_done(result)
+        results.append(result)
     return results
+
+
+def run_local(tasks: Iterable[ShardTask], on_done: OnDone | None = None) -> list[ShardStats]:
+    """``run_local_results``, keeping only the stats (for callers that need nothing else)."""
+    return stats_of(run_local_results(tasks, on_done))

@@ -82,23 +82,18 @@ class MapStage(Stage):
             yield out
 
 
-class FilterStage(Stage):
-    """A stage that drops samples: ``reject`` returns a reason to drop, or None to keep."""
+class FilterStage(MapStage):
+    """A stage that drops samples: ``reject`` returns a reason to drop, or None to keep.
+
+    A map whose only change is dropping, so live/dead handling and exceptions are ``MapStage``'s.
+    """
 
     @abstractmethod
     def reject(self, sample: Sample, ctx: ShardContext) -> str | None: ...
 
-    def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
-        for sample in samples:
-            if not sample.is_live:
-                yield sample
-                continue
-            try:
-                reason = self.reject(sample, ctx)
-            except Exception as exc:
-                yield sample.errored(self.name, f"{type(exc).__name__}: {exc}")
-                continue
-            yield sample if reason is None else sample.dropped(self.name, reason)
+    def map(self, sample: Sample, ctx: ShardContext) -> Sample:
+        reason = self.reject(sample, ctx)
+        return sample if reason is None else sample.dropped(self.name, reason)
 
 
 class BatchMapStage(Stage):

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from poisonlab.pipelines.registry import Params, RegistryError, get_registry
+from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.images import IMAGE_EXTENSIONS
-from poisonlab.shards.layout import atomic_write_json
+from poisonlab.shards.layout import atomic_write_json, sidecar_path
 from poisonlab.shards.reader import ReadPolicy
 
 DATASET_FILE = "dataset.json"
@@ -112,3 +115,18 @@ def copy_dataset_record(src: Path, dst: Path) -> None:
     record = read_dataset_record(src)
     if (Path(src) / DATASET_FILE).exists():
         write_dataset_record(dst, record.modality, record.payload_extensions)
+
+
+def written_extensions(directory: Path, shards: Iterable[str]) -> tuple[str, ...]:
+    """The payload extensions of the live samples in ``shards``' sidecars (read from disk, so a resumed
+    run, which skips finished shards, records the same extensions as a fresh one)."""
+    found: set[str] = set()
+    for shard in shards:
+        path = sidecar_path(Path(directory), shard)
+        if not path.exists():
+            continue
+        table = pq.read_table(path, columns=["status", "payload_ext"])
+        found.update(ext for status, ext in zip(table.column("status").to_pylist(),
+                                                 table.column("payload_ext").to_pylist(), strict=True)
+                     if ext and status in LIVE_STATUSES)
+    return tuple(sorted(found))

@@ -3,8 +3,19 @@
 Images come from strangers. Only a few raster formats are ever handed to a decoder (Pillow can also
 open formats such as EPS that run external programs), and the pixel count is checked from the header
 before any pixel is decoded, so a decompression bomb is an error with a reason, never an out-of-memory
-crash. Error messages are the recorded reasons: they never contain addresses or other run-dependent
-text, so the sidecars of two runs stay byte-identical.
+crash. The cap applies twice: to the size the header claims (``max_pixels``) and to the data actually
+present: a header claiming more than ``MAX_PIXELS_PER_BYTE`` pixels per byte of file (beyond a floor of
+``PIXELS_WITHOUT_RATIO``) is refused before Pillow allocates the frame, so 1 KB claiming 8000x8000 is
+not a 192 MB allocation. Ordinary images hold well under 100 pixels a byte; only blank or synthetic
+images compress past 1024.
+
+Modes: what reaches the model is 8-bit RGB. 16-bit greyscale (``I;16*``, and ``I`` from 16-bit PNGs)
+is scaled to 8 bits (Pillow's own conversion clips it, so a 16-bit gradient came out pure white);
+alpha is dropped, not composited, because that is what open_clip and every ``convert("RGB")``
+trainer does with the same bytes, and a detector must see the pixels the trainer will see. Palette
+(with or without transparency), CMYK and YCbCr convert as Pillow converts them. Any other mode (``F``,
+``LAB``, ...) is refused with a reason. Error messages are the recorded reasons: they never contain
+addresses or other run-dependent text, so the sidecars of two runs stay byte-identical.
 """
 
 from __future__ import annotations
@@ -17,6 +28,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 64 megapixels: larger than any training image, far below a bomb
+MAX_PIXELS_PER_BYTE = 1024  # claimed pixels per byte of file beyond which the header is not believed
+PIXELS_WITHOUT_RATIO = 1024 * 1024  # up to 1 MP (3 MB decoded) any file size is believed
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_CONVERTIBLE = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})
 # The only decoders Pillow may use (its JPEG opener also returns MPO files, as many cameras write).
 DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -32,13 +47,23 @@ def _describe(exc: BaseException) -> str:
     return _ADDRESS.sub("", f"{type(exc).__name__}: {exc}")
 
 
+def check_claimed_size(width: int, height: int, nbytes: int, max_pixels: int) -> None:
+    """Refuse a claimed size over the cap, or far beyond what ``nbytes`` of data can plausibly hold."""
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageError(f"decompression_bomb: {width}x{height} exceeds the cap of {max_pixels} pixels")
+    if pixels > PIXELS_WITHOUT_RATIO and pixels > MAX_PIXELS_PER_BYTE * nbytes:
+        raise ImageError(f"decompression_bomb: {width}x{height} claimed by only {nbytes} bytes "
+                         f"(more than {MAX_PIXELS_PER_BYTE} pixels a byte)")
+
+
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and enforce the pixel cap before anything is decoded."""
+    """Open lazily (header only) and enforce the pixel caps before anything is decoded."""
     if not data:
         raise ImageError("empty_image: zero-byte image member")
     known = header_size(data)
-    if known is not None and known[0] * known[1] > max_pixels:
-        raise ImageError(f"decompression_bomb: {known[0]}x{known[1]} exceeds the cap of {max_pixels} pixels")
+    if known is not None:
+        check_claimed_size(*known, len(data), max_pixels)
     try:
         if known is not None and known[0] * known[1] <= (Image.MAX_IMAGE_PIXELS or 0):
             img = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)  # no bomb warning possible
@@ -53,9 +78,11 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as exc:
         raise ImageError(f"undecodable_image: {_describe(exc)}") from exc
     width, height = img.size
-    if width * height > max_pixels:
+    try:
+        check_claimed_size(width, height, len(data), max_pixels)
+    except ImageError:
         img.close()
-        raise ImageError(f"decompression_bomb: {width}x{height} exceeds the cap of {max_pixels} pixels")
+        raise
     if width <= 0 or height <= 0:
         img.close()
         raise ImageError(f"undecodable_image: empty size {width}x{height}")
@@ -112,8 +139,8 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int,
         img = _open_checked(data, max_pixels)
         size = img.size
         img.close()
-    elif size[0] * size[1] > max_pixels:
-        raise ImageError(f"decompression_bomb: {size[0]}x{size[1]} exceeds the cap of {max_pixels} pixels")
+    else:
+        check_claimed_size(*size, len(data), max_pixels)
     return size
 
 
@@ -122,10 +149,25 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = 
     img = _open_checked(data, max_pixels)
     try:
         img.load()  # the image reads from its own BytesIO: nothing to close but that buffer
-        return img.convert(mode) if img.mode != mode else img
     except Exception as exc:
         img.close()
         raise ImageError(f"undecodable_image: {_describe(exc)}") from exc
+    return _as_mode(img, mode)
+
+
+def _as_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert a decoded image to ``mode``, correctly for 16-bit greyscale; refuse modes with no safe path."""
+    if img.mode == mode:
+        return img
+    if img.mode in _SIXTEEN_BIT:  # Pillow's convert() clips these to 0..255: scale the 16-bit range instead
+        wide = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+    elif img.mode not in _CONVERTIBLE:
+        img.close()
+        raise ImageError(f"unsupported_image_mode: {img.mode}")
+    with warnings.catch_warnings():  # palette transparency: the warning says what we do on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        return img.convert(mode) if img.mode != mode else img
 
 
 def decode_array(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -15,7 +15,7 @@ Three steps, each restartable:
    hashes are recorded, ``verify_hash`` turns mismatches into ``hash_mismatch`` rows, and the stats file
    is ours (img2dataset's ``{shard}_stats.json`` would otherwise be taken for our completion marker).
 
-``finish_ingest`` writes ``sizes.json`` and ``ingest.json`` and removes the staging area. A rerun of the
+``ingest_job(plan)`` is steps 3 and 4 as one ``ShardJob``; its ``finalize`` writes ``sizes.json``, ``dataset.json`` and ``ingest.json`` and removes the staging area. A rerun of the
 same ingest skips finished shards (ours) and downloaded ones (img2dataset's incremental mode).
 """
 
@@ -27,23 +27,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.hashcheck import VerifyHash, VerifyHashParams
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
-from poisonlab.shards.layout import atomic_write_json, is_complete, sidecar_path, stats_path
-from poisonlab.shards.parts import PlanError, finish_plan, read_part, saved_plan, write_parts
+from poisonlab.shards.layout import is_complete, sidecar_path, stats_path
+from poisonlab.shards.parts import PartsJob, PartsPlan, PlanError, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.urllists import (
@@ -127,19 +125,8 @@ class IngestSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestPlan:
+class IngestPlan(PartsPlan):
     spec: IngestSpec
-    shards: tuple[str, ...]
-    rows: int
-    fingerprint: str
-
-    @property
-    def work(self) -> Path:
-        return Path(self.spec.out) / WORK_DIR
-
-    @property
-    def parts(self) -> Path:
-        return self.work / "parts"
 
     @property
     def staging(self) -> Path:
@@ -169,19 +156,9 @@ def prepare_ingest(spec: IngestSpec) -> IngestPlan:
     """Check the URL list and write the plan; every problem with the list as a whole is raised here."""
     if spec.samples_per_shard < 1:
         raise UrlListError("samples per shard must be at least 1")
-    out = Path(spec.out)
-    fingerprint = _fingerprint(spec)
-    saved = saved_plan(out, (out / RECORD, out / WORK_DIR / "plan.json"), fingerprint)
-    if saved is not None:
-        return IngestPlan(spec, tuple(saved["shards"]), int(saved["rows"]), fingerprint)
-    table = plan_table(read_url_list(Path(spec.urls)), spec.columns, spec.verifies)
-    work = out / WORK_DIR
-    shutil.rmtree(work / "parts", ignore_errors=True)
-    shards = write_parts(table, work / "parts", spec.samples_per_shard)
-    plan = IngestPlan(spec, tuple(shards), table.num_rows, fingerprint)
-    atomic_write_json(work / "plan.json", {"fingerprint": fingerprint, "shards": shards, "rows": table.num_rows,
-                                           "spec": spec.describe()})
-    return plan
+    return prepare_parts(IngestPlan, Path(spec.out), WORK_DIR, RECORD, _fingerprint(spec), spec.describe(),
+                         lambda: plan_table(read_url_list(Path(spec.urls)), spec.columns, spec.verifies),
+                         spec.samples_per_shard, spec=spec)
 
 
 @contextlib.contextmanager
@@ -352,8 +329,8 @@ def plan_ingest_tasks(plan: IngestPlan) -> list[ShardTask]:
     return plan_source_tasks(source, list(plan.shards), Path(spec.out), stages, source_name=str(spec.urls))
 
 
-def finish_ingest(plan: IngestPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    """Write ``sizes.json`` and the ingest record, then remove the plan and staging area."""
-    record = {"fingerprint": plan.fingerprint, "shards": list(plan.shards), "rows": plan.rows,
-              "spec": plan.spec.describe()}
-    return finish_plan(Path(plan.spec.out), plan.work, RECORD, record, plan.rows, stats)
+def ingest_job(plan: IngestPlan) -> PartsJob:
+    """The finalize step as a ``ShardJob``: one task per staged part, then ``sizes.json``, ``dataset.json``,
+    ``ingest.json``, and the plan and staging area removed."""
+    return PartsJob(plan, lambda: plan_ingest_tasks(plan))
+

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,19 @@ def brace_pattern(directory: Path, shards: list[str]) -> str:
     )
 
 
+def _is_regular_file(path: Path) -> bool:
+    """A regular file under this very name (``lstat``: a link to one elsewhere does not count)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def is_complete(directory: Path, shard: str) -> bool:
-    """A shard is complete when its stats file exists: it is renamed into place last."""
-    return all(p.exists() for p in (stats_path(directory, shard), tar_path(directory, shard),
-                                    sidecar_path(directory, shard)))
+    """A shard is complete when its stats file exists: it is renamed into place last. Links, FIFOs and
+    devices under these names are not a completed shard (a rerun rewrites it instead of trusting them)."""
+    return all(_is_regular_file(p) for p in (stats_path(directory, shard), tar_path(directory, shard),
+                                             sidecar_path(directory, shard)))
 
 
 def temp_files(directory: Path) -> list[Path]:

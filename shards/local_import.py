@@ -1,11 +1,18 @@
 """Local folders to poisonlab shards: images with captions from a table, or from ``.txt`` files beside them.
 
-The inputs are the image files under a folder (regular files with an image extension, symbolic links
-not followed) and, with a captions table, every file the table names. They are taken in sorted order
-of their path relative to the folder, so the keys (img2dataset's layout, by position) are the same on
-every machine and every run. Images are stored as they are (no re-encoding) after a full decode under
-the pixel cap; an input that cannot become a sample (no such file, not an image, no caption, an empty
-caption, a path leaving the folder) is a sidecar row with its reason.
+The inputs are the image files under a folder and, with a captions table, every file the table names.
+They are taken in sorted order of their path relative to the folder, so the keys (img2dataset's layout,
+by position) are the same on every machine and every run. Images are stored as they are (no
+re-encoding) after a full decode under the pixel cap; an input that cannot become a sample (no such
+file, not an image, no caption, an empty caption, a path leaving the folder) is a sidecar row with its
+reason.
+
+Inputs are read only from inside the folder: nothing is followed out of it (``folder_scan``,
+``safe_open``). A symbolic link, FIFO, device or socket with an image name, and a symbolic link to a
+directory, is a row with reason ``unsafe_file``; a caption file that is one is ``unsafe_caption``; a
+regular file with hard links is read only when all its links are inside the folder. Every file is
+opened with ``O_NOFOLLOW`` through its directories one by one and checked on the open descriptor, so
+swapping a name for a link between the scan and the read does not lead out either.
 """
 
 from __future__ import annotations
@@ -14,20 +21,20 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 
-from poisonlab.pipelines.accounting import ShardStats
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
+from poisonlab.shards.folder_scan import FolderScan, scan_folder
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
-from poisonlab.shards.layout import atomic_write_json
-from poisonlab.shards.parts import finish_plan, read_part, saved_plan, write_parts
+from poisonlab.shards.parts import PartsJob, PartsPlan, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
-from poisonlab.shards.reader import MAX_MEMBER_BYTES
+from poisonlab.shards.reader import MAX_MEMBER_BYTES, ReadPolicy
+from poisonlab.shards.safe_open import UnsafeFileError, open_inside, read_capped
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS
 from poisonlab.shards.urllists import UrlListError, extra_name, read_url_list
 
@@ -35,6 +42,9 @@ WORK_DIR = "_import"
 RECORD = "import.json"
 STAGE = "import"
 FILE = "source_file"
+INODE = "_source_inode"  # plan-only column: a multi-link file's (device, inode) whose links are all inside
+_INTERNAL = ("key", "caption", "skip_status", "skip_reason", INODE)
+MAX_CAPTION_BYTES = ReadPolicy().max_caption_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +62,8 @@ class ImportSpec:
 
 
 def scan_images(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files under ``root``, sorted (links are not followed)."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = Path(folder) / name
-            if name.startswith(".") or path.is_symlink() or not path.is_file():
-                continue
-            if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
-                found.append(path.relative_to(root).as_posix())
-    return sorted(found)
+    """Relative POSIX paths of the image files under ``root`` that may be read, sorted (links not followed)."""
+    return scan_folder(root).images()
 
 
 def _safe_relative(value: Any) -> str | None:
@@ -105,14 +106,51 @@ def _captions_from_table(spec: ImportSpec) -> tuple[dict[str, dict[str, Any]], l
     return by_path, refused
 
 
-def _caption_beside(root: Path, rel: str) -> tuple[str | None, str | None]:
-    path = (root / rel).with_suffix(".txt")
-    if not path.is_file():
-        return None, f"{STAGE}: missing_caption: no {path.name} beside the image"
+def _caption_beside(scan: FolderScan, rel: str) -> tuple[str | None, str | None]:
+    txt = rel.rpartition(".")[0] + ".txt"
     try:
-        return path.read_bytes().decode("utf-8").strip(), None
+        with open_inside(scan.root, txt, scan.shared_inodes) as fh:
+            raw = read_capped(fh, MAX_CAPTION_BYTES, txt)
+    except FileNotFoundError:
+        return None, f"{STAGE}: missing_caption: no {PurePosixPath(txt).name} beside the image"
+    except UnsafeFileError as exc:
+        return None, f"{STAGE}: unsafe_caption: {exc.strerror}"
+    except OSError as exc:
+        return None, f"{STAGE}: unreadable_caption: {exc.strerror or type(exc).__name__}"
+    try:
+        return raw.decode("utf-8").strip(), None
     except UnicodeDecodeError as exc:
         return None, f"{STAGE}: caption_not_utf8: invalid byte at position {exc.start}"
+
+
+def _skip(row: dict[str, Any], status: str, reason: str) -> None:
+    row["skip_status"], row["skip_reason"] = status, reason
+
+
+def _plan_row(spec: ImportSpec, scan: FolderScan, rel: str, listed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The plan row of one input path: a sample to read, or the reason it cannot be one."""
+    row: dict[str, Any] = {FILE: rel, "caption": None, "skip_status": None, "skip_reason": None, INODE: None}
+    if rel in scan.unsafe:
+        row.update(listed.get(rel) or {})
+        _skip(row, Status.ERROR.value, f"{STAGE}: unsafe_file: {rel} is {scan.unsafe[rel]}")
+        return row
+    reason = None
+    if spec.captions:
+        row.update(listed.get(rel) or {})
+        if rel not in listed:
+            reason = f"{STAGE}: missing_caption: the captions table does not name this image"
+    else:
+        row["caption"], reason = _caption_beside(scan, rel)
+    if rel not in scan.readable_images:
+        reason = (f"{STAGE}: unsupported_image_format: not one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                  if scan.is_regular(rel) else f"{STAGE}: missing_image: no such file in the folder")
+    elif scan.entries[rel].st_nlink > 1:
+        row[INODE] = f"{scan.entries[rel].st_dev}:{scan.entries[rel].st_ino}"
+    if reason is None and not (row["caption"] or "").strip():
+        _skip(row, Status.DROPPED.value, f"{STAGE}: empty_caption: nothing to pair the image with")
+    elif reason is not None:
+        _skip(row, Status.ERROR.value, reason)
+    return row
 
 
 def plan_import(spec: ImportSpec) -> pa.Table:
@@ -120,26 +158,10 @@ def plan_import(spec: ImportSpec) -> pa.Table:
     root = Path(spec.images)
     if not root.is_dir():
         raise UrlListError(f"image folder {root} does not exist")
-    images = set(scan_images(root))
+    scan = scan_folder(root)
     listed, refused = _captions_from_table(spec) if spec.captions else ({}, [])
-    rows = []
-    for rel in sorted(images | set(listed)):
-        row: dict[str, Any] = {FILE: rel, "caption": None, "skip_status": None, "skip_reason": None}
-        reason = None
-        if spec.captions:
-            row.update(listed.get(rel) or {})
-            if rel not in listed:
-                reason = f"{STAGE}: missing_caption: the captions table does not name this image"
-        else:
-            row["caption"], reason = _caption_beside(root, rel)
-        if rel not in images:
-            reason = (f"{STAGE}: unsupported_image_format: not one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
-                      if (root / rel).is_file() else f"{STAGE}: missing_image: no such file in the folder")
-        if reason is None and not (row["caption"] or "").strip():
-            row["skip_status"], row["skip_reason"] = Status.DROPPED.value, f"{STAGE}: empty_caption: nothing to pair the image with"
-        elif reason is not None:
-            row["skip_status"], row["skip_reason"] = Status.ERROR.value, reason
-        rows.append(row)
+    inputs = scan.readable_images | set(listed) | set(scan.unsafe)
+    rows = [_plan_row(spec, scan, rel, listed) for rel in sorted(inputs)]
     rows += sorted(refused, key=lambda r: r[FILE])
     if not rows:
         raise UrlListError(f"no images in {root}" + (" and no rows in the captions table" if spec.captions else ""))
@@ -160,22 +182,28 @@ class ImportSource:
             yield self._sample(row)
 
     def _sample(self, row: dict[str, Any]) -> Sample:
-        meta = {k: v for k, v in row.items() if k not in ("key", "caption", "skip_status", "skip_reason") and v is not None}
+        meta = {k: v for k, v in row.items() if k not in _INTERNAL and v is not None}
         base = Sample(key=row["key"], text=row["caption"], meta=meta)
         if row["skip_status"]:
             return dataclasses.replace(base, status=row["skip_status"], reason=row["skip_reason"])
-        path = Path(self.root) / row[FILE]
+        rel = row[FILE]
+        inode = row.get(INODE)
+        allowed = {tuple(int(n) for n in inode.split(":"))} if inode else set()
         try:
-            if path.stat().st_size > MAX_MEMBER_BYTES:
-                return base.errored(STAGE, f"file_too_large: {path.stat().st_size} bytes")
-            payload = path.read_bytes()
+            with open_inside(self.root, rel, allowed) as fh:  # type: ignore[arg-type]
+                size = os.fstat(fh.fileno()).st_size
+                if size > MAX_MEMBER_BYTES:
+                    return base.errored(STAGE, f"file_too_large: {size} bytes")
+                payload = read_capped(fh, MAX_MEMBER_BYTES, rel)
             with decode_image(payload, self.max_pixels) as image:
                 width, height = image.size
         except ImageError as exc:
             return base.errored(STAGE, str(exc))
+        except UnsafeFileError as exc:
+            return base.errored(STAGE, f"unsafe_file: {exc.strerror}")
         except OSError as exc:
             return base.errored(STAGE, f"unreadable_file: {exc.strerror or type(exc).__name__}")
-        ext = path.suffix.lower().lstrip(".")
+        ext = rel.rpartition(".")[2].lower()
         return dataclasses.replace(base, payload=payload, payload_ext=ext, text=row["caption"].strip(),
                                    meta={**meta, "width": width, "height": height})
 
@@ -195,35 +223,22 @@ def fingerprint_import(spec: ImportSpec) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImportPlan:
+class ImportPlan(PartsPlan):
     spec: ImportSpec
-    shards: tuple[str, ...]
-    rows: int
-    fingerprint: str
-
-    @property
-    def work(self) -> Path:
-        return Path(self.spec.out) / WORK_DIR
 
 
 def prepare_import(spec: ImportSpec) -> ImportPlan:
     """Write the plan, or find the saved one of this same import; problems with the inputs raise here."""
-    out = Path(spec.out)
-    fingerprint = fingerprint_import(spec)
-    saved = saved_plan(out, (out / RECORD, out / WORK_DIR / "plan.json"), fingerprint)
-    if saved is not None:
-        return ImportPlan(spec, tuple(saved["shards"]), int(saved["rows"]), fingerprint)
-    table = plan_import(spec)
-    shards = write_parts(table, out / WORK_DIR / "parts", spec.samples_per_shard)
-    atomic_write_json(out / WORK_DIR / "plan.json", {"fingerprint": fingerprint, "shards": shards, "rows": table.num_rows})
-    return ImportPlan(spec, tuple(shards), table.num_rows, fingerprint)
+    return prepare_parts(ImportPlan, Path(spec.out), WORK_DIR, RECORD, fingerprint_import(spec), spec.describe(),
+                         lambda: plan_import(spec), spec.samples_per_shard, spec=spec)
 
 
 def plan_import_tasks(plan: ImportPlan) -> list[ShardTask]:
-    source = ImportSource(str(plan.work / "parts"), str(plan.spec.images), plan.spec.max_pixels)
+    source = ImportSource(str(plan.parts), str(plan.spec.images), plan.spec.max_pixels)
     return plan_source_tasks(source, list(plan.shards), Path(plan.spec.out), source_name=str(plan.spec.images))
 
 
-def finish_import(plan: ImportPlan, stats: Sequence[ShardStats]) -> dict[str, Any]:
-    record = {"fingerprint": plan.fingerprint, "shards": list(plan.shards), "rows": plan.rows, "spec": plan.spec.describe()}
-    return finish_plan(Path(plan.spec.out), plan.work, RECORD, record, plan.rows, stats)
+def import_job(plan: ImportPlan) -> PartsJob:
+    """The import as a ``ShardJob``: one task per part, then ``sizes.json``, ``dataset.json``, ``import.json``."""
+    return PartsJob(plan, lambda: plan_import_tasks(plan))
+

@@ -8,17 +8,20 @@ ingested shard, the img2dataset output it came from and a re-run all name every 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonlab.pipelines.accounting import ShardStats
+from poisonlab.pipelines.accounting import ShardResult, ShardStats, shard_totals, stats_of
+from poisonlab.pipelines.executor import ShardTask
+from poisonlab.shards.dataset import DEFAULT_MODALITY, write_dataset_record, written_extensions
 from poisonlab.shards.layout import atomic_write_bytes, atomic_write_json, list_shards, shard_name
 from poisonlab.shards.plan import finalize_folder
 
@@ -90,29 +93,81 @@ def saved_plan(out: Path, records: Sequence[Path], fingerprint: str) -> dict[str
     return None
 
 
-def totals(stats: Iterable[ShardStats]) -> dict[str, Any]:
-    """Rows, written samples, statuses and failure kinds over a set of shards."""
-    samples = written = 0
-    by_status: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    for s in stats:
-        samples, written = samples + s.samples, written + s.written
-        for k, v in s.by_status.items():
-            by_status[k] = by_status.get(k, 0) + v
-        for k, v in s.reasons.items():
-            reasons[k] = reasons.get(k, 0) + v
-    return {"samples": samples, "written": written, "by_status": dict(sorted(by_status.items())),
-            "reasons": dict(sorted(reasons.items()))}
+@dataclasses.dataclass(frozen=True)
+class PartsPlan:
+    """Where a planned dataset's parts live and what they hold; ingest and local import extend it with their spec."""
+
+    out: Path
+    work_dir: str
+    record_name: str
+    fingerprint: str
+    shards: tuple[str, ...]
+    rows: int
+    description: dict[str, Any]  # the options that made this plan, as recorded
+
+    @property
+    def work(self) -> Path:
+        return Path(self.out) / self.work_dir
+
+    @property
+    def parts(self) -> Path:
+        return self.work / "parts"
+
+    def record(self) -> dict[str, Any]:
+        """The in-progress plan (``plan.json``) and, with totals added, the finished record."""
+        return {"fingerprint": self.fingerprint, "shards": list(self.shards), "rows": self.rows,
+                "spec": self.description}
+
+
+Plan = TypeVar("Plan", bound=PartsPlan)
+
+
+def prepare_parts(plan_type: type[Plan], out: Path, work_dir: str, record_name: str, fingerprint: str,
+                  description: dict[str, Any], build: Callable[[], pa.Table], samples_per_shard: int,
+                  **fields: Any) -> Plan:
+    """The saved plan of this same run (to resume), else ``build()``'s table written as fresh parts.
+
+    ``build`` runs only for a fresh folder, so a resumed run does not reread its inputs; a folder
+    holding another plan's output is refused before anything is written. ``fields`` are the plan
+    type's own (its spec).
+    """
+    out = Path(out)
+    saved = saved_plan(out, (out / record_name, out / work_dir / "plan.json"), fingerprint)
+    if saved is not None:
+        return plan_type(out, work_dir, record_name, fingerprint, tuple(saved["shards"]), int(saved["rows"]),
+                         description, **fields)
+    table = build()
+    shutil.rmtree(out / work_dir / "parts", ignore_errors=True)
+    shards = write_parts(table, out / work_dir / "parts", samples_per_shard)
+    plan = plan_type(out, work_dir, record_name, fingerprint, tuple(shards), table.num_rows, description, **fields)
+    atomic_write_json(plan.work / "plan.json", plan.record())
+    return plan
 
 
 def finish_plan(out: Path, work: Path, record_name: str, record: dict[str, Any], rows: int,
                 stats: Sequence[ShardStats]) -> dict[str, Any]:
-    """Once every shard is written: check that every planned row has its sidecar row, write ``sizes.json``
-    and the finished record (``record`` plus totals), then remove the plan."""
-    done = {**record, **totals(stats)}
+    """Once every shard is written: check that every planned row has its sidecar row, write ``sizes.json``,
+    ``dataset.json`` and the finished record (``record`` plus totals), then remove the plan."""
+    done = {**shard_totals(stats), **record}  # the record's list of shards, not their count
     if done["samples"] != rows:
         raise PlanError(f"accounting: the plan has {rows} rows but the sidecars {done['samples']}")
     finalize_folder(Path(out), stats)
+    write_dataset_record(Path(out), DEFAULT_MODALITY, written_extensions(Path(out), [s.shard for s in stats]))
     atomic_write_json(Path(out) / record_name, done)
     shutil.rmtree(work, ignore_errors=True)
     return done
+
+
+@dataclasses.dataclass(frozen=True)
+class PartsJob:
+    """A planned ingest or import as a ``ShardJob``: its shard tasks, then ``finish_plan`` over the results."""
+
+    plan: PartsPlan
+    plan_tasks: Callable[[], list[ShardTask]]
+
+    def tasks(self) -> list[ShardTask]:
+        return self.plan_tasks()
+
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        plan = self.plan
+        return finish_plan(plan.out, plan.work, plan.record_name, plan.record(), plan.rows, stats_of(results))

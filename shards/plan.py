@@ -1,7 +1,8 @@
 """Shard tasks over WebDataset folders: read a shard from one folder, write it to another.
 
 Sources and sinks are small picklable callables, so the same ``ShardTask`` runs in this process, in a
-Dask worker process, or on a remote Dask cluster.
+Dask worker process, or on a remote Dask cluster. ``FolderJob`` is the ``ShardJob`` of a plain stage
+chain (or a generator) into a folder; a folder is read with its modality's policy (``dataset.json``).
 """
 
 from __future__ import annotations
@@ -10,16 +11,27 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from poisonlab.pipelines.accounting import ShardStats, StageCounts
+from poisonlab.pipelines.accounting import ShardResult, ShardStats, StageCounts, shard_totals, stats_of
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import Stage
 from poisonlab.shards import markers
+from poisonlab.shards.dataset import (
+    DEFAULT_MODALITY,
+    copy_dataset_record,
+    read_policy_for,
+    write_dataset_record,
+    written_extensions,
+)
 from poisonlab.shards.layout import list_shards, remove_temp_files, stats_path, write_sizes
 from poisonlab.shards.markers import ShardMarker
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
+from poisonlab.shards.safe_open import open_regular, read_capped
 from poisonlab.shards.writer import ShardWriter
+
+MAX_STATS_BYTES = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +67,34 @@ class FolderSink:
 
 
 def load_stats(directory: Path, shard: str) -> ShardStats:
-    return ShardStats.from_dict(json.loads(stats_path(directory, shard).read_text()))
+    """A completed shard's stats (the completion marker), never read through a link or from a FIFO."""
+    path = stats_path(directory, shard)
+    with open_regular(path) as fh:
+        return ShardStats.from_dict(json.loads(read_capped(fh, MAX_STATS_BYTES, path.name)))
 
 
 def plan_folder_tasks(
     src: Path, dst: Path, stages: Sequence[Stage], policy: ReadPolicy | None = None, shards: Sequence[str] | None = None
 ) -> list[ShardTask]:
-    """One task per input shard; output shards keep their input names."""
+    """One task per input shard; output shards keep their input names (no resume check: see ``FolderJob``)."""
+    job = folder_job(src, dst, stages, policy, shards)
+    return plan_source_tasks(job.source, job.shards, job.dst, job.stages, job.source_name)
+
+
+def folder_job(
+    src: Path, dst: Path, stages: Sequence[Stage], policy: ReadPolicy | None = None,
+    shards: Sequence[str] | None = None, overwrite: bool = False,
+) -> FolderJob:
+    """A stage chain over the shards of ``src`` into ``dst``, read with ``src``'s modality unless ``policy``."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("input and output folders must differ: shards are never rewritten in place")
     names = list(shards) if shards is not None else list_shards(src)
     if not names:
         raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
-    return plan_source_tasks(FolderSource(str(src), policy or ReadPolicy()), names, dst, stages, source_name=str(src))
+    source = FolderSource(str(src), policy or read_policy_for(src))
+    return FolderJob(source, tuple(names), dst, tuple(stages), source_name=str(src), derived_from=src,
+                     overwrite=overwrite)
 
 
 def plan_source_tasks(
@@ -91,3 +117,35 @@ def finalize_folder(dst: Path, results: Iterable[ShardStats]) -> Path:
     """Once every shard is complete: write the dataset-level ``sizes.json``, remove killed writers' temp files."""
     remove_temp_files(Path(dst))
     return write_sizes(Path(dst), ((s.shard, s.written) for s in results))
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderJob:
+    """Shards from any source into ``dst``; ``finalize`` writes ``sizes.json`` and ``dataset.json``.
+
+    Output derived from a folder keeps that folder's dataset record (``derived_from``); a new dataset
+    (a generator) is recorded as images with the payload extensions its sidecars show.
+    """
+
+    source: Callable[[str, list[str]], Iterator[Sample]]
+    shards: tuple[str, ...]
+    dst: Path
+    stages: tuple[Stage, ...] = ()
+    source_name: str | None = None
+    derived_from: Path | None = None
+    overwrite: bool = False  # redo shards another configuration finished, instead of refusing them
+
+    def tasks(self) -> list[ShardTask]:
+        """The shard tasks, after refusing (or, with ``overwrite``, removing) another configuration's shards."""
+        tasks = plan_source_tasks(self.source, self.shards, self.dst, self.stages, self.source_name)
+        markers.check_resume(tasks, self.overwrite)
+        return tasks
+
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        stats = stats_of(results)
+        finalize_folder(self.dst, stats)
+        if self.derived_from is not None:
+            copy_dataset_record(self.derived_from, self.dst)
+        else:
+            write_dataset_record(self.dst, DEFAULT_MODALITY, written_extensions(self.dst, self.shards))
+        return shard_totals(stats)

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import lzma
-import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +31,13 @@ import pyarrow.parquet as pq
 
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, probe_image
+from poisonlab.shards.keys import canonical_name, display_key, split_member_name, unsafe_name
 from poisonlab.shards.layout import sidecar_path, tar_path
-from poisonlab.shards.sidecar import printable
-from poisonlab.shards.tarformat import TarFormatError, iter_members, open_stream
+from poisonlab.shards.safe_open import open_regular
+from poisonlab.shards.tarformat import TarMember
+from poisonlab.shards.tarview import TarProblem, iter_tar, member_names
+
+__all__ = ["ReadPolicy", "ReadReport", "audit_members", "audit_tar", "read_shard", "split_member_name", "unsafe_name"]
 
 STAGE = "read"
 # Non-image payloads that adapters may opt into (ReadPolicy(payload_extensions=...)); numpy loads them
@@ -45,7 +46,6 @@ ARRAY_PAYLOAD_EXTENSIONS = frozenset({"npz", "npy", "graph.npz"})
 TEXT_EXTENSIONS = frozenset({"txt"})
 META_EXTENSIONS = frozenset({"json"})
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
-_READ_BUFFER = 1 << 20  # whole images per system call, not 8 KiB pieces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,32 +77,8 @@ class ReadReport:
     """Shard-level problems found while reading (the per-sample ones travel with the samples)."""
 
     shard_errors: list[str] = dataclasses.field(default_factory=list)
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is the path up to the first dot of the file name."""
-    head, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot:
-        return name, ""
-    return (f"{head}/{stem}" if head else stem), ext.lower()
-
-
-_CONTROL = re.compile(r"[\x00-\x1f]")
-
-
-def unsafe_name(name: str) -> str | None:
-    """Why a member name must not be used, or None (plain string tests: this runs for every member)."""
-    if not name.isascii() and printable(name) != name:
-        return "not valid UTF-8"
-    if not name.isprintable() and _CONTROL.search(name):
-        return "control character"
-    path = name.replace("\\", "/") if "\\" in name else name
-    if ".." in path and ".." in path.split("/"):
-        return "parent directory"
-    if path.startswith("/") or ":" in path.partition("/")[0]:
-        return "absolute path"
-    return None
+    # names of members past a tar problem, never read: each key still gets a row (``read_shard``)
+    hidden_names: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Group:
@@ -116,13 +92,29 @@ class _Group:
         self.problems: list[str] = []
 
 
+def _member_problem(member: TarMember, ext: str, why_unsafe: str | None, policy: ReadPolicy) -> str | None:
+    if why_unsafe:
+        return f"unsafe_member_name: {display_key(member.name)!r} ({why_unsafe})"
+    if member.kind != "file":
+        return f"refused_member: {display_key(member.name)!r} is not a regular file"
+    if not policy.accepts(ext):
+        return f"refused_member: .{ext} (not payload, text or JSON; never decoded)"
+    if member.data is None:
+        kind = "caption_too_long" if ext in TEXT_EXTENSIONS else "member_too_large"
+        return f"{kind}: .{ext} is {member.size} bytes > {policy.size_limit(ext)}"
+    return None
+
+
 def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator[_Group]:
     """Members grouped by key, as WebDataset groups them (consecutive members sharing a key)."""
 
     parsed: dict[str, tuple[str, str, str | None]] = {}  # name -> (key, ext, why unsafe), for the loop
 
     def parse(name: str) -> tuple[str, str, str | None]:
-        return (*split_member_name(name), unsafe_name(name))
+        name = canonical_name(name) if name.startswith("./") else name
+        key, ext = split_member_name(name)
+        why = unsafe_name(name)
+        return (display_key(key) if why else key), ext, why
 
     def wanted(name: str, kind: str, size: int) -> bool:  # refused or oversized data is never read
         parsed[name] = key_ext_why = parse(name)
@@ -130,46 +122,45 @@ def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator
         return key_ext_why[2] is None and policy.accepts(ext) and size <= policy.size_limit(ext)
 
     group: _Group | None = None
-    try:
-        with open(path, "rb", buffering=_READ_BUFFER) as raw, open_stream(raw) as stream:
-            for member in iter_members(stream, wanted):
-                if member.kind == "dir":
-                    continue
-                name = member.name
-                key, ext, why_unsafe = parsed.pop(name, None) or parse(name)
-                if why_unsafe:
-                    key = printable(key)
-                if group is None or key != group.key:
-                    if group is not None:
-                        yield group
-                    group = _Group(key)
-                if why_unsafe:
-                    group.problems.append(f"unsafe_member_name: {printable(name)!r} ({why_unsafe})")
-                elif member.kind != "file":
-                    group.problems.append(f"refused_member: {name!r} is not a regular file")
-                elif not policy.accepts(ext):
-                    group.problems.append(f"refused_member: .{ext} (not payload, text or JSON; never decoded)")
-                elif member.data is None:
-                    kind = "caption_too_long" if ext in TEXT_EXTENSIONS else "member_too_large"
-                    group.problems.append(f"{kind}: .{ext} is {member.size} bytes > {policy.size_limit(ext)}")
-                else:
-                    if ext in group.members:
-                        group.problems.append(f"duplicate_member: {name!r}")
-                    group.members[ext] = member.data
-    except (TarFormatError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        report.shard_errors.append(f"truncated_or_corrupt_tar: {exc}")
-        broken = getattr(exc, "member", None)
-        if broken is not None:  # the member whose data was cut: its sample is the damaged one
-            key = printable(split_member_name(broken)[0])
-            if group is None or key != group.key:
-                if group is not None:
-                    yield group
-                group = _Group(key)
-            group.problems.append(f"truncated_tar: the shard ends inside {printable(broken)!r}")
-        elif group is not None:  # cut between members: the last sample may have lost members
-            group.problems.append("truncated_tar: the shard ends right after this sample")
+    problems: list[TarProblem] = []
+    for member in iter_tar(path, wanted, problems):
+        if member.kind == "dir":
+            continue
+        key, ext, why_unsafe = parsed.pop(member.name, None) or parse(member.name)
+        if group is None or key != group.key:
+            if group is not None:
+                yield group
+            group = _Group(key)
+        problem = _member_problem(member, ext, why_unsafe, policy)
+        if problem is None:
+            if ext in group.members:
+                problem = f"duplicate_member: {display_key(member.name)!r}"
+            group.members[ext] = member.data  # type: ignore[assignment]
+        if problem is not None:
+            group.problems.append(problem)
+    for problem in problems:
+        group = yield from _damaged_group(group, problem, report)
     if group is not None:
         yield group
+
+
+def _damaged_group(group: _Group | None, problem: TarProblem, report: ReadReport) -> Iterator[_Group]:
+    """Record a tar problem: the sample it cut (or the last one read, which may have lost members) errs."""
+    hidden = ", ".join(repr(display_key(n)) for n in problem.hidden[:5])
+    more = f" and {len(problem.hidden) - 5} more" if len(problem.hidden) > 5 else ""
+    report.shard_errors.append(str(problem) + (f"; members past it, never read: {hidden}{more}" if hidden else ""))
+    report.hidden_names.extend(problem.hidden)
+    label = "truncated_tar" if problem.kind == "truncated_or_corrupt_tar" else problem.kind
+    if problem.member is not None:  # the member whose data was cut or refused: its sample is the damaged one
+        key = display_key(split_member_name(canonical_name(problem.member))[0])
+        if group is None or key != group.key:
+            if group is not None:
+                yield group
+            group = _Group(key)
+        group.problems.append(f"{label}: the shard ends inside {display_key(problem.member)!r}")
+    elif group is not None:  # cut between members: the last sample may have lost members
+        group.problems.append(f"{label}: the shard ends right after this sample")
+    return group
 
 
 def _parse_meta(raw: bytes, problems: list[str]) -> dict[str, Any]:
@@ -251,31 +242,50 @@ def _carried_sample(row: dict[str, Any]) -> Sample:
 def _missing_rows(directory: Path, shard: str, seen: set[str], report: ReadReport) -> Iterator[Sample]:
     """Sidecar rows whose key never appeared in the tar (reads the full rows only when there are some)."""
     path = sidecar_path(directory, shard)
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return
     try:
-        keys = pq.read_table(path, columns=["key"]).column("key").cast("string")
-        missing = pc.invert(pc.is_in(keys, value_set=pc.cast(list(seen) or [""], "string")))
-        if not pc.any(missing).as_py():
-            return
-        rows = pq.read_table(path).filter(missing).to_pylist()
+        with open_regular(path) as fh:
+            sidecar = pq.ParquetFile(fh)
+            keys = sidecar.read(columns=["key"]).column("key").cast("string")
+            missing = pc.invert(pc.is_in(keys, value_set=pc.cast(list(seen) or [""], "string")))
+            if not pc.any(missing).as_py():
+                return
+            rows = sidecar.read().filter(missing).to_pylist()
     except Exception as exc:  # an unreadable sidecar is the shard's problem, not a crash of the run
-        report.shard_errors.append(f"unreadable_sidecar: {type(exc).__name__}: {exc}")
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        report.shard_errors.append(f"unreadable_sidecar: {detail}")
         return
     for row in rows:
         if row.get("key") is not None:
+            seen.add(str(row["key"]))
             yield _carried_sample(row)
+
+
+def _hidden_samples(report: ReadReport, seen: set[str]) -> Iterator[Sample]:
+    """A row for every key found only past a tar problem (in no sidecar): never read, never handed on."""
+    for raw in report.hidden_names:
+        name = canonical_name(raw)
+        key = split_member_name(name)[0]
+        key = display_key(key) if unsafe_name(name) else key
+        if key in seen:
+            continue
+        seen.add(key)
+        yield Sample(key=key, payload=None, status=Status.ERROR.value,
+                     reason=f"{STAGE}: hidden_member: {display_key(raw)!r} lies past a problem in the shard's "
+                            "tar and was never read")
 
 
 def read_shard(
     directory: Path, shard: str, policy: ReadPolicy | None = None, report: ReadReport | None = None
 ) -> Iterator[Sample]:
-    """Stream the samples of one shard, then the sidecar rows the tar did not contain, in sidecar order."""
+    """Stream the samples of one shard, then the sidecar rows the tar did not contain, in sidecar order,
+    then a row for each key that only a reader resynchronising past a tar problem would find."""
     policy = policy or ReadPolicy()
     report = report if report is not None else ReadReport()
     seen: set[str] = set()
     path = tar_path(directory, shard)
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         report.shard_errors.append(f"missing_tar: {path.name}")
     else:
         for group in _iter_groups(path, policy, report):
@@ -288,6 +298,7 @@ def read_shard(
             seen.add(sample.key)
             yield sample
     yield from _missing_rows(directory, shard, seen, report)
+    yield from _hidden_samples(report, seen)
 
 
 def audit_tar(path: Path, policy: ReadPolicy | None = None) -> list[str]:
@@ -295,20 +306,25 @@ def audit_tar(path: Path, policy: ReadPolicy | None = None) -> list[str]:
 
     ``webdataset``'s default decoders unpickle ``.pyd``/``.pickle`` members and ``torch.load`` ``.pth``
     ones, so a tool that trains straight from tars (open_clip) must only see tars that pass this check:
-    every member a regular file with a safe name and an accepted extension. Headers only, no payloads.
+    every member a regular file with a safe name and an accepted extension, and nothing ``tarfile`` would
+    read differently from poisonlab (the shared view of ``tarview``; members hidden past a problem are
+    listed by name). Headers only, no payloads.
     """
-    policy = policy or ReadPolicy()
+    return audit_members(*member_names(path), policy or ReadPolicy())
+
+
+def audit_members(members: list[TarMember], tar_problems: list[TarProblem], policy: ReadPolicy) -> list[str]:
+    """``audit_tar`` on members already listed (``stats`` lists each tar once for several checks)."""
     problems: list[str] = []
-    try:
-        with open(path, "rb") as raw, open_stream(raw) as stream:
-            for member in iter_members(stream, lambda name, kind, size: False):
-                why = unsafe_name(member.name)
-                if why:
-                    problems.append(f"unsafe_member_name: {printable(member.name)!r} ({why})")
-                elif member.kind == "other":
-                    problems.append(f"refused_member: {member.name!r} is not a regular file")
-                elif member.kind == "file" and not policy.accepts(split_member_name(member.name)[1]):
-                    problems.append(f"refused_member: {member.name!r}")
-    except (TarFormatError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        problems.append(f"truncated_or_corrupt_tar: {exc}")
+    for member in members:
+        why = unsafe_name(canonical_name(member.name))
+        if why:
+            problems.append(f"unsafe_member_name: {display_key(member.name)!r} ({why})")
+        elif member.kind == "other":
+            problems.append(f"refused_member: {member.name!r} is not a regular file")
+        elif member.kind == "file" and not policy.accepts(split_member_name(member.name)[1]):
+            problems.append(f"refused_member: {member.name!r}")
+    for problem in tar_problems:
+        problems.append(str(problem))
+        problems += [f"hidden_member: {display_key(name)!r} lies past the problem" for name in problem.hidden]
     return problems

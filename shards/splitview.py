@@ -27,11 +27,12 @@ import pyarrow.parquet as pq
 
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.sample import LIVE_STATUSES, Status
+from poisonlab.shards.folder_scan import scan_folder
 from poisonlab.shards.hashcheck import HASH_MISMATCH
 from poisonlab.shards.layout import list_shards, list_sidecars, sidecar_path
-from poisonlab.shards.local_import import scan_images
 from poisonlab.shards.loopback import Response
-from poisonlab.shards.reader import read_shard
+from poisonlab.shards.reader import MAX_MEMBER_BYTES, read_shard
+from poisonlab.shards.safe_open import open_inside, read_capped
 
 STAGE = "splitview"
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "bmp": "image/bmp"}
@@ -74,6 +75,16 @@ def _live_items(directory: Path, keys: set[str] | None = None) -> list[WebItem]:
     return items
 
 
+def _folder_items(root: Path) -> list[WebItem]:
+    """An attacker folder's images, read without following links out of the folder."""
+    scan = scan_folder(root)
+    items = []
+    for rel in scan.images():
+        with open_inside(root, rel, scan.shared_inodes) as fh:
+            items.append(WebItem(rel, read_capped(fh, MAX_MEMBER_BYTES, rel), rel.rpartition(".")[2].lower()))
+    return items
+
+
 def load_items(path: Path, poisoned_only: bool = False) -> list[WebItem]:
     """Images of a shard folder (with ``poisoned_only``: its changed and added samples, when it has any)
     or of an image folder, in key or path order."""
@@ -88,7 +99,7 @@ def load_items(path: Path, poisoned_only: bool = False) -> list[WebItem]:
                     if status in POISONED_STATUSES}
         items = _live_items(path, keys or None)
     else:
-        items = [WebItem(rel, (path / rel).read_bytes(), Path(rel).suffix.lower().lstrip(".")) for rel in scan_images(path)]
+        items = _folder_items(path)
     if not items:
         raise ValueError(f"no images in {path}")
     return sorted(items, key=lambda item: item.name)

@@ -1,8 +1,14 @@
-"""Dataset counts from the sidecars alone (never opening a tar): per shard and in total, by status.
+"""Dataset counts from the sidecars, per shard and in total, by status, and what makes them untrustworthy.
 
 Reads poisonlab's sidecars and img2dataset's alike (its ``success`` rows are live, its ``error_message``
 stands in for a reason). Content-hash mismatches are counted on their own, per shard and in total,
 whichever tool verified: poisonlab's ``hash_mismatch`` status or img2dataset's ``"hash mismatch"`` error.
+
+Counts never silently skip a shard: a tar without a sidecar, a sidecar without a status column, an
+unreadable sidecar, a shard-level error recorded by the run that wrote the shard, a tar that other
+readers would read differently, and a sidecar whose live rows are not the tar's samples are all
+reported per shard under ``problems`` (``shardcheck``). Checking the tars reads their headers only
+(``check_tars=False`` skips it).
 """
 
 from __future__ import annotations
@@ -12,49 +18,53 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from poisonlab.pipelines.accounting import reason_category
-from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.layout import list_sidecars, sidecar_path
+from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.layout import list_shards, list_sidecars
+from poisonlab.shards.shardcheck import LIVE, check_shard, problem_kinds
 
-_LIVE = LIVE_STATUSES | {"success"}  # img2dataset's status of a sample in the tar
 HASH_MISMATCH = "hash_mismatch"
 _I2D_MISMATCH = "hash mismatch"  # img2dataset's error_message when its verify_hash refuses an image
 
 
-def summarize(directory: Path) -> dict[str, Any]:
-    """Samples by status and failure kind, per shard and in total; ``live`` is what the tars hold."""
+def summarize(directory: Path, check_tars: bool = True) -> dict[str, Any]:
+    """Samples by status and failure kind, per shard and in total; ``live`` is what the sidecars say the
+    tars hold; ``problems`` lists, per shard, everything that makes those counts wrong."""
     directory = Path(directory)
-    shards = list_sidecars(directory) if directory.is_dir() else []
+    shards = sorted(set(list_sidecars(directory)) | set(list_shards(directory))) if directory.is_dir() else []
     if not shards:
-        raise FileNotFoundError(f"no sidecars (NNNNN.parquet) in {directory}")
+        raise FileNotFoundError(f"no shards or sidecars (NNNNN.tar, NNNNN.parquet) in {directory}")
+    policy = read_policy_for(directory)
     per_shard: dict[str, dict[str, Any]] = {}
+    problems: dict[str, list[str]] = {}
     total: Counter = Counter()
     reasons: Counter = Counter()
-    mismatches = 0
     for shard in shards:
-        path = sidecar_path(directory, shard)
-        columns = [c for c in ("status", "reason", "error_message") if c in pq.read_schema(path).names]
-        table = pq.read_table(path, columns=columns)
-        counts = Counter(_value_counts(table.column("status"))) if "status" in columns else Counter()
-        shard_mismatches = _hash_mismatches(table)
-        per_shard[shard] = {"samples": table.num_rows, "by_status": dict(sorted(counts.items())),
-                            "hash_mismatch": shard_mismatches,
-                            "hash_mismatch_rate": _rate(shard_mismatches, table.num_rows)}
+        table, shard_problems = check_shard(directory, shard, policy, check_tars)
+        if shard_problems:
+            problems[shard] = shard_problems
+        rows = table.num_rows if table is not None else 0
+        status = table is not None and "status" in table.column_names
+        counts = Counter(_value_counts(table.column("status"))) if status else Counter()
+        mismatches = _hash_mismatches(table) if table is not None else 0
+        per_shard[shard] = {"samples": rows, "by_status": dict(sorted(counts.items())), "hash_mismatch": mismatches,
+                            "hash_mismatch_rate": _rate(mismatches, rows), "problems": shard_problems}
         total.update(counts)
-        mismatches += shard_mismatches
-        reasons.update(_reason_categories(table))
+        reasons.update(_reason_categories(table) if table is not None else [])
     samples = sum(v["samples"] for v in per_shard.values())
+    mismatches = sum(v["hash_mismatch"] for v in per_shard.values())
     return {
         "directory": str(directory),
         "shards": len(shards),
         "samples": samples,
-        "live": sum(v for k, v in total.items() if k in _LIVE),
+        "live": sum(v for k, v in total.items() if k in LIVE),
         "by_status": dict(sorted(total.items())),
         "reasons": dict(sorted(reasons.items())),
         "hash_mismatch": mismatches,
         "hash_mismatch_rate": _rate(mismatches, samples),
+        "problems": problems,
+        "problem_kinds": problem_kinds(problems),
         "per_shard": per_shard,
     }
 

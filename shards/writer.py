@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ import pyarrow.parquet as pq
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import IMAGE_EXTENSIONS, ImageError, probe_image
-from poisonlab.shards.layout import sidecar_path, stats_path, tar_path
-from poisonlab.shards.reader import split_member_name, unsafe_name
+from poisonlab.shards.keys import display_key, split_member_name, unsafe_name
+from poisonlab.shards.layout import sidecar_path, stats_path, tar_path, unique_temp_path
 from poisonlab.shards.sidecar import SIDECAR_COLUMNS, SIDECAR_SCHEMA, SidecarBuilder, printable
 from poisonlab.shards.tarformat import BLOCK, archive_end, member_header
 
@@ -70,8 +69,7 @@ class ShardWriter:
             "sidecar": sidecar_path(self.directory, shard),
             "stats": stats_path(self.directory, shard),
         }
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._tmp = {kind: p.with_name(f".{p.name}.{token}.tmp") for kind, p in self._final.items()}
+        self._tmp = {kind: unique_temp_path(p) for kind, p in self._final.items()}  # the one temp-name scheme
         self._fh = open(self._tmp["tar"], "wb", buffering=_BUFFER)
         self._offset = 0
         self._closed = False
@@ -92,7 +90,7 @@ class ShardWriter:
         """Why a live sample cannot go into the tar as it is (it is then recorded as an error)."""
         key = sample.key
         if not key or unsafe_name(key) or "." in key.rpartition("/")[2] or split_member_name(f"{key}.txt")[0] != key:
-            return f"invalid_key: {printable(key)!r} cannot be a WebDataset key"
+            return f"invalid_key: {display_key(key)!r} cannot be a WebDataset key"
         if key in self._keys:
             return f"duplicate_key: {key!r} was already written to this shard"
         if sample.payload is not None and not _EXTENSION.match(sample.payload_ext or ""):
@@ -138,7 +136,7 @@ class ShardWriter:
             self.stats.reasons[reason_category(sample.reason or sample.status)] += 1
         provenance = meta.get("poisonlab")
         self._sidecar.append((
-            printable(sample.key),
+            display_key(sample.key),
             self.shard,
             sample.status,
             _text(sample.reason),

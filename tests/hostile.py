@@ -17,6 +17,7 @@ import io
 import pickle
 import struct
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rawtar import header, long_name, member, pax, raw_tar
 
 from poisonlab.shards.images import encode_image
 
@@ -124,7 +126,7 @@ def _keys(shard: str, n: int) -> list[str]:
     return [f"{shard}{i:04d}" for i in range(n)]
 
 
-Builder = Callable[[str, Path], tuple[bytes, list[str], HostileCase]]
+Builder = Callable[[str, Path], tuple[bytes, list[str] | None, HostileCase]]  # sidecar keys: None = no sidecar
 CASES: dict[str, Builder] = {}
 
 
@@ -165,7 +167,7 @@ def not_a_tar(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
     keys = _keys(shard, 3)
     expected = tuple((k, "missing_from_tar") for k in keys)
     return b"this is not a tar file " * 64, keys, HostileCase("not_a_tar", shard, 3, expected, (),
-                                                           shard_error="truncated_or_corrupt_tar")
+                                                           shard_error="not_a_tar")
 
 
 def _one_bad(name: str, shard: str, bad: list[Member], reason: str,
@@ -286,6 +288,135 @@ def invalid_json(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCas
     return _one_bad("invalid_json", shard, members, "invalid_json")
 
 
+# Tars that hide members from a reader that skips what tarfile reads (raw bytes: no writer emits them).
+def _raw_sample(key: str, seed: int = 0, extra: list[tuple[str, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    return b"".join(member(name, data) for name, data in _sample(key, seed) + list(extra))
+
+
+def _hidden_in_entry(name: str, shard: str, marker: Path, entry: Callable[[int], bytes]) -> tuple[bytes, list[str], HostileCase]:
+    """k0 k1 ENTRY(k2 + k2.pyd as its data) k3 k4: tarfile reads the entry's data as members, so it sees k2.
+
+    The input sidecar lists only the four samples the attacker shows; k2 must still get a row.
+    """
+    keys = _keys(shard, 5)
+    hidden = _raw_sample(keys[2], 2, [(f"{keys[2]}.pyd", malicious_pickle(marker))])
+    data = raw_tar(_raw_sample(keys[0], 0), _raw_sample(keys[1], 1), entry(len(hidden)) + hidden,
+                   _raw_sample(keys[3], 3), _raw_sample(keys[4], 4))
+    expected = ((keys[1], "refused_tar"), (keys[2], "hidden_member"), (keys[3], "missing_from_tar"),
+                (keys[4], "missing_from_tar"))
+    return data, [keys[0], keys[1], keys[3], keys[4]], HostileCase(name, shard, 5, expected, (keys[0],),
+                                                                    shard_error="refused_tar")
+
+
+@case
+def directory_with_data(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    return _hidden_in_entry("directory_with_data", shard, marker, lambda n: header("d/", n, b"5"))
+
+
+@case
+def old_style_directory_with_data(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    """A "\\0"-typed entry whose name ends in "/" is a directory to tarfile, not a file."""
+    return _hidden_in_entry("old_style_directory_with_data", shard, marker, lambda n: header("d/", n, b"\x00"))
+
+
+@case
+def symlink_with_data(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    return _hidden_in_entry("symlink_with_data", shard, marker,
+                            lambda n: header("link", n, b"2", linkname=b"/etc/passwd"))
+
+
+def _renamed_member(name: str, shard: str, marker: Path, rename: bytes) -> tuple[bytes, list[str], HostileCase]:
+    """k0, then k1 whose .json is renamed to k1.pyd by a pax record tarfile honours, then k2."""
+    keys = _keys(shard, 3)
+    k1 = member(f"{keys[1]}.jpg", good_jpeg(1)) + member(f"{keys[1]}.txt", GOOD_CAPTION.encode())
+    k1 += rename + member(f"{keys[1]}.json", pickle.dumps(_CreatesMarker(marker), protocol=0))
+    data = raw_tar(_raw_sample(keys[0], 0), k1, _raw_sample(keys[2], 2))
+    expected = ((keys[1], "refused_tar"), (keys[2], "missing_from_tar"))
+    return data, keys, HostileCase(name, shard, 3, expected, (keys[0],), shard_error="refused_tar")
+
+
+@case
+def pax_sparse_name(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    return _renamed_member("pax_sparse_name", shard, marker, pax({"GNU.sparse.name": f"{shard}0001.pyd"}))
+
+
+@case
+def pax_global_path(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    return _renamed_member("pax_global_path", shard, marker, pax({"path": f"{shard}0001.pyd"}, b"g"))
+
+
+@case
+def gnu_sparse_member(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    keys = _keys(shard, 3)
+    sparse = member(f"{keys[1]}.pyd", malicious_pickle(marker), b"S", magic=b"ustar  \x00")
+    data = raw_tar(_raw_sample(keys[0], 0), member(f"{keys[1]}.jpg", good_jpeg(1)), sparse, _raw_sample(keys[2], 2))
+    expected = ((keys[1], "refused_tar"), (keys[2], "missing_from_tar"))
+    return data, keys, HostileCase("gnu_sparse_member", shard, 3, expected, (keys[0],), shard_error="refused_tar")
+
+
+@case
+def lying_size(shard: str, marker: Path) -> tuple[bytes, None, HostileCase]:
+    """k1.jpg claims 512 bytes more than it has: the next header lands in data. No sidecar: 3 in, 3 rows."""
+    keys = _keys(shard, 3)
+    jpg = good_jpeg(1)
+    lie = member(f"{keys[1]}.jpg", jpg)[512:]
+    k1 = header(f"{keys[1]}.jpg", 0, size_field=b"%011o\x00" % (len(jpg) + 512)) + lie
+    k1 += member(f"{keys[1]}.txt", GOOD_CAPTION.encode()) + member(f"{keys[1]}.json", b"{}")
+    data = raw_tar(_raw_sample(keys[0], 0), k1, _raw_sample(keys[2], 2))
+    expected = ((keys[1], "truncated_tar"), (keys[2], "hidden_member"))
+    return data, None, HostileCase("lying_size", shard, 3, expected, (keys[0],), shard_error="bad header checksum")
+
+
+@case
+def huge_long_name(shard: str, marker: Path) -> tuple[bytes, None, HostileCase]:
+    """A 2 MB GNU long-name record before k1. No sidecar: 3 in, 3 rows."""
+    keys = _keys(shard, 3)
+    data = raw_tar(_raw_sample(keys[0], 0), long_name(b"a" * (2 * 1024 * 1024)), _raw_sample(keys[1], 1),
+                   _raw_sample(keys[2], 2))
+    expected = ((keys[0], "refused_tar"), (keys[1], "hidden_member"), (keys[2], "hidden_member"))
+    return data, None, HostileCase("huge_long_name", shard, 3, expected, (), shard_error="oversized extended header")
+
+
+@case
+def members_after_the_end(shard: str, marker: Path) -> tuple[bytes, None, HostileCase]:
+    """A second archive after the end-of-archive blocks (``ignore_zeros`` readers read it)."""
+    keys = _keys(shard, 3)
+    data = raw_tar(_raw_sample(keys[0], 0), _raw_sample(keys[1], 1)) + raw_tar(
+        _raw_sample(keys[2], 2, [(f"{keys[2]}.pyd", malicious_pickle(marker))]))
+    expected = ((keys[1], "refused_tar"), (keys[2], "hidden_member"))
+    return data, None, HostileCase("members_after_the_end", shard, 3, expected, (keys[0],),
+                                   shard_error="data after the end-of-archive block")
+
+
+@case
+def zip_named_tar(shard: str, marker: Path) -> tuple[bytes, None, HostileCase]:
+    """A zip archive under a .tar name, no sidecar: nothing to read, and a shard-level error that says so."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr(f"{shard}0000.jpg", good_jpeg(0))
+        archive.writestr(f"{shard}0000.txt", GOOD_CAPTION)
+    return buf.getvalue(), None, HostileCase("zip_named_tar", shard, 0, (), (), shard_error="not_a_tar: a zip archive")
+
+
+@case
+def dot_slash_duplicate(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    """``./K`` is ``K``: the second copy of k0 is a duplicate key, whatever its spelling."""
+    keys = _keys(shard, 2)
+    members = _sample(keys[0], 0) + _sample(keys[1], 1) + _sample(f"./{keys[0]}", 4)
+    case_ = HostileCase("dot_slash_duplicate", shard, 3, ((keys[0], "duplicate_key"),), tuple(keys))
+    return _tar_bytes(members), keys, case_
+
+
+@case
+def bidi_key(shard: str, marker: Path) -> tuple[bytes, list[str], HostileCase]:
+    """A key with a right-to-left override, which displays as another key."""
+    keys = _keys(shard, 3)
+    evil = f"{shard}\u202e1000"
+    members = _sample(keys[0], 0) + _sample(evil, 1) + _sample(keys[2], 2)
+    expected = ((f"{shard}\\u202e1000", "bidirectional control character"),)
+    return _tar_bytes(members), [keys[0], keys[2]], HostileCase("bidi_key", shard, 3, expected, (keys[0], keys[2]))
+
+
 def write_hostile_shards(directory: Path, marker: Path) -> dict[str, HostileCase]:
     """One shard per case in ``directory`` (NNNNN.tar + img2dataset-style NNNNN.parquet)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -294,7 +425,8 @@ def write_hostile_shards(directory: Path, marker: Path) -> dict[str, HostileCase
         shard = f"{index:05d}"
         data, sidecar_keys, hostile = build(shard, marker)
         (directory / f"{shard}.tar").write_bytes(data)
-        _sidecar(directory / f"{shard}.parquet", sidecar_keys)
+        if sidecar_keys is not None:
+            _sidecar(directory / f"{shard}.parquet", sidecar_keys)
         cases[name] = hostile
     return cases
 

@@ -25,7 +25,7 @@ from poisonlab.attacks import (
     recipe_from_options,
 )
 from poisonlab.attacks.recipe import load_recipe, parse_recipe
-from poisonlab.pipelines.executor import run_local
+from poisonlab.pipelines.executor import run_local_results
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.images import decode_array, encode_image
 from poisonlab.shards.layout import list_shards
@@ -320,8 +320,8 @@ def test_reversed_order_and_a_fresh_folder_give_identical_bytes(tiny_shards, tmp
     poison_local(tiny_shards, first, recipe)
     rev = tmp_path / "reversed"
     job = prepare_poisoning(tiny_shards, rev, recipe)
-    stats = run_local(list(reversed(job.tasks())))
-    job.finalize(sorted(stats, key=lambda s: s.shard))
+    results = run_local_results(list(reversed(job.tasks())))
+    job.finalize(sorted(results, key=lambda r: r.stats.shard))
     again = tmp_path / "again"
     poison_local(tiny_shards, again, recipe)
     reference = files(first)

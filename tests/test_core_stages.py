@@ -217,8 +217,9 @@ def _task(stages, sink, n=6, dead=(5,)) -> ShardTask:  # type: ignore[no-untyped
 
 def test_executor_records_the_source_and_closes_the_books() -> None:
     sink = ListSink()
-    stats, skipped = run_shard_task(_task([Mixed()], sink))
-    assert not skipped
+    result = run_shard_task(_task([Mixed()], sink))
+    stats = result.stats
+    assert not result.skipped and result.result is None
     assert [c.stage for c in stats.stages] == [SOURCE, "mixed"]
     source = stats.stages[0]
     assert (source.inputs, source.kept, source.errored) == (6, 5, 1)
@@ -271,7 +272,7 @@ def test_rerun_skips_complete_shards(tmp_path: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     (tmp_path / "00001_stats.json").unlink()  # as if the run had died before shard 1 was committed
     seen: list[tuple[str, bool]] = []
-    second = run_local(plan_source_tasks(source, source.shards(), tmp_path), lambda s, skipped: seen.append((s.shard, skipped)))
+    second = run_local(plan_source_tasks(source, source.shards(), tmp_path), lambda r: seen.append((r.stats.shard, r.skipped)))
     assert seen == [("00000", True), ("00001", False), ("00002", True)]
     assert [s.to_dict() for s in first] == [s.to_dict() for s in second]
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}

@@ -15,7 +15,7 @@ from poisonlab.filters.synthetic import PlantedSpec, planted_embeddings
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.registry import RegistryError
 
-INFO = StoreInfo("test", "none", None, "none", 0, 0, 0, "float32", "/nowhere")
+INFO = StoreInfo("test", "none", {"image": 0, "text": 0}, "float32", "/nowhere")
 
 
 def make_corpus(image: np.ndarray, text: np.ndarray | None = None, captions: list[str] | None = None,
@@ -23,8 +23,8 @@ def make_corpus(image: np.ndarray, text: np.ndarray | None = None, captions: lis
                 hash_status: list[str] | None = None, source_status: list[str] | None = None) -> Corpus:
     n = len(image)
     text = image if text is None else text
-    view = ModelView(INFO, image.astype(np.float32), text.astype(np.float32),
-                     np.ones(n, bool) if image_ok is None else image_ok, np.ones(n, bool))
+    view = ModelView(INFO, {"image": image.astype(np.float32), "text": text.astype(np.float32)},
+                     {"image": np.ones(n, bool) if image_ok is None else image_ok, "text": np.ones(n, bool)})
     return Corpus(keys=[f"{i:09d}" for i in range(n)], captions=captions or [f"caption {i}" for i in range(n)],
                   shard_names=["00000"], shard_bounds=np.array([0, n]), live=np.ones(n, bool),
                   reasons=reasons or [""] * n, source_status=source_status or [""] * n,

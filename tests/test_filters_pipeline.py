@@ -86,10 +86,12 @@ def test_store_holds_every_sample_with_a_status(shards: Path, store: Path) -> No
     corpus = load_corpus(store)
     assert len(corpus) == 191 and corpus.shard_names == ["00000", "00001", "00002", "00003"]
     view = corpus.model()
+    assert info["embedder"] == "open_clip" and info["spaces"] == {"image": 128, "text": 128}
+    (image, image_ok), (_, text_ok) = view.space("image"), view.space("text")
     broken = corpus.keys.index(BROKEN_KEY)
-    assert not view.image_ok[broken] and view.text_ok[broken] and corpus.live[broken]
+    assert not image_ok[broken] and text_ok[broken] and corpus.live[broken]
     assert "undecodable_image" in corpus.reasons[broken]
-    norms = np.linalg.norm(view.image[view.image_ok], axis=1)
+    norms = np.linalg.norm(image[image_ok], axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     sidecar_keys = [s.key for shard in corpus.shard_names for s in read_shard(shards, shard)]
     assert corpus.keys == sidecar_keys
@@ -103,8 +105,8 @@ def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Pat
     # a fresh store from the same seed holds the same embeddings, whatever the batch size
     fresh = embed_shards(shards, store.parent.parent / "fresh", EmbedConfig(TINY, batch_size=17, dtype="float16"))
     a, b = read_shard_embeddings(store, "00001"), read_shard_embeddings(Path(fresh["store"]), "00001")
-    assert np.load(shard_file(Path(fresh["store"]), "00001"))["image"].dtype == np.float16
-    np.testing.assert_allclose(a.image, b.image, atol=2e-3)
+    assert np.load(shard_file(Path(fresh["store"]), "00001"))["emb.image"].dtype == np.float16
+    np.testing.assert_allclose(a.vectors["image"], b.vectors["image"], atol=2e-3)
     assert a.keys == b.keys
 
 
@@ -209,8 +211,9 @@ def test_mismatched_dimensions_are_a_clear_error(store: Path, tmp_path: Path) ->
     copy = tmp_path / store.name
     shutil.copytree(store, copy)
     part = read_shard_embeddings(copy, "00002")
-    write_shard(copy, "00002", dataclasses.replace(part, image=part.image[:, :64], text=part.text[:, :64]), "float32")
-    with pytest.raises(EmbeddingMismatchError, match="64-d embeddings but the store's model"):
+    narrow = {space: v[:, :64] for space, v in part.vectors.items()}
+    write_shard(copy, "00002", dataclasses.replace(part, vectors=narrow), "float32")
+    with pytest.raises(EmbeddingMismatchError, match="64-d image embeddings but the store's model"):
         load_corpus(copy)
 
 
@@ -294,7 +297,8 @@ def test_prefect_flow_on_dask_writes_what_the_local_run_writes(prefect_harness, 
     assert flow_store.name == store.name
     for shard in ("00000", "00003"):
         a, b = read_shard_embeddings(store, shard), read_shard_embeddings(flow_store, shard)
-        assert a.keys == b.keys and np.array_equal(a.image, b.image) and np.array_equal(a.text, b.text)
+        assert a.keys == b.keys and a.vectors.keys() == b.vectors.keys() == {"image", "text"}
+        assert all(np.array_equal(a.vectors[s], b.vectors[s]) for s in a.vectors)
     for shard in ("00000", "00003"):
         assert pq.read_table(scores / f"{shard}.parquet").equals(pq.read_table(tmp_path / "run" / "scores" / f"{shard}.parquet"))
     local = tmp_path / "local-clean"

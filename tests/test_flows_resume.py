@@ -12,10 +12,11 @@ import tarfile
 import time
 from pathlib import Path
 
-from conftest import make_synth
-
+from poisonlab.flows.datasets import synth_job
+from poisonlab.pipelines.job import run_job_local
 from poisonlab.shards.layout import list_shards, stats_path, tar_path, temp_files
 from poisonlab.shards.reader import ReadReport, read_shard
+from poisonlab.shards.synth import SynthSource, SynthSpec
 
 SAMPLES, PER_SHARD = 2400, 30  # 80 small shards: a kill lands between some of them
 
@@ -81,7 +82,8 @@ def test_killed_run_resumes_to_identical_bytes(prefect_harness, tmp_path: Path) 
     assert {name: os.stat(out / name).st_mtime_ns for name in finished} == stamps  # skipped, not redone
     assert temp_files(out) == []
 
-    reference = make_synth(tmp_path / "reference", samples=SAMPLES, per_shard=PER_SHARD)
+    reference = tmp_path / "reference"  # the same synth job, uninterrupted, in this process
+    run_job_local(synth_job(SynthSource(SynthSpec(samples=SAMPLES, seed=0, samples_per_shard=PER_SHARD)), reference))
     produced = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
     expected = {p.name: p.read_bytes() for p in sorted(reference.iterdir()) if p.is_file()}
     assert produced.keys() == expected.keys()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import poisonlab.flows.cli.ingest  # noqa: F401  (registers the import command o
 from poisonlab.flows.cli import app
 from poisonlab.flows.ingest import import_folder
 from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.pipelines.executor import run_local
 from poisonlab.shards.layout import list_shards
-from poisonlab.shards.local_import import ImportSpec
+from poisonlab.shards.local_import import ImportSpec, finish_import, plan_import_tasks, prepare_import
 from poisonlab.shards.parts import PlanError
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.urllists import UrlListError
@@ -130,3 +132,79 @@ def test_import_command(folder: Path, tmp_path: Path) -> None:
                                       "--executor", "local", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["written"] == 4  # huge.png is within the default pixel cap
+
+
+# Issue 11, finding 3: import reads only from inside the folder, and every skipped entry gets a row.
+@pytest.fixture()
+def outside(tmp_path: Path) -> Path:
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "passwd").write_text("root:x:0:0:SECRET-OUTSIDE-THE-FOLDER\n")
+    _image(secret / "private.png", value=7)
+    return secret
+
+
+def _outcome(out: Path) -> dict[str, tuple[str, str | None]]:
+    return {r["source_file"]: (r["status"], r["reason"]) for r in _rows(out)}
+
+
+def _everything_written(out: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(out.glob("*.tar")))
+
+
+def test_links_and_fifos_are_never_followed(folder: Path, outside: Path, tmp_path: Path) -> None:
+    (folder / "a.txt").unlink()
+    (folder / "a.txt").symlink_to("/etc/passwd")  # the caption of a.jpg
+    (folder / "b.txt").unlink()
+    (folder / "b.txt").symlink_to(outside / "passwd")
+    (folder / "evil.png").symlink_to(outside / "private.png")
+    (folder / "evil.txt").write_text("a caption for a link")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "pipe.txt").write_text("a caption for a fifo")
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    (folder / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "out"
+    import_folder(ImportSpec(images=folder, out=out, max_pixels=32 * 32), LOCAL)
+    outcome = _outcome(out)
+    assert outcome["a.jpg"] == ("error", "import: unsafe_caption: a.txt is a symbolic link (not followed)")
+    assert outcome["b.png"] == ("error", "import: unsafe_caption: b.txt is a symbolic link (not followed)")
+    assert outcome["evil.png"] == ("error", "import: unsafe_file: evil.png is a symbolic link (not followed)")
+    assert outcome["pipe.png"] == ("error", "import: unsafe_file: pipe.png is a FIFO (not followed)")
+    assert outcome["linked"] == ("error", "import: unsafe_file: linked is a symbolic link to a directory (not followed)")
+    assert outcome["dangling.jpg"] == ("error", "import: unsafe_file: dangling.jpg is a symbolic link (not followed)")
+    assert outcome["sub/c.png"] == ("ok", None)
+    written = _everything_written(out) + b"".join(p.read_bytes() for p in out.glob("*.parquet"))
+    assert b"SECRET-OUTSIDE" not in written and b"root:" not in written
+    assert (outside / "private.png").read_bytes() not in _everything_written(out)
+
+
+def test_hard_links_are_read_only_when_every_link_is_inside(folder: Path, outside: Path, tmp_path: Path) -> None:
+    os.link(folder / "b.png", folder / "b_copy.png")
+    (folder / "b_copy.txt").write_text("the same image twice")
+    os.link(outside / "private.png", folder / "leak.png")
+    (folder / "leak.txt").write_text("a link to a file outside")
+    os.link(outside / "passwd", folder / "sub" / "c.txt.tmp")
+    (folder / "sub" / "c.txt").unlink()
+    os.link(outside / "passwd", folder / "sub" / "c.txt")
+    out = tmp_path / "out"
+    import_folder(ImportSpec(images=folder, out=out), LOCAL)
+    outcome = _outcome(out)
+    assert outcome["b.png"] == ("ok", None) and outcome["b_copy.png"] == ("ok", None)
+    assert outcome["leak.png"] == ("error", "import: unsafe_file: leak.png is a hard link with 2 names, some outside the folder")
+    assert outcome["sub/c.png"][1].startswith("import: unsafe_caption: sub/c.txt is a hard link with 3 names")
+    assert b"SECRET-OUTSIDE" not in _everything_written(out)
+
+
+def test_a_file_swapped_for_a_link_after_the_scan_is_not_followed(folder: Path, outside: Path, tmp_path: Path) -> None:
+    """The check is on the open descriptor: replacing a planned file by a link before it is read leads nowhere."""
+    spec = ImportSpec(images=folder, out=tmp_path / "out")
+    plan = prepare_import(spec)
+    (folder / "b.png").unlink()
+    (folder / "b.png").symlink_to(outside / "private.png")
+    (folder / "sub").rename(folder / "sub_real")
+    (folder / "sub").symlink_to(outside, target_is_directory=True)
+    finish_import(plan, run_local(plan_import_tasks(plan)))
+    outcome = _outcome(tmp_path / "out")
+    assert outcome["b.png"] == ("error", "import: unsafe_file: b.png is a symbolic link (not followed)")
+    assert outcome["sub/c.png"] == ("error", "import: unsafe_file: sub is a symbolic link (not followed)")
+    assert (outside / "private.png").read_bytes() not in _everything_written(tmp_path / "out")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import resource
 
 import numpy as np
 import pytest
 from hostile import jpeg_bomb, png_bomb
 from PIL import Image
 
+from poisonlab.shards import images
 from poisonlab.shards.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -88,3 +90,64 @@ def test_encoding_is_deterministic_and_rgb() -> None:
     assert decode_image(encode_image(pixels, "png")).tobytes() == pixels.tobytes()
     with pytest.raises(ImageError, match="unsupported_image_format"):
         encode_image(pixels, "tga")
+
+
+# Issue 11, finding 6 (image part): modes decode to the right pixels, and claimed sizes must fit the bytes.
+def _png(image: Image.Image, **kw) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    image.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white() -> None:
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    data = _png(Image.fromarray(ramp))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    pixels = decode_array(data)
+    assert pixels.shape == (8, 64, 3) and pixels.min() == 0 and pixels.max() == 255
+    assert np.array_equal(pixels[0, :, 0], (ramp[0] >> 8).astype(np.uint8))
+    assert np.all(np.diff(pixels[0, :, 0].astype(int)) >= 0) and (pixels == 255).mean() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "PA"])
+def test_other_png_modes_keep_their_colour_channels(mode: str) -> None:
+    rgb = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode)
+    if mode in ("P", "PA"):
+        image.info["transparency"] = 0
+    expected = np.asarray(image.convert("RGB"))  # alpha dropped, as open_clip's convert("RGB") does
+    if mode == "PA":
+        image = image.convert("RGBA")  # PNG stores palette+alpha as RGBA
+        expected = np.asarray(image.convert("RGB"))
+    assert np.array_equal(decode_array(_png(image)), expected)
+
+
+def test_cmyk_jpeg_decodes_to_rgb() -> None:
+    buf = io.BytesIO()
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buf, "JPEG", quality=95)  # red in CMYK
+    red = decode_array(buf.getvalue())
+    assert red[..., 0].min() > 200 and red[..., 1].max() < 60 and red[..., 2].max() < 60
+
+
+def test_modes_without_a_safe_conversion_are_refused() -> None:
+    with pytest.raises(ImageError, match="unsupported_image_mode: F"):
+        images._as_mode(Image.new("F", (4, 4)), "RGB")
+
+
+def test_a_header_claiming_far_more_pixels_than_its_bytes_is_refused() -> None:
+    """1 KB of JPEG claiming 8000x8000 is refused before Pillow allocates 192 MB for it."""
+    bomb = jpeg_bomb(8000)
+    assert len(bomb) < 2048 and header_size(bomb) == (8000, 8000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fn in (probe_image, decode_image):
+        with pytest.raises(ImageError, match="decompression_bomb: 8000x8000 claimed by only"):
+            fn(bomb)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 50
+
+
+def test_large_plain_images_still_decode() -> None:
+    """The ratio is generous: a blank 2000x2000 JPEG (the most compressible real photo) passes."""
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (255, 255, 255)).save(buf, "JPEG", quality=95)
+    assert probe_image(buf.getvalue()) == (2000, 2000)
+    assert decode_image(buf.getvalue()).size == (2000, 2000)

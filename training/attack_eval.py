@@ -3,9 +3,11 @@
 The trigger is rebuilt from the run's saved spec (``poisonlab.attacks.load_attack``): the same pattern,
 seed and placement that poisoned the training shards. Three measurements, depending on the attack:
 
-* image triggers (badnets, blended, sig, wanet, label_consistent): ``ASR_DEFINITION``;
-* text triggers: ``TEXT_ASR_DEFINITION`` (the trigger phrase steering text->image retrieval);
-* targeted poisoning: whether each target image is classified as the target class.
+* attacks with an image trigger (badnets, blended, sig, wanet, label_consistent): ``ASR_DEFINITION``;
+* attacks with a text trigger (text_trigger): ``TEXT_ASR_DEFINITION`` (the phrase steering text->image retrieval);
+* attacks with target images (targeted): whether each target image is classified as the target class.
+
+Which applies is read from the capabilities the attack declares (``poisonlab.attacks.base``).
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ class AttackUnderTest:
 
 
 def load_attack_under_test(path: str | Path, attack: str | None = None) -> AttackUnderTest:
-    """From a poisoned folder, its ``attack.json``, or a recipe YAML; clear errors when it cannot be rebuilt."""
+    """From a poisoned folder, its ``attack.json``, or a recipe YAML; clear errors when it cannot be rebuilt.
+
+    What is measured follows the attack's declared capabilities (image trigger, text trigger, target
+    images), never its name: a new attack of a known kind is evaluated the same way.
+    """
     from poisonlab.attacks import SpecError, load_attack
-    from poisonlab.attacks.assets import AssetError, read_asset
-    from poisonlab.attacks.spec import read_run_spec
+    from poisonlab.attacks.assets import AssetError
 
     path = Path(path)
     if not path.exists():
@@ -56,24 +61,25 @@ def load_attack_under_test(path: str | Path, attack: str | None = None) -> Attac
         raise EvalError(f"cannot rebuild the attack from {path}: {exc}") from None
     if spec.target is None:
         raise EvalError(f"attack {spec.id!r} ({spec.name}) in {path} has no target class; nothing to measure")
-    target_images: list[tuple[str, np.ndarray]] = []
-    if spec.name == "targeted":
-        if path.suffix in (".yaml", ".yml"):
-            raise EvalError(f"the targeted attack in {path} picks its image from the dataset when poisoning; "
-                            "pass the poisoned folder (or its attack.json) to evaluate it")
-        run, folder = read_run_spec(path)
-        try:
-            for donor in run.record(spec.id).donors:
-                target_images.append((donor.key or donor.asset.sha256[:12], decode_array(read_asset(folder, donor.asset))))
-        except (AssetError, SpecError, ValueError) as exc:
-            raise EvalError(f"cannot read the targeted attack's image from {path}: {exc}") from None
+    target_images = _target_images(spec, path) if spec.has_target_images else ()
     image_trigger = spec.apply_image if spec.is_image_trigger else None
     text_trigger = spec.apply_text if spec.has_text_trigger else None
     if image_trigger is None and text_trigger is None and not target_images:
         raise EvalError(f"attack {spec.id!r} ({spec.name}) has no image trigger, text trigger or target image "
                         "that evaluation could reproduce")
-    return AttackUnderTest(str(path), spec.name, spec.target, image_trigger, text_trigger, tuple(target_images),
+    return AttackUnderTest(str(path), spec.name, spec.target, image_trigger, text_trigger, target_images,
                            int(spec.params.get("quality", 95)))
+
+
+def _target_images(spec: Any, path: Path) -> tuple[tuple[str, np.ndarray], ...]:
+    """The images an attack wants classified as its target: its donors, as the run saved them."""
+    if not spec.donors:
+        raise EvalError(f"the {spec.name} attack in {path} picks its image from the dataset when poisoning; "
+                        "pass the poisoned folder (or its attack.json) to evaluate it")
+    try:
+        return tuple((d.key or d.sha256[:12], decode_array(d.data)) for d in spec.donors)
+    except ValueError as exc:
+        raise EvalError(f"cannot read the {spec.name} attack's image from {path}: {exc}") from None
 
 
 def triggered_images(split: EvalSplit, attack: AttackUnderTest, target: int) -> tuple[list[np.ndarray], list[int]]:

@@ -1,10 +1,19 @@
-"""The typer application and options shared by every subcommand."""
+"""The typer application and options shared by every subcommand.
+
+Options that several commands share come as one group (``option_group``): the command declares one
+parameter (``options: RunOptions``) and typer sees the group's options in its place, so no command repeats
+``--executor``, ``--dask-address``, ``--workers`` and ``--json``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 
@@ -28,12 +37,11 @@ app = _App(
     pretty_exceptions_enable=False,
 )
 
-ExecutorOpt = typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")
-DaskAddressOpt = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")
-WorkersOpt = typer.Option(None, "--workers", help="local Dask workers (default: one per core)")
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
 OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out that another configuration wrote "
                             "(else such a folder is refused)")
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:
@@ -54,3 +62,49 @@ def emit(result: Any, as_json: bool, human: str) -> None:
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def option_group(name: str, group: Callable[..., Any], options: dict[str, tuple[Any, Any]]) -> Callable[[Command], Command]:
+    """Replace the command's parameter ``name`` by ``options`` (field -> (annotation, typer option)),
+    and call the command with ``group(**values)`` under ``name``."""
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != name]
+        added = [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+                 for field, (annotation, option) in options.items()]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {field: kwargs.pop(field) for field in options}
+            return command(*args, **{name: group(**values)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in [*kept, *added]}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Where a command's shard tasks run, and whether it prints JSON (then without a progress bar)."""
+
+    runner: RunnerSpec = RunnerSpec()
+    as_json: bool = False
+
+    @classmethod
+    def from_options(cls, executor: str, dask_address: str | None, workers: int | None, as_json: bool) -> RunOptions:
+        return cls(runner_spec(executor, dask_address, workers, progress=not as_json), as_json)
+
+    def emit(self, result: Any, human: str) -> None:
+        emit(result, self.as_json, human)
+
+
+with_run_options = option_group("options", RunOptions.from_options, {
+    "executor": (str, typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")),
+    "dask_address": (str | None, typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")),
+    "workers": (int | None, typer.Option(None, "--workers", help="local Dask workers (default: one per core)")),
+    "as_json": (bool, JsonOpt),
+})
+"""Give a command the runner options: it declares ``options: RunOptions`` (after ``@app.command()``)."""

@@ -7,17 +7,7 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    OverwriteOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import JsonOpt, OverwriteOpt, RunOptions, app, emit, fail, with_run_options
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.pipelines.registry import list_registries
 from poisonlab.shards.markers import MarkerConflict
@@ -26,6 +16,7 @@ from poisonlab.shards.synth import SynthSpec
 
 
 @app.command()
+@with_run_options
 def synth(
     out: Path = typer.Option(..., "--out", help="folder for the shards (the eval split goes to OUT/eval)"),
     samples: int = typer.Option(20000, "--samples", min=1),
@@ -33,32 +24,31 @@ def synth(
     image_size: int = typer.Option(32, "--image-size", min=8, max=1024),
     samples_per_shard: int = typer.Option(1000, "--samples-per-shard", min=1),
     eval_per_class: int = typer.Option(50, "--eval-per-class", min=0, help="evaluation images per class"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
     overwrite: bool = OverwriteOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
     spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
     outputs.guard(out, "shards")
     try:
-        result = synth_dataset(out, spec, eval_per_class, runner_spec(executor, dask_address, workers, not as_json),
-                               overwrite=overwrite)
+        result = synth_dataset(out, spec, eval_per_class, options.runner, overwrite=overwrite)
     except MarkerConflict as exc:
         fail(str(exc))
     outputs.done(out, "shards")
-    emit(result, as_json, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
+    options.emit(result, f"wrote {result['train']['written']} samples in {result['train']['shards']} shards to {out}")
 
 
 @app.command()
 def stats(
     directory: Path = typer.Argument(..., help="a shard folder"),
     as_json: bool = JsonOpt,
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when any shard has a problem"),
+    check_tars: bool = typer.Option(True, "--check-tars/--no-check-tars",
+                                    help="read tar headers to compare them with the sidecars"),
 ) -> None:
-    """Counts per shard and in total by status, read from the sidecars without opening tars."""
+    """Counts per shard and in total by status from the sidecars, and every shard whose files disagree."""
     try:
-        summary = summarize(directory)
+        summary = summarize(directory, check_tars=check_tars)
     except FileNotFoundError as exc:
         fail(str(exc))
     lines = [f"{summary['samples']} samples in {summary['shards']} shards: "
@@ -67,7 +57,12 @@ def stats(
     if summary.get("hash_mismatch"):
         lines.append(f"hash mismatch rate: {summary['hash_mismatch_rate']:.2%} in total; per shard: "
                      + ", ".join(f"{k} {v['hash_mismatch_rate']:.2%}" for k, v in summary["per_shard"].items()))
+    if summary["problems"]:
+        lines.append(f"warning: {len(summary['problems'])} shards have problems; the counts above may be wrong:")
+        lines += [f"  {shard}: {problem}" for shard, problems in summary["problems"].items() for problem in problems]
     emit(summary, as_json, "\n".join(lines))
+    if strict and summary["problems"]:
+        raise typer.Exit(code=1)
 
 
 @app.command()

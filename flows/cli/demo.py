@@ -13,16 +13,7 @@ from typing import Any
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import RunOptions, app, fail, with_run_options
 
 DEMO_RECIPE: dict[str, Any] = {
     "name": "demo",
@@ -45,14 +36,12 @@ def demo_recipe(samples: int, seed: int) -> dict[str, Any]:
 
 
 @app.command()
+@with_run_options
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out"),
     samples: int = typer.Option(4000, "--samples", min=100),
     seed: int = typer.Option(0, "--seed"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Run a short poison -> train -> detect -> clean -> retrain -> evaluate experiment (a few minutes on a CPU)."""
     from pydantic import ValidationError
@@ -62,8 +51,8 @@ def demo(
     outputs.guard(out, "experiment")
     try:
         spec = ExperimentSpec.model_validate(demo_recipe(samples, seed))
-        result = run_experiment(spec, out, runner_spec(executor, dask_address, workers, not as_json), Path.cwd())
+        result = run_experiment(spec, out, options.runner, Path.cwd())
     except (ValidationError, ExperimentError) as exc:
         fail(str(exc))
     outputs.done(out, "experiment")
-    emit(result, as_json, result["summary"])
+    options.emit(result, result["summary"])

@@ -3,6 +3,7 @@ and ``splitview serve|build`` (the split-view poisoning testbed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -11,16 +12,7 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import RunOptions, app, fail, option_group, with_run_options
 from poisonlab.flows.ingest import import_folder, ingest, splitview_build, write_table
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.ingest import ENCODE_FORMATS, RESIZE_MODES, DownloadOptions, IngestSpec
@@ -34,13 +26,6 @@ splitview_app = typer.Typer(help="The split-view poisoning testbed: a loopback w
                             no_args_is_help=True)
 app.add_typer(splitview_app, name="splitview")
 
-ImageSizeOpt = typer.Option(256, "--image-size", min=8, help="img2dataset resizes to this size")
-ResizeModeOpt = typer.Option("border", "--resize-mode", help=f"img2dataset's resize mode: {', '.join(RESIZE_MODES)}")
-EncodeOpt = typer.Option("jpg", "--encode-format", help=f"{', '.join(ENCODE_FORMATS)}")
-ProcessesOpt = typer.Option(None, "--processes", min=1, help="img2dataset download processes (default: one per core)")
-ThreadsOpt = typer.Option(64, "--threads", min=1, help="download threads per process")
-TimeoutOpt = typer.Option(10.0, "--timeout", min=0.1, help="seconds before a download is given up")
-RetriesOpt = typer.Option(0, "--retries", min=0)
 MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="larger images are refused before decoding")
 PerShardOpt = typer.Option(10_000, "--samples-per-shard", min=1)
 HashTypeOpt = typer.Option("sha256", "--hash-type", help=f"{', '.join(HASH_LENGTHS)}")
@@ -48,11 +33,37 @@ VerifyOpt = typer.Option(True, "--verify/--no-verify",
                          help="with a hash column: refuse images whose downloaded bytes do not match it")
 
 
-def _download(image_size: int, resize_mode: str, encode_format: str, processes: int | None, threads: int,
-              timeout: float, retries: int, max_pixels: int) -> DownloadOptions:
-    return DownloadOptions(image_size=image_size, resize_mode=resize_mode, encode_format=encode_format,
-                           processes=processes or max(1, os.cpu_count() or 1), threads=threads, timeout=timeout,
-                           retries=retries, max_pixels=max_pixels)
+@dataclasses.dataclass(frozen=True)
+class DownloadArgs:
+    """img2dataset's options shared by ``ingest`` and ``splitview build``: one place builds the ``IngestSpec``."""
+
+    image_size: int = 256
+    resize_mode: str = "border"
+    encode_format: str = "jpg"
+    processes: int | None = None
+    threads: int = 64
+    timeout: float = 10.0
+    samples_per_shard: int = 10_000
+
+    def ingest_spec(self, urls: Path, out: Path, columns: UrlColumns, verify: bool, retries: int = 0,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSpec:
+        download = DownloadOptions(image_size=self.image_size, resize_mode=self.resize_mode,
+                                   encode_format=self.encode_format, processes=self.processes or max(1, os.cpu_count() or 1),
+                                   threads=self.threads, timeout=self.timeout, retries=retries, max_pixels=max_pixels)
+        return IngestSpec(urls=urls, out=out, columns=columns, download=download,
+                          samples_per_shard=self.samples_per_shard, verify=verify)
+
+
+with_download_options = option_group("download", DownloadArgs, {
+    "image_size": (int, typer.Option(256, "--image-size", min=8, help="img2dataset resizes to this size")),
+    "resize_mode": (str, typer.Option("border", "--resize-mode", help=f"img2dataset's resize mode: {', '.join(RESIZE_MODES)}")),
+    "encode_format": (str, typer.Option("jpg", "--encode-format", help=f"{', '.join(ENCODE_FORMATS)}")),
+    "processes": (int | None, typer.Option(None, "--processes", min=1,
+                                           help="img2dataset download processes (default: one per core)")),
+    "threads": (int, typer.Option(64, "--threads", min=1, help="download threads per process")),
+    "timeout": (float, typer.Option(10.0, "--timeout", min=0.1, help="seconds before a download is given up")),
+    "samples_per_shard": (int, PerShardOpt),
+})
 
 
 def _summary(result: dict) -> str:
@@ -63,6 +74,8 @@ def _summary(result: dict) -> str:
 
 
 @app.command("ingest")
+@with_run_options
+@with_download_options
 def ingest_command(
     urls: Path = typer.Option(..., "--urls", help="URL list: parquet, csv, tsv, jsonl, json or txt (.gz too), or a folder of them"),
     out: Path = typer.Option(..., "--out", help="folder for the shards"),
@@ -71,36 +84,25 @@ def ingest_command(
     hash_col: str | None = typer.Option(None, "--hash-col", help="the curator's content hash of each image"),
     hash_type: str = HashTypeOpt,
     verify: bool = VerifyOpt,
-    image_size: int = ImageSizeOpt,
-    resize_mode: str = ResizeModeOpt,
-    encode_format: str = EncodeOpt,
-    processes: int | None = ProcessesOpt,
-    threads: int = ThreadsOpt,
-    timeout: float = TimeoutOpt,
-    retries: int = RetriesOpt,
+    retries: int = typer.Option(0, "--retries", min=0),
     max_pixels: int = MaxPixelsOpt,
-    samples_per_shard: int = PerShardOpt,
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    download: DownloadArgs = DownloadArgs(),
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Download a URL list with img2dataset into poisonlab shards; every row gets a sidecar row."""
     outputs.guard(out, "shards", urls)
     try:
-        spec = IngestSpec(
-            urls=urls, out=out, samples_per_shard=samples_per_shard, verify=verify,
-            columns=UrlColumns(url=url_col, caption=caption_col or None, hash=hash_col, hash_type=hash_type),
-            download=_download(image_size, resize_mode, encode_format, processes, threads, timeout, retries, max_pixels),
-        )
-        result = ingest(spec, runner_spec(executor, dask_address, workers, not as_json))
+        columns = UrlColumns(url=url_col, caption=caption_col or None, hash=hash_col, hash_type=hash_type)
+        spec = download.ingest_spec(urls, out, columns, verify, retries, max_pixels)
+        result = ingest(spec, options.runner)
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
     outputs.done(out, "shards")
-    emit(result, as_json, _summary(result))
+    options.emit(result, _summary(result))
 
 
 @app.command("import")
+@with_run_options
 def import_command(
     images: Path = typer.Option(..., "--images", help="folder of images (searched recursively)"),
     out: Path = typer.Option(..., "--out", help="folder for the shards"),
@@ -110,55 +112,65 @@ def import_command(
     caption_col: str = typer.Option("caption", "--caption-col"),
     max_pixels: int = MaxPixelsOpt,
     samples_per_shard: int = PerShardOpt,
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Import a local image folder (images as they are) into poisonlab shards, in sorted file order."""
     outputs.guard(out, "shards", images)
     try:
         spec = ImportSpec(images=images, out=out, captions=captions, file_col=file_col, caption_col=caption_col,
                           samples_per_shard=samples_per_shard, max_pixels=max_pixels)
-        result = import_folder(spec, runner_spec(executor, dask_address, workers, not as_json))
+        result = import_folder(spec, options.runner)
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
     outputs.done(out, "shards")
-    emit(result, as_json, _summary(result))
+    options.emit(result, _summary(result))
 
 
-def _web(originals: Path, attacker: Path, fraction: float, seed: int, urls_per_domain: int, poisoned_only: bool) -> SplitViewWeb:
-    try:
-        return SplitViewWeb(load_items(originals), load_items(attacker, poisoned_only),
-                            SplitViewSpec(fraction=fraction, seed=seed, urls_per_domain=urls_per_domain))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
+@dataclasses.dataclass(frozen=True)
+class WebArgs:
+    """The split-view web's options, shared by ``splitview serve`` and ``splitview build``."""
+
+    originals: Path
+    attacker: Path
+    fraction: float = 0.01
+    seed: int = 0
+    urls_per_domain: int = 1
+    poisoned_only: bool = True
+
+    def web(self) -> SplitViewWeb:
+        try:
+            return SplitViewWeb(load_items(self.originals), load_items(self.attacker, self.poisoned_only),
+                                SplitViewSpec(fraction=self.fraction, seed=self.seed, urls_per_domain=self.urls_per_domain))
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+            raise  # unreachable: fail() exits
 
 
-OriginalsOpt = typer.Option(..., "--originals", help="shard folder the curator collected (e.g. from `poisonlab synth`)")
-AttackerOpt = typer.Option(..., "--attacker", help="what expired domains serve: a shard folder (e.g. from `poisonlab poison`) or an image folder")
-FractionOpt = typer.Option(0.01, "--fraction", min=0.0, max=1.0, help="fraction of URLs whose domain expired")
-SeedOpt = typer.Option(0, "--seed")
-PerDomainOpt = typer.Option(1, "--urls-per-domain", min=1, help="URLs per domain (an attacker buys whole domains)")
-PoisonedOnlyOpt = typer.Option(True, "--poisoned-only/--all-attacker-images",
-                               help="from an attacker shard folder, serve only its changed and added samples")
+with_web_options = option_group("site", WebArgs, {
+    "originals": (Path, typer.Option(..., "--originals",
+                                     help="shard folder the curator collected (e.g. from `poisonlab synth`)")),
+    "attacker": (Path, typer.Option(..., "--attacker", help="what expired domains serve: a shard folder "
+                                    "(e.g. from `poisonlab poison`) or an image folder")),
+    "fraction": (float, typer.Option(0.01, "--fraction", min=0.0, max=1.0, help="fraction of URLs whose domain expired")),
+    "seed": (int, typer.Option(0, "--seed")),
+    "urls_per_domain": (int, typer.Option(1, "--urls-per-domain", min=1,
+                                          help="URLs per domain (an attacker buys whole domains)")),
+    "poisoned_only": (bool, typer.Option(True, "--poisoned-only/--all-attacker-images",
+                                         help="from an attacker shard folder, serve only its changed and added samples")),
+})
+NO_WEB = WebArgs(Path(), Path())  # a placeholder: @with_web_options fills the parameter
 
 
 @splitview_app.command("serve")
+@with_web_options
 def splitview_serve(
-    originals: Path = OriginalsOpt,
-    attacker: Path = AttackerOpt,
     out: Path = typer.Option(..., "--out", help="folder for urls.parquet and manifest.parquet"),
-    fraction: float = FractionOpt,
-    seed: int = SeedOpt,
-    urls_per_domain: int = PerDomainOpt,
-    poisoned_only: bool = PoisonedOnlyOpt,
+    site: WebArgs = NO_WEB,
 ) -> None:
     """Serve the split-view web on 127.0.0.1 until Ctrl-C; ingest OUT/urls.parquet meanwhile
     (``--hash-col sha256`` to verify), compare with OUT/manifest.parquet."""
-    outputs.guard(out, "splitview", originals, attacker)
-    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    outputs.guard(out, "splitview", site.originals, site.attacker)
+    web = site.web()
     out.mkdir(parents=True, exist_ok=True)
     outputs.done(out, "splitview")
     with LoopbackServer(web.resolve) as server:
@@ -186,40 +198,25 @@ def _stop_on_signals() -> None:
 
 
 @splitview_app.command("build")
+@with_web_options
+@with_run_options
+@with_download_options
 def splitview_build_command(
-    originals: Path = OriginalsOpt,
-    attacker: Path = AttackerOpt,
     out: Path = typer.Option(..., "--out", help="folder for shards/, urls.parquet, manifest.parquet, report.json"),
-    fraction: float = FractionOpt,
-    seed: int = SeedOpt,
-    urls_per_domain: int = PerDomainOpt,
-    poisoned_only: bool = PoisonedOnlyOpt,
+    site: WebArgs = NO_WEB,
     verify: bool = typer.Option(False, "--verify/--no-verify",
                                 help="verify the curator's hashes (the defence) or not (a poisoned dataset)"),
-    image_size: int = ImageSizeOpt,
-    resize_mode: str = ResizeModeOpt,
-    encode_format: str = EncodeOpt,
-    processes: int | None = ProcessesOpt,
-    threads: int = ThreadsOpt,
-    timeout: float = TimeoutOpt,
-    samples_per_shard: int = PerShardOpt,
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    download: DownloadArgs = DownloadArgs(),
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Serve the split-view web, ingest it (with or without verification) and score the result."""
-    outputs.guard(out, "splitview", originals, attacker)
-    web = _web(originals, attacker, fraction, seed, urls_per_domain, poisoned_only)
+    outputs.guard(out, "splitview", site.originals, site.attacker)
+    web = site.web()
     out.mkdir(parents=True, exist_ok=True)
     outputs.done(out, "splitview")  # a folder of folders: recorded first, so a killed build resumes
     try:
-        spec = IngestSpec(
-            urls=out / "urls.parquet", out=out / "shards", samples_per_shard=samples_per_shard, verify=verify,
-            columns=UrlColumns(hash="sha256"),
-            download=_download(image_size, resize_mode, encode_format, processes, threads, timeout, 0, DEFAULT_MAX_PIXELS),
-        )
-        report = splitview_build(web, out, spec, runner_spec(executor, dask_address, workers, not as_json))
+        spec = download.ingest_spec(out / "urls.parquet", out / "shards", UrlColumns(hash="sha256"), verify)
+        report = splitview_build(web, out, spec, options.runner)
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
     human = (f"{report['swapped']} of {report['urls']} URLs swapped; "
@@ -228,4 +225,4 @@ def splitview_build_command(
                 f"{report['poisoned_written']} poisoned samples written; changed keys match the manifest: "
                 f"{report['changed_keys_match_manifest']}")
              + f"\nshards: {report['shards']}\nmanifest: {out / 'manifest.parquet'}")
-    emit(report, as_json, human)
+    options.emit(report, human)

@@ -11,17 +11,7 @@ from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    OverwriteOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import OverwriteOpt, RunOptions, app, fail, with_run_options
 from poisonlab.flows.poison import run_eval_job, run_poison_job
 from poisonlab.pipelines.registry import RegistryError
 
@@ -53,6 +43,7 @@ def _summary(result: dict) -> str:
 
 
 @app.command()
+@with_run_options
 def poison(
     src: Path = typer.Option(..., "--in", help="input shard folder"),
     dst: Path = typer.Option(..., "--out", help="output folder (fresh, or the same run to resume)"),
@@ -65,14 +56,11 @@ def poison(
     recipe: Path | None = typer.Option(None, "--recipe", help="YAML recipe of one or several attacks"),
     eval_out: Path | None = typer.Option(None, "--eval-out", help="also trigger the eval split into this folder"),
     eval_in: Path | None = typer.Option(None, "--eval-in", help="eval split to trigger (default: IN/eval)"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
     overwrite: bool = OverwriteOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
-    runner = runner_spec(executor, dask_address, workers, not as_json)
+    runner = options.runner
     outputs.guard(dst, "poisoned", src, eval_in, eval_out)
     outputs.guard(eval_out, "triggered_eval", src, eval_in, dst)
     try:
@@ -92,23 +80,21 @@ def poison(
             fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
         outputs.done(eval_out, "triggered_eval")
         result["eval"] = run_eval_job(eval_job, runner)
-    emit(result, as_json, _summary(result))
+    options.emit(result, _summary(result))
 
 
 @app.command("poison-eval")
+@with_run_options
 def poison_eval(
     src: Path = typer.Option(..., "--in", help="evaluation split (shard folder with classes.json)"),
     spec: Path = typer.Option(..., "--spec", help="poisoned run folder, its attack.json, or a recipe YAML"),
     dst: Path = typer.Option(..., "--out", help="output folder for the triggered split"),
     attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
     seed: int | None = typer.Option(None, "--seed", help="seed (recipes only; a run folder has its own)"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Apply a run's exact trigger to an evaluation split's non-target images (for attack success rate)."""
-    runner = runner_spec(executor, dask_address, workers, not as_json)
+    runner = options.runner
     outputs.guard(dst, "triggered_eval", src, spec)
     try:
         job = prepare_eval_trigger(src, spec, dst, attack, seed)
@@ -116,5 +102,5 @@ def poison_eval(
         fail(str(exc))
     outputs.done(dst, "triggered_eval")
     result = run_eval_job(job, runner)
-    emit(result, as_json, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
+    options.emit(result, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
                           f"-> {result['out']} ({result['by_status']})")

@@ -7,19 +7,11 @@ from pathlib import Path
 
 import typer
 
+from poisonlab.filters.embedders import DEFAULT_EMBEDDER, needs_model
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
 from poisonlab.pipelines.registry import RegistryError
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error
@@ -29,6 +21,8 @@ INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, FileNotFoundEr
 
 ArchOpt = typer.Option(None, "--arch", help="open_clip architecture, a shipped config (poisonlab-tiny-32) or a JSON file")
 WeightsOpt = typer.Option(None, "--weights", help="open_clip pretrained tag, .safetensors or weights-only .pt file")
+EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value,...] of a registered embedder "
+                           "(default open_clip, which takes --arch/--weights/--run); see `poisonlab components embedder`")
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
 DetectorOpt = typer.Option(None, "--detector", help="[column=]name[:key=value,...], repeatable "
                            "(default: kdist, slof, dao, lid, clip_score); see `poisonlab components detector`")
@@ -44,7 +38,8 @@ def _input_errors():  # type: ignore[no-untyped-def]
         fail(str(exc).strip("'\""))
 
 
-def _model(arch: str | None, weights: str | None, run: Path | None):  # type: ignore[no-untyped-def]
+def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ignore[no-untyped-def]
+           embedder: str = DEFAULT_EMBEDDER):
     from poisonlab.models.zoo import ModelSpec  # torch and open_clip load only for commands that need them
 
     if run is not None:
@@ -52,7 +47,11 @@ def _model(arch: str | None, weights: str | None, run: Path | None):  # type: ig
             raise ValueError("--run names the architecture and weights; do not combine it with --arch/--weights")
         return ModelSpec.from_run(run)
     if arch is None:
-        raise ValueError("give --arch ARCH (and --weights) or --run RUN_DIR")
+        if needs_model(embedder):
+            raise ValueError("give --arch ARCH (and --weights) or --run RUN_DIR")
+        if weights:
+            raise ValueError("--weights needs --arch")
+        return None
     return ModelSpec(arch=arch, weights=weights)
 
 
@@ -69,22 +68,22 @@ def _stores(primary: Path, extra: list[str]) -> dict[str, Path] | Path:
 
 
 @app.command()
+@with_run_options
 def embed(
     shards: Path = typer.Argument(..., help="shard folder"),
     out: Path = typer.Option(..., "--out", help="embedding root: the store goes to OUT/<model_id>"),
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
+    embedder: str = EmbedderOpt,
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     dtype: str = typer.Option("float32", "--dtype", help="storage: float32 or float16"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
     seed: int = typer.Option(0, "--seed", help="initialisation of random weights"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
-    """Embed every image and caption with an open_clip model (one task per shard; reruns skip done shards)."""
+    """Embed every sample with a registered embedder (open_clip: images and captions; one task per shard;
+    reruns skip done shards)."""
     from poisonlab.flows.sanitize import embed_folder
 
     outputs.guard(out, "embeddings", shards)
@@ -92,10 +91,10 @@ def embed(
     if dtype not in ("float32", "float16"):
         fail("--dtype must be float32 or float16")
     with _input_errors():
-        result = embed_folder(shards, out, _model(arch, weights, run), runner_spec(executor, dask_address, workers, not as_json),
-                              batch_size=batch_size, dtype=dtype, device=device, seed=seed)
+        result = embed_folder(shards, out, _model(arch, weights, run, embedder), options.runner,
+                              batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
     outputs.done(out, "embeddings")
-    emit(result, as_json, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
+    options.emit(result, f"embedded {result['written']} of {result['samples']} samples from {result['shards']} shards "
                           f"-> {result['store']}" + "".join(f"\n  {k}: {v}" for k, v in result["reasons"].items()))
 
 
@@ -131,16 +130,14 @@ def _clean_summary(result: dict) -> str:
 
 
 @app.command()
+@with_run_options
 def clean(
     shards: Path = typer.Argument(..., help="the shard folder that was embedded and scanned"),
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
     decision: str = DecisionOpt,
     out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and exclusions.parquet"),
     excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table."""
     from poisonlab.flows.sanitize import clean_folder
@@ -149,14 +146,15 @@ def clean(
     outputs.guard(excluded_out, "shards", shards, scores, out)
 
     with _input_errors():
-        result = clean_folder(shards, scores, decision, out, runner_spec(executor, dask_address, workers, not as_json),
+        result = clean_folder(shards, scores, decision, out, options.runner,
                               excluded_out)
     outputs.done(out, "cleaned")
     outputs.done(excluded_out, "shards")
-    emit(result, as_json, _clean_summary(result))
+    options.emit(result, _clean_summary(result))
 
 
 @app.command()
+@with_run_options
 def sanitize(
     shards: Path = typer.Argument(..., help="shard folder"),
     out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean (and OUT/excluded)"),
@@ -164,13 +162,11 @@ def sanitize(
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
+    embedder: str = EmbedderOpt,
     detector: list[str] | None = DetectorOpt,
     keep_excluded: bool = typer.Option(False, "--keep-excluded", help="write the excluded samples to OUT/excluded"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Embed, scan and clean in one go."""
     from poisonlab.flows.sanitize import sanitize as run_sanitize
@@ -183,12 +179,11 @@ def sanitize(
     outputs.done(out, "sanitize")  # a folder of folders: recorded first, so a killed run resumes
 
     with _input_errors():
-        result = run_sanitize(shards, out, _model(arch, weights, run), decision, detector or None,
-                              runner_spec(executor, dask_address, workers, not as_json), keep_excluded,
-                              batch_size=batch_size)
+        result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
+                              options.runner, keep_excluded, batch_size=batch_size, embedder=embedder)
     for name, kind in parts.items():
         outputs.done(out / name, kind)
-    emit(result, as_json, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
+    options.emit(result, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
                           + _clean_summary(result["clean"]))
 
 

@@ -7,16 +7,7 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import (
-    DaskAddressOpt,
-    ExecutorOpt,
-    JsonOpt,
-    WorkersOpt,
-    app,
-    emit,
-    fail,
-    runner_spec,
-)
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
 
 
 @app.command()
@@ -81,20 +72,20 @@ def evaluate(
     except EvalError as exc:
         fail(str(exc))
     if save is not None:
+        from poisonlab.shards.layout import atomic_write_text
+
         save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(result, indent=2, sort_keys=True))
+        atomic_write_text(save, json.dumps(result, indent=2, sort_keys=True))
     emit(result, as_json, format_evaluation(result))
 
 
 @app.command()
+@with_run_options
 def experiment(
     recipe: Path = typer.Argument(..., help="experiment recipe YAML (see recipes/)"),
     out: Path | None = typer.Option(None, "--out", help="experiment folder (default: experiments/<recipe name>)"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.epochs=2"),
-    executor: str = ExecutorOpt,
-    dask_address: str | None = DaskAddressOpt,
-    workers: int | None = WorkersOpt,
-    as_json: bool = JsonOpt,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Generate/poison -> train victim -> embed -> detect -> clean -> retrain -> evaluate -> report (resumable)."""
     import yaml
@@ -111,8 +102,8 @@ def experiment(
         spec, base_dir = load_experiment(recipe, parsed)
         folder = out or Path("experiments") / spec.name
         outputs.guard(folder, "experiment")
-        result = run_experiment(spec, folder, runner_spec(executor, dask_address, workers, not as_json), base_dir)
+        result = run_experiment(spec, folder, options.runner, base_dir)
     except ExperimentError as exc:
         fail(str(exc))
     outputs.done(folder, "experiment")
-    emit(result, as_json, result["summary"])
+    options.emit(result, result["summary"])

@@ -1,0 +1,133 @@
+"""Embedders: what turns a shard's samples into vectors, one registered component per kind of model.
+
+An embedder produces named **spaces** (open_clip: ``image`` and ``text``; a graph encoder: ``graph``; a
+test's toy: whatever it declares). The embed step knows nothing about models: it asks the embedder which
+payloads it reads, lets it decode each sample into per-space inputs, hands it batches, and stores one
+array per space. Detectors then name the spaces they read, so a new modality needs a new embedder and
+nothing else.
+
+Registered with ``get_registry("embedder")`` (``poisonlab components embedder`` lists them); a package
+adds its own through the ``poisonlab.components`` entry point, a test by calling ``EMBEDDERS.register``.
+
+Run settings shared by every embedder (``device``, ``precision``, ``seed``, ``max_pixels``, and the
+``arch``/``weights`` of a ``ModelSpec``) are handed to an embedder only when its parameter model declares
+them: no embedder is special-cased by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from poisonlab.filters.specs import parse_spec
+from poisonlab.pipelines.registry import RegistryError, get_registry
+from poisonlab.pipelines.sample import Sample
+
+EMBEDDERS = get_registry("embedder")
+DEFAULT_EMBEDDER = "open_clip"
+SPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclasses.dataclass
+class Decoded:
+    """One sample's inputs per space (absent when it has none) and why the others are missing."""
+
+    inputs: dict[str, Any]
+    missing: list[str] = dataclasses.field(default_factory=list)
+
+
+class Embedder(ABC):
+    """The protocol every embedder follows (subclass it, set ``spaces`` and ``payload_extensions``)."""
+
+    spaces: ClassVar[tuple[str, ...]] = ()  # every space this kind of embedder can produce
+    payload_extensions: ClassVar[frozenset[str]] = frozenset()  # payloads whose samples it reads
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load heavy resources (weights) once per worker process."""
+
+    def accepts(self, ext: str | None) -> bool:
+        """Whether a payload of this extension is one this embedder can read."""
+        return ext is not None and ext in self.payload_extensions
+
+    @abstractmethod
+    def dims(self) -> dict[str, int]:
+        """Dimension of each space this instance writes (after ``setup``)."""
+
+    @abstractmethod
+    def decode(self, sample: Sample) -> Decoded:
+        """Per-space inputs of a live sample; a payload it cannot read is a reason, never an exception."""
+
+    @abstractmethod
+    def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+        """Embed a batch (space -> decoded inputs) into float32 arrays (space -> (n, dim)), L2-normalised."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What the outputs depend on (architecture, weight digests, seeds): recorded with the store."""
+
+    def label(self) -> str:
+        """A readable prefix of the store's folder name."""
+        return type(self).__name__.lower()
+
+    def fingerprint(self) -> str:
+        """The string hashed into the store id: any change of identity is a new store."""
+        return json.dumps(self.identity(), sort_keys=True)
+
+    def store_id(self) -> str:
+        digest = hashlib.sha256(self.fingerprint().encode()).hexdigest()[:12]
+        return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.label())[:48]}-{digest}"
+
+    def details(self) -> dict[str, Any]:
+        """Extra, human-facing facts written into the store's ``model.json`` (image size, ...)."""
+        return {}
+
+
+def declared_spaces(name: str) -> tuple[str, ...]:
+    """The spaces a registered embedder declares it can produce."""
+    return tuple(getattr(EMBEDDERS.get(name).factory, "spaces", ()))
+
+
+def known_spaces() -> set[str]:
+    """Every space some registered embedder can produce (detector parameters are checked against it)."""
+    return {s for component in EMBEDDERS for s in getattr(component.factory, "spaces", ())}
+
+
+def check_space_name(space: str) -> str:
+    if not SPACE_RE.match(space):
+        raise ValueError(f"invalid space name {space!r}: lower-case letters, digits and _")
+    return space
+
+
+def resolve_params(name: str, shared: Mapping[str, Any], options: Mapping[str, Any]) -> BaseModel:
+    """The embedder's parameters: run settings it declares, overridden by explicit options."""
+    component = EMBEDDERS.get(name)
+    fields = component.params.model_fields
+    given = {k: v for k, v in shared.items() if k in fields and v is not None}
+    return component.parse({**given, **options})
+
+
+def create_embedder(name: str, params: BaseModel) -> Embedder:
+    embedder = EMBEDDERS.get(name).create(params)
+    if not isinstance(embedder, Embedder):
+        raise RegistryError(f"embedder {name!r} does not implement poisonlab.filters.embedders.Embedder")
+    for space in type(embedder).spaces:
+        check_space_name(space)
+    return embedder
+
+
+def needs_model(spec: str) -> bool:
+    """Whether an embedder spec (``name[:k=v,...]``) still needs a model (``arch``) from the caller."""
+    _, name, options = parse_spec(spec)
+    field = EMBEDDERS.get(name).params.model_fields.get("arch")
+    return field is not None and field.is_required() and "arch" not in options

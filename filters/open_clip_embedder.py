@@ -1,0 +1,162 @@
+"""The ``open_clip`` embedder: image and caption embeddings from any open_clip architecture.
+
+The architecture is a name, a shipped config or a JSON file; weights come from an open_clip pretrained tag,
+a safetensors (or weights-only torch) file, or a poisonlab run folder (``poisonlab.models.zoo`` refuses
+anything that would need unpickling). The model is loaded in ``setup()``, once per worker process, on
+CUDA when torch sees a GPU (fp16 autocast there) and on the CPU otherwise. With random weights
+(``weights=None``) it is initialised from ``seed`` inside a forked torch RNG, so every worker builds the
+same model and the global generator is left as it was.
+
+torch and open_clip are imported only when a model is loaded: registering this embedder is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from poisonlab.filters.embedders import EMBEDDERS, Decoded, Embedder
+from poisonlab.filters.store import file_digest
+from poisonlab.pipelines.registry import Params
+from poisonlab.pipelines.sample import Sample
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
+
+
+class OpenClipParams(Params):
+    arch: str = Field(..., description="open_clip architecture name, a shipped config or a JSON file")
+    weights: str | None = Field(None, description="pretrained tag, .safetensors / weights-only .pt file, or run folder")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 (None: cuda when available)")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    seed: int = Field(0, description="initialisation of random weights")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="pixel cap checked before decoding an image")
+
+
+def weights_identity(weights: str | None, seed: int) -> str:
+    """What the weights are: a file's sha256, an open_clip tag, or random from a seed."""
+    from poisonlab.models.zoo import CHECKPOINT_NAME
+
+    if weights is None:
+        return f"random:{seed}"
+    path = Path(weights)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if path.exists():
+        return "sha256:" + file_digest(path)
+    return f"tag:{weights}"
+
+
+def _arch_identity(arch: str) -> str:
+    path = Path(arch)
+    return path.read_text() if path.suffix == ".json" and path.exists() else arch
+
+
+_LOADED: dict[tuple, Any] = {}
+
+
+@EMBEDDERS.register("open_clip", OpenClipParams, summary="open_clip image and caption embeddings (spaces image, text)")
+class OpenClipEmbedder(Embedder):
+    """Image and caption embeddings from one open_clip model."""
+
+    spaces = ("image", "text")
+    payload_extensions = IMAGE_EXTENSIONS
+    params: OpenClipParams
+
+    def __init__(self, params: OpenClipParams) -> None:
+        super().__init__(params)
+        self.loaded: Any = None
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        return self.params.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def setup(self) -> None:
+        """Load the model once per process (a per-process cache keyed by spec, device and seed)."""
+        import torch
+
+        from poisonlab.models.zoo import ModelSpec, load_model
+
+        if self.loaded is not None:
+            return
+        spec = ModelSpec(self.params.arch, self.params.weights)
+        key = (spec, self.device, self.params.seed)
+        if key not in _LOADED:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.params.seed)
+                _LOADED[key] = load_model(spec, self.device)
+        self.loaded = _LOADED[key]
+        precision = self.params.precision
+        if precision == "auto":
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self._autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def dims(self) -> dict[str, int]:
+        self.setup()
+        return {"image": self.loaded.embed_dim, "text": self.loaded.embed_dim}
+
+    def decode(self, sample: Sample) -> Decoded:
+        out = Decoded({})
+        if sample.payload is None or not self.accepts(sample.payload_ext):
+            out.missing.append(f"no_image: payload .{sample.payload_ext} is not an image")
+        else:
+            try:
+                out.inputs["image"] = decode_image(sample.payload, self.params.max_pixels)
+            except ImageError as exc:
+                out.missing.append(str(exc))
+        if sample.text and sample.text.strip():
+            out.inputs["text"] = sample.text
+        else:
+            out.missing.append("no_caption")
+        return out
+
+    def _run(self, fn, batch) -> np.ndarray:  # type: ignore[no-untyped-def]
+        import torch
+
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            if self._autocast is not None:
+                with torch.autocast(device_type=self.device.split(":")[0], dtype=self._autocast):
+                    out = fn(batch)
+            else:
+                out = fn(batch)
+            out = torch.nn.functional.normalize(out.float(), dim=-1)
+        return out.cpu().numpy()
+
+    def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+        import torch
+
+        self.setup()
+        model, out = self.loaded.model, {}
+        if batch.get("image"):
+            pixels = torch.stack([self.loaded.preprocess(im) for im in batch["image"]])
+            out["image"] = self._run(model.encode_image, pixels)
+        if batch.get("text"):
+            out["text"] = self._run(model.encode_text, self.loaded.tokenizer(list(batch["text"])))
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        return {"arch": _arch_identity(self.params.arch), "weights": weights_identity(self.params.weights, self.params.seed)}
+
+    def fingerprint(self) -> str:
+        """The same string as before embedders were registered, so existing stores keep their folder."""
+        ident = self.identity()
+        return json.dumps([ident["arch"], ident["weights"]])
+
+    def label(self) -> str:
+        arch = Path(self.params.arch)
+        if arch.suffix == ".json" and arch.exists():
+            return str(json.loads(arch.read_text()).get("arch", arch.stem))
+        return self.params.arch
+
+    def details(self) -> dict[str, Any]:
+        self.setup()
+        return {"arch": self.params.arch, "weights": self.params.weights,
+                "weights_digest": weights_identity(self.params.weights, self.params.seed),
+                "embed_dim": self.loaded.embed_dim, "image_size": self.loaded.image_size,
+                "context_length": self.loaded.context_length}
