@@ -18,9 +18,9 @@ import poisonlab.flows.cli.ingest  # noqa: F401  (registers the import command o
 from poisonlab.flows.cli import app
 from poisonlab.flows.ingest import import_folder
 from poisonlab.flows.runtime import RunnerSpec
-from poisonlab.pipelines.executor import run_local
+from poisonlab.pipelines.job import run_job_local
 from poisonlab.shards.layout import list_shards
-from poisonlab.shards.local_import import ImportSpec, finish_import, plan_import_tasks, prepare_import
+from poisonlab.shards.local_import import ImportSpec, import_job, prepare_import
 from poisonlab.shards.parts import PlanError
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.urllists import UrlListError
@@ -203,7 +203,7 @@ def test_a_file_swapped_for_a_link_after_the_scan_is_not_followed(folder: Path, 
     (folder / "b.png").symlink_to(outside / "private.png")
     (folder / "sub").rename(folder / "sub_real")
     (folder / "sub").symlink_to(outside, target_is_directory=True)
-    finish_import(plan, run_local(plan_import_tasks(plan)))
+    run_job_local(import_job(plan))
     outcome = _outcome(tmp_path / "out")
     assert outcome["b.png"] == ("error", "import: unsafe_file: b.png is a symbolic link (not followed)")
     assert outcome["sub/c.png"] == ("error", "import: unsafe_file: sub is a symbolic link (not followed)")
