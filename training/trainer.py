@@ -30,12 +30,12 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
     """
     shards, out = Path(shards), Path(out)
     shard_set = open_shard_set(shards)
+    objective = get_objective(settings)  # an unknown objective or parameter fails before the folder exists
     folder = RunFolder(out, {**settings.model_dump(), "shards": str(shards.resolve())})
     folder.open(resume)
     done = folder.finished(settings.epochs)
     if done is not None:
         return done
-    objective = get_objective(settings)
     session = open_session(shard_set, settings, folder.load_state(objective), objective)
     start = session.progress.epoch
     until = settings.epochs if stop_after_epoch is None else min(settings.epochs, max(start + 1, stop_after_epoch))
