@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from poisonlab.shards.plan import finalize_folder
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.writer import ShardWriter
 from poisonlab.training import TrainSettings, train_run
+from poisonlab.training.data import DataError
 
 
 def _reencode(src: Path, dst: Path, formats: dict[str, str]) -> int:
@@ -48,3 +50,13 @@ def test_webp_bmp_and_png_shards_train_on_every_sample(mixed_formats: tuple[Path
     assert result.skipped == {}  # no missing_image, missing_payload or undecodable sample
     epochs = pd.read_csv(tmp_path / "run" / "metrics_epochs.csv")
     assert list(epochs["samples"]) == [total] and json.loads(epochs["skipped"].iloc[0]) == {}
+
+
+def test_a_folder_of_an_unknown_modality_fails_before_training(mixed_formats: tuple[Path, int], tmp_path: Path) -> None:
+    shards, _ = mixed_formats
+    odd = tmp_path / "odd"
+    shutil.copytree(shards, odd)
+    (odd / "dataset.json").write_text(json.dumps({"format_version": 1, "modality": "no-such-modality"}))
+    with pytest.raises(DataError, match="no-such-modality"):
+        train_run(odd, tmp_path / "run", TrainSettings(epochs=1, device="cpu"), progress=False)
+    assert not (tmp_path / "run" / "train_state.json").exists()

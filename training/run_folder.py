@@ -21,7 +21,7 @@ from poisonlab.training.checkpoint import (
     save_training_state,
 )
 from poisonlab.training.config import RUNTIME_ONLY, TrainSettings
-from poisonlab.training.loop import LoopHooks, Row, Session, export_state
+from poisonlab.training.loop import LoopHooks, Row
 from poisonlab.training.metrics import (
     EPOCH_FIELDS,
     EPOCHS_CSV,
@@ -32,6 +32,7 @@ from poisonlab.training.metrics import (
     step_fields,
 )
 from poisonlab.training.objectives import TrainingObjective
+from poisonlab.training.session import Session, export_state
 from poisonlab.training.state import TrainState
 
 SUMMARY_NAME = "train_summary.json"

@@ -12,11 +12,12 @@ from pathlib import Path
 import poisonlab.training.clip_objective  # noqa: F401  (registers the "clip" objective)
 from poisonlab.training.config import TrainSettings
 from poisonlab.training.data import open_shard_set
-from poisonlab.training.loop import open_session, run_loop
+from poisonlab.training.loop import run_loop
 from poisonlab.training.objectives import get_objective
 from poisonlab.training.precision import pick_device
 from poisonlab.training.progress import StepBar
 from poisonlab.training.run_folder import SUMMARY_NAME, RunFolder, TrainResult
+from poisonlab.training.session import open_session
 
 __all__ = ["SUMMARY_NAME", "TrainResult", "pick_device", "train"]
 
