@@ -24,6 +24,7 @@ from poisonlab.training.data import (
     iterate_epoch,
     open_shard_set,
 )
+from poisonlab.training.image_codec import ImageCaptionCodec
 
 FMT = ImageFormat(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -34,8 +35,12 @@ def _tokens() -> TokenCache:
     return TokenCache(open_clip.get_tokenizer("RN50"), max_entries=1000)
 
 
+def _codec() -> ImageCaptionCodec:
+    return ImageCaptionCodec(FMT, _tokens())
+
+
 def _keys(spec: StreamSpec, epoch: int) -> list[str]:
-    return [k for b in iterate_epoch(spec, epoch, FMT, _tokens()) for k in b.keys]
+    return [k for b in iterate_epoch(spec, epoch, _codec()) for k in b.keys]
 
 
 def test_order_is_a_function_of_seed_and_epoch(tiny_shards: Path) -> None:
@@ -64,14 +69,14 @@ def test_batches_match_open_clip_preprocessing(tiny_shards: Path) -> None:
 
     loaded = load_model(ModelSpec("poisonlab-tiny-32"))
     fmt = ImageFormat.for_model(loaded.model, loaded.image_size)
-    batch = next(iter(iterate_epoch(StreamSpec(open_shard_set(tiny_shards), 4, shuffle_buffer=0), 0, fmt,
-                                    TokenCache(loaded.tokenizer))))
+    codec = ImageCaptionCodec(fmt, TokenCache(loaded.tokenizer))
+    batch = next(iter(iterate_epoch(StreamSpec(open_shard_set(tiny_shards), 4, shuffle_buffer=0), 0, codec)))
     with tarfile.open(tiny_shards / f"{batch.keys[0][:5]}.tar") as tar:
         data = tar.extractfile(f"{batch.keys[0]}.jpg").read()  # type: ignore[union-attr]
         caption = tar.extractfile(f"{batch.keys[0]}.txt").read().decode()  # type: ignore[union-attr]
     expected = loaded.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
-    torch.testing.assert_close(batch.images[0], expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(batch.texts[0], loaded.tokenizer([caption])[0])
+    torch.testing.assert_close(batch.inputs["images"][0], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(batch.inputs["texts"][0], loaded.tokenizer([caption])[0])
     # a larger image goes through the same shortest-side resize and centre crop as open_clip's transform
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     torch.testing.assert_close(fmt.to_tensor([fmt.fit(big)])[0], loaded.preprocess(big), atol=1e-5, rtol=1e-5)
@@ -130,19 +135,20 @@ def test_bad_samples_are_skipped_and_counted_never_unpickled(tmp_path: Path) -> 
     spec = StreamSpec(open_shard_set(shards), batch_size=2, shuffle_buffer=0, partial=True)
     keys: list[str] = []
     skipped: dict[str, int] = {}
-    for batch in iterate_epoch(spec, 0, FMT, _tokens()):
+    for batch in iterate_epoch(spec, 0, _codec()):
         keys += batch.keys
         for reason, n in batch.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
     assert not marker.exists()
     assert {k for k in keys if k.startswith("good")} == {f"good{i}" for i in range(6)}
     assert not {"pickled", "corrupt", "nocaption", "badutf", "quarantined"} & set(keys)
-    assert skipped["missing_image"] == 1
+    assert skipped["refused_member"] == 1  # the .pyd member was refused (never read), so the sample is skipped
     assert skipped["undecodable_image"] == 1
     assert skipped["missing_caption"] == 1
     assert skipped["caption_not_utf8"] == 1
     assert skipped["sidecar_status: not live"] == 1
     assert any(r.startswith("shard_error") for r in skipped)  # the truncated shard, not a crash
+    assert skipped["truncated_tar"] == 1  # the sample cut in the middle of its image
     assert {"late0", "late1"} <= set(keys)  # what came before the cut still trains
 
 

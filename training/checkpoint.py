@@ -3,20 +3,22 @@
 ``torch.save`` of an optimizer state would be a pickle that ``--resume`` later unpickles; a run folder
 may come from anyone, so the optimizer's tensors go to ``optimizer.safetensors`` (flat names
 ``state.<param index>.<name>``) and its scalars and parameter groups to ``train_state.json``. The model
-itself is written by ``poisonlab.models.save_checkpoint`` (``model.safetensors`` + ``model_config.json``).
+itself is written by the objective (CLIP: ``model.safetensors`` + ``model_config.json``, loadable by
+``poisonlab.models``). Every file is written under a unique temporary name and renamed; the state JSON is
+renamed last, so it marks a complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from poisonlab.models.zoo import CHECKPOINT_NAME, CONFIG_NAME, ModelSpec, load_model, save_checkpoint
+from poisonlab.shards.layout import atomic_path, atomic_write_json
+from poisonlab.training.state import Progress, TrainState
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "train_state.json"
@@ -26,9 +28,8 @@ class ResumeError(ValueError):
     """A run folder that cannot be resumed: missing state, or a different configuration."""
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer's state dict into named tensors and a JSON-safe rest."""
-    state = optimizer.state_dict()
+def state_dict_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into named tensors and a JSON-safe rest."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in state["state"].items():
@@ -38,6 +39,10 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
             else:
                 scalars.setdefault(str(index), {})[name] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return state_dict_to_flat(optimizer.state_dict())
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
@@ -50,25 +55,14 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def save_training_state(
-    run_dir: Path, model: torch.nn.Module, arch: str, optimizer: torch.optim.Optimizer,
-    progress: dict[str, Any], config: dict[str, Any], scaler_state: dict[str, Any] | None = None,
-) -> None:
-    """Write weights, optimizer and progress; the state JSON is renamed into place last (the marker)."""
+def save_training_state(run_dir: Path, state: TrainState, config: dict[str, Any]) -> None:
+    """Write the optimizer and the progress (the weights were saved by the objective just before)."""
     run_dir = Path(run_dir)
-    save_checkpoint(model, run_dir, arch, extra={"trained_by": "poisonlab train", "train_config": config})
-    tensors, rest = optimizer_to_flat(optimizer)
-    tmp = run_dir / (OPTIMIZER_NAME + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, run_dir / OPTIMIZER_NAME)
-    _atomic_json(run_dir / STATE_NAME, {"progress": progress, "config": config, "optimizer": rest,
-                                        "grad_scaler": scaler_state})
+    tensors, rest = state_dict_to_flat(state.optimizer or {"state": {}, "param_groups": []})
+    with atomic_path(run_dir / OPTIMIZER_NAME) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(run_dir / STATE_NAME, {"progress": state.progress.to_dict(), "config": config,
+                                             "optimizer": rest, "grad_scaler": state.grad_scaler})
 
 
 def read_training_state(run_dir: Path) -> dict[str, Any] | None:
@@ -78,16 +72,14 @@ def read_training_state(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load weights and optimizer state saved by ``save_training_state`` into live objects."""
-    run_dir = Path(run_dir)
-    for name in (CHECKPOINT_NAME, CONFIG_NAME, OPTIMIZER_NAME):
-        if not (run_dir / name).exists():
-            raise ResumeError(f"cannot resume {run_dir}: {name} is missing")
-    loaded = load_model(ModelSpec.from_run(run_dir), "cpu").model
-    model.load_state_dict(loaded.state_dict())
+def load_training_state(run_dir: Path, saved: dict[str, Any], weights: dict[str, torch.Tensor]) -> TrainState:
+    """The ``TrainState`` of a run folder, from its JSON state, optimizer tensors and the objective's weights."""
+    path = Path(run_dir) / OPTIMIZER_NAME
+    if not path.exists():
+        raise ResumeError(f"cannot resume {run_dir}: {OPTIMIZER_NAME} is missing")
     try:
-        tensors = load_file(str(run_dir / OPTIMIZER_NAME))
-        optimizer.load_state_dict(optimizer_from_flat(tensors, state["optimizer"]))
+        optimizer = optimizer_from_flat(load_file(str(path)), saved["optimizer"])
     except Exception as exc:  # not safetensors, or another model's optimizer: report, never unpickle
         raise ResumeError(f"cannot resume {run_dir}: {OPTIMIZER_NAME} is unusable ({type(exc).__name__})") from None
+    return TrainState(weights=weights, optimizer=optimizer, progress=Progress.from_dict(saved["progress"]),
+                      grad_scaler=saved.get("grad_scaler") or None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -16,7 +16,10 @@ RUNTIME_ONLY = frozenset({"device", "log_every", "threads"})
 class TrainSettings(Params):
     """What a contrastive pretraining run does (the data and output folder are given separately)."""
 
-    model: str = Field("poisonlab-tiny-32", description="open_clip architecture name or JSON config file")
+    objective: str = Field("clip", description="registered training objective (`poisonlab components objective`)")
+    objective_params: dict[str, Any] = Field(default_factory=dict, description="the objective's parameters")
+    model: str = Field("poisonlab-tiny-32", description="the model the objective builds (CLIP: open_clip "
+                       "architecture name or JSON config file)")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=2, description="pairs per step (the contrastive loss needs >= 2)")
     lr: float = Field(1e-3, gt=0)

@@ -1,43 +1,45 @@
-"""Streaming image-caption pairs from WebDataset shards into training batches.
+"""Streaming samples from shards into training batches, through the one shard reader.
 
-The dataset is never loaded into memory: shards stream through a ``webdataset.DataPipeline``
-(shard list -> tar members -> samples -> keyed shuffle buffer -> safe decode -> batches), by default in a
-DataLoader worker process so that reading and decoding overlap the training step. Only members with an
-image (jpg/png) or caption extension are ever read out of the tar; images are decoded by
-``poisonlab.shards.images`` with its pixel cap and nothing is ever unpickled. A sample that cannot be
-used (a corrupt image, a missing caption, a key the sidecar marks as dropped or errored, a shard that
-ends mid-sample) is skipped and counted by reason, so a bad shard costs samples, never the run.
+The dataset is never loaded into memory. Each epoch, shards are ranked by keyed hashes, split between
+DataLoader worker processes (so reading and decoding overlap the training step), read by
+``poisonlab.shards.reader.read_shard`` with the folder's read policy (``read_policy_for``: its modality's
+payload extensions, the pixel cap, refusal of pickles and other members), passed through a keyed shuffle
+buffer, decoded by the objective's codec and collated into batches. A sample that cannot be used (a
+quarantined member, a corrupt image, a missing caption, a key the sidecar marks as dropped or errored, a
+shard that ends mid-sample) is skipped and counted by reason, so a bad shard costs samples, never the run.
+Rows the sidecar already records as not live (failed downloads, pairs removed by cleaning) are not part
+of the training set: they are neither trained on nor counted again.
 
-Order is a pure function of (seed, epoch): shards are ranked by keyed hashes and the shuffle buffer's
-generator is seeded from the same keys (and the worker's index), so a rerun with the same number of
-workers sees the same batches in the same order.
+Order is a pure function of (seed, epoch, workers): a rerun with the same number of workers sees the same
+batches in the same order, and ``start`` resumes an epoch at any batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 import json
-import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
-import webdataset as wds
-from PIL import Image
 
+from poisonlab.pipelines.accounting import reason_category
 from poisonlab.pipelines.keyed import keyed_u64
-from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from poisonlab.pipelines.sample import LIVE_STATUSES, Sample
+from poisonlab.shards.dataset import DatasetRecordError, read_policy_for
+from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
+from poisonlab.shards.reader import STAGE as READ_STAGE
+from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
+from poisonlab.training.image_codec import ImageFormat, TokenCache  # noqa: F401  (re-exported: older imports)
+from poisonlab.training.objectives import BatchCodec, SkipSample
+from poisonlab.training.shuffle import buffer_shuffle, shuffle_rng
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
-READ_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"txt"}  # metadata (.json) is not needed to train
-SHUFFLE_STAGE = "train/shuffle"
+SOURCE_LIVE = LIVE_STATUSES | {"success"}  # img2dataset's live rows are "success"
 
 
 class DataError(ValueError):
@@ -77,10 +79,8 @@ def _count_live(directory: Path, shards: Sequence[str]) -> int:
             return sum(int(sizes[f"{s}.tar"]) for s in shards)
     total = 0
     for shard in shards:
-        side = sidecar_path(directory, shard)
-        if side.exists():
-            status = pq.read_table(side, columns=["status"]).column("status").to_pylist()
-            total += sum(1 for s in status if s in LIVE_STATUSES)
+        if sidecar_path(directory, shard).exists():
+            total += sum(_sidecar_live(directory, shard).values())
         else:  # a foreign shard without a sidecar: count its captions from the tar headers
             import tarfile
 
@@ -95,19 +95,29 @@ def _count_live(directory: Path, shards: Sequence[str]) -> int:
     return total
 
 
-def _nonlive_keys(url: str) -> frozenset[str]:
-    """Keys the shard's sidecar marks as dropped or errored: they are skipped even if the tar has them."""
-    path = Path(url)
-    side = sidecar_path(path.parent, path.name[: -len(".tar")])
+def _sidecar_live(directory: Path, shard: str) -> dict[str, bool]:
+    """Key -> whether the shard's sidecar says it is live (empty without a readable sidecar)."""
+    side = sidecar_path(directory, shard)
     if not side.exists():
-        return frozenset()
-    table = pq.read_table(side, columns=["key", "status"])
-    return frozenset(k for k, s in zip(table.column("key").to_pylist(), table.column("status").to_pylist(), strict=True)
-                     if s not in LIVE_STATUSES)
+        return {}
+    try:
+        table = pq.read_table(side, columns=["key", "status"])
+    except Exception:  # the reader reports an unreadable sidecar as a shard error
+        return {}
+    return {str(k): s in SOURCE_LIVE
+            for k, s in zip(table.column("key").to_pylist(), table.column("status").to_pylist(), strict=True)}
+
+
+def read_policy(directory: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadPolicy:
+    """The folder's read policy (its modality's, from ``dataset.json``) with the run's pixel cap."""
+    try:
+        return read_policy_for(Path(directory), max_pixels=max_pixels)
+    except DatasetRecordError as exc:
+        raise DataError(str(exc)) from None
 
 
 class SkipCounter:
-    """Samples and shard tails skipped, by reason. Lives in the process that decodes."""
+    """Samples and shard problems skipped, by reason. Lives in the process that reads and decodes."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -121,84 +131,19 @@ class SkipCounter:
         self.counts.clear()
         return out
 
-    def handler(self, exc: Exception) -> bool:
-        """webdataset's ``handler=`` hook: a broken tar or a duplicate member ends that shard, counted."""
-        self.add(f"shard_error: {type(exc).__name__}")
-        return True
 
-
-@dataclasses.dataclass(frozen=True)
-class ImageFormat:
-    """How images become model input: open_clip's eval transform (shortest side, centre crop, normalise)."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def for_model(cls, model: torch.nn.Module, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFormat:
-        import open_clip
-
-        cfg = open_clip.get_model_preprocess_cfg(model)
-        mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        return cls(size=size, mean=mean, std=std, max_pixels=max_pixels)  # type: ignore[arg-type]
-
-    def fit(self, image: Image.Image) -> np.ndarray:
-        """torchvision's ``Resize(size)`` (shortest side, bicubic) then ``CenterCrop``, as open_clip evaluates."""
-        w, h = image.size
-        if (w, h) != (self.size, self.size):
-            short, long = min(w, h), max(w, h)
-            if short != self.size:
-                new_long = int(self.size * long / short)
-                nw, nh = (self.size, new_long) if w <= h else (new_long, self.size)
-                image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-                w, h = nw, nh
-            left, top = int(round((w - self.size) / 2.0)), int(round((h - self.size) / 2.0))
-            image = image.crop((left, top, left + self.size, top + self.size))
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-    def fit_array(self, array: np.ndarray) -> np.ndarray:
-        if array.shape[:2] == (self.size, self.size):
-            return array
-        return self.fit(Image.fromarray(array))
-
-    def decode(self, data: bytes) -> np.ndarray:
-        return self.fit(decode_image(data, self.max_pixels))
-
-    def to_tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack uint8 HxWx3 arrays into a normalised float NCHW batch in one vectorised step."""
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return batch.sub_(mean).div_(std)
-
-
-class TokenCache:
-    """Tokenize captions once: web captions repeat, and open_clip's BPE tokenizer runs in Python."""
-
-    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], max_entries: int = 200_000) -> None:
-        self.tokenizer = tokenizer
-        self.max_entries = max_entries
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()
-            for text, row in zip(missing, self.tokenizer(missing), strict=True):
-                self._cache[text] = row
-        return torch.stack([self._cache[t] for t in texts])
+def skip_reason(reason: str | None) -> str:
+    """'read: missing_caption: no .txt member; ...' -> 'missing_caption' (the reader's kind of problem)."""
+    category = reason_category(reason or "error")
+    prefix = f"{READ_STAGE}: "
+    return category[len(prefix):] if category.startswith(prefix) else category
 
 
 @dataclasses.dataclass
 class Batch:
-    """Model-ready tensors plus what was skipped while assembling them."""
+    """Collated model input (the objective's named tensors) plus what was skipped while assembling it."""
 
-    images: torch.Tensor
-    texts: torch.Tensor
+    inputs: dict[str, torch.Tensor]
     keys: list[str]
     skipped: dict[str, int]
 
@@ -211,68 +156,54 @@ def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]
     return sorted(shards, key=lambda s: keyed_u64(seed, "train/shards", f"{epoch}/{Path(s).name}"))
 
 
-def _drop_nonlive(samples: Iterable[dict[str, Any]], skips: SkipCounter) -> Iterator[dict[str, Any]]:
-    current_url, nonlive = None, frozenset()
+def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, skips: SkipCounter) -> Iterator[Sample]:
+    """The trainable samples of ``shards`` in reader order; everything else counted by reason."""
+    for shard in shards:
+        upstream = _sidecar_live(directory, shard)
+        report = ReadReport()
+        for sample in read_shard(directory, shard, policy, report):
+            live_upstream = upstream.get(sample.key, True)
+            if sample.is_live and live_upstream:
+                yield sample
+            elif sample.is_live:
+                skips.add("sidecar_status: not live")
+            elif live_upstream:
+                skips.add(skip_reason(sample.reason))
+        for problem in report.shard_errors:
+            skips.add(f"shard_error: {problem.split(':')[0]}")
+
+
+def _decoded(samples: Iterable[Sample], codec: BatchCodec, skips: SkipCounter) -> Iterator[tuple[str, Any]]:
     for sample in samples:
-        url = sample.get("__url__")
-        if url != current_url:
-            current_url, nonlive = url, _nonlive_keys(url) if url else frozenset()
-        if sample["__key__"] in nonlive:
-            skips.add("sidecar_status: not live")
-            continue
-        yield sample
-
-
-def _decode(samples: Iterable[dict[str, Any]], fmt: ImageFormat, skips: SkipCounter) -> Iterator[tuple[str, np.ndarray, str]]:
-    for sample in samples:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-        if ext is None:
-            skips.add("missing_image")
-            continue
-        raw_text = sample.get("txt")
-        if raw_text is None:
-            skips.add("missing_caption")
-            continue
         try:
-            text = raw_text.decode("utf-8")
-        except UnicodeDecodeError:
-            skips.add("caption_not_utf8")
-            continue
-        try:
-            image = fmt.decode(sample[ext])
-        except ImageError as exc:
-            skips.add(str(exc).split(":")[0])
-            continue
-        yield sample["__key__"], image, text
+            yield sample.key, codec.decode(sample)
+        except SkipSample as exc:
+            skips.add(str(exc))
 
 
-def _batches(
-    items: Iterable[tuple[str, np.ndarray, str]], batch_size: int, fmt: ImageFormat, tokens: TokenCache,
-    skips: SkipCounter, partial: bool,
-) -> Iterator[Batch]:
+def _batches(items: Iterable[tuple[str, Any]], batch_size: int, codec: BatchCodec, skips: SkipCounter,
+             partial: bool) -> Iterator[Batch]:
     keys: list[str] = []
-    images: list[np.ndarray] = []
-    texts: list[str] = []
-    for key, image, text in items:
+    decoded: list[Any] = []
+    for key, item in items:
         keys.append(key)
-        images.append(image)
-        texts.append(text)
+        decoded.append(item)
         if len(keys) == batch_size:
-            yield Batch(fmt.to_tensor(images), tokens(texts), keys, skips.take())
-            keys, images, texts = [], [], []
+            yield Batch(codec.collate(decoded), keys, skips.take())
+            keys, decoded = [], []
     if keys and partial:
-        yield Batch(fmt.to_tensor(images), tokens(texts), keys, skips.take())
-    else:
-        leftover = skips.take()
-        if keys:
-            leftover["partial_batch_dropped"] = len(keys)
-        if leftover:  # trailing skips still reach the caller's counts
-            yield Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], leftover)
+        yield Batch(codec.collate(decoded), keys, skips.take())
+        return
+    leftover = skips.take()
+    if keys:
+        leftover["partial_batch_dropped"] = len(keys)
+    if leftover:  # trailing skips still reach the caller's counts
+        yield Batch({}, [], leftover)
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
-    """One epoch's stream: which shards, in which order, shuffled how, batched how."""
+    """One epoch's stream: which shards, in which order, shuffled how, batched how, read with which policy."""
 
     shard_set: ShardSet
     batch_size: int
@@ -280,61 +211,39 @@ class StreamSpec:
     shuffle_buffer: int = 2000
     workers: int = 0
     partial: bool = False
+    policy: ReadPolicy | None = None  # None: the folder's policy (``read_policy``)
 
 
-def epoch_pipeline(spec: StreamSpec, epoch: int, fmt: ImageFormat, tokens: TokenCache) -> wds.DataPipeline:
-    """The WebDataset pipeline of one epoch (each DataLoader worker reads its own shards).
+class EpochStream(torch.utils.data.IterableDataset):
+    """The batches of one epoch as each DataLoader worker makes them from its own shards."""
 
-    Every stage is a picklable callable, so the pipeline also runs in worker processes that are spawned.
-    """
-    skips = SkipCounter()
-    urls = epoch_shard_order(spec.shard_set.urls, spec.seed, epoch)
-    stages: list[Any] = [wds.SimpleShardList(urls)]
-    if spec.workers > 0:
-        stages.append(wds.split_by_worker)
-    stages += [
-        wds.tarfile_to_samples(handler=skips.handler, select_files=_wanted_member),
-        functools.partial(_drop_nonlive, skips=skips),
-    ]
-    if spec.shuffle_buffer > 1:
-        stages.append(_KeyedShuffle(spec.seed, epoch, spec.shuffle_buffer))
-    stages += [
-        functools.partial(_decode, fmt=fmt, skips=skips),
-        functools.partial(_batches, batch_size=spec.batch_size, fmt=fmt, tokens=tokens, skips=skips,
-                          partial=spec.partial),
-    ]
-    return wds.DataPipeline(*stages)
+    def __init__(self, spec: StreamSpec, epoch: int, codec: BatchCodec, policy: ReadPolicy) -> None:
+        super().__init__()
+        self.spec, self.epoch, self.codec, self.policy = spec, epoch, codec, policy
 
-
-def _wanted_member(name: str) -> bool:
-    """Only image and caption members are read out of the tar; anything else is never touched."""
-    base = name.rsplit("/", 1)[-1]
-    return base.partition(".")[2].lower() in READ_EXTENSIONS
-
-
-class _KeyedShuffle:
-    """webdataset's shuffle buffer with a generator seeded from (seed, epoch, worker), not the clock."""
-
-    def __init__(self, seed: int, epoch: int, bufsize: int) -> None:
-        self.seed, self.epoch, self.bufsize = seed, epoch, bufsize
-
-    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
+        spec = self.spec
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = random.Random(keyed_u64(self.seed, SHUFFLE_STAGE, f"{self.epoch}/{worker}"))
-        initial = min(self.bufsize, max(1, self.bufsize // 2))
-        return wds.shuffle(self.bufsize, initial, rng=rng)(src)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ranked = epoch_shard_order([f"{s}.tar" for s in spec.shard_set.shards], spec.seed, self.epoch)
+        mine = [name[: -len(".tar")] for name in ranked[worker::workers]]
+        skips = SkipCounter()
+        samples: Iterable[Sample] = _live_samples(spec.shard_set.directory, mine, self.policy, skips)
+        if spec.shuffle_buffer > 1:
+            samples = buffer_shuffle(samples, spec.shuffle_buffer, shuffle_rng(spec.seed, self.epoch, worker))
+        yield from _batches(_decoded(samples, self.codec, skips), spec.batch_size, self.codec, skips, spec.partial)
 
 
-def iterate_epoch(spec: StreamSpec, epoch: int, fmt: ImageFormat, tokens: TokenCache) -> Iterator[Batch]:
-    """Batches of one epoch, in a deterministic order for a given (seed, epoch, workers)."""
-    pipeline = epoch_pipeline(spec, epoch, fmt, tokens)
+def iterate_epoch(spec: StreamSpec, epoch: int, codec: BatchCodec, start: int = 0) -> Iterator[Batch]:
+    """Batches of one epoch, in a deterministic order for a given (seed, epoch, workers), from ``start``."""
+    policy = spec.policy or read_policy(spec.shard_set.directory)
+    stream = EpochStream(spec, epoch, codec, policy)
     if spec.workers <= 0:
-        yield from pipeline
+        yield from itertools.islice(stream, start, None)
         return
     workers = min(spec.workers, len(spec.shard_set.shards))
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, collate_fn=_identity)
-    yield from loader
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity)
+    yield from itertools.islice(loader, start, None)
 
 
 def _identity(batch: Batch) -> Batch:

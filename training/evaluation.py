@@ -22,12 +22,12 @@ from poisonlab.training.attack_eval import (
     text_asr,
     triggered_images,
 )
-from poisonlab.training.data import ImageFormat
 from poisonlab.training.eval_data import EvalError, EvalSplit, load_eval_split
 from poisonlab.training.features import image_features, predict, text_features, zero_shot_weights
+from poisonlab.training.image_codec import ImageFormat
+from poisonlab.training.precision import pick_device
 from poisonlab.training.probe import linear_probe_accuracy
 from poisonlab.training.retrieval import recall_at_k
-from poisonlab.training.trainer import pick_device
 
 
 def load_run_model(run_dir: Path, device: torch.device):  # type: ignore[no-untyped-def]

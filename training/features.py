@@ -8,7 +8,7 @@ import numpy as np
 import open_clip
 import torch
 
-from poisonlab.training.data import ImageFormat
+from poisonlab.training.image_codec import ImageFormat
 
 
 @torch.no_grad()

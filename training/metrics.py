@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from poisonlab.shards.layout import atomic_path
 
 STEP_FIELDS = ("epoch", "step", "samples_seen", "loss", "lr", "logit_scale", "pairs_per_s")
 EPOCH_FIELDS = ("epoch", "steps", "samples", "mean_loss", "last_lr", "seconds", "pairs_per_s", "skipped")
 STEPS_CSV = "metrics_steps.csv"
 EPOCHS_CSV = "metrics_epochs.csv"
 LOSS_PNG = "loss.png"
+
+
+def step_fields(objective_logs: Sequence[str]) -> tuple[str, ...]:
+    """The step table's columns: the loop's, with the objective's logged values before the rate."""
+    return (*STEP_FIELDS[:5], *objective_logs, STEP_FIELDS[-1])
 
 
 class MetricsTable:
@@ -24,12 +30,10 @@ class MetricsTable:
 
     def reset(self, keep_before_epoch: int = 0) -> None:
         rows = [r for r in self.read() if int(r["epoch"]) < keep_before_epoch]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         with open(self.path, "a", newline="") as fh:
@@ -74,8 +78,7 @@ def plot_losses(curves: dict[str, Path], out: Path, title: str = "training loss"
     if ax.lines:
         ax.legend()
     fig.tight_layout()
-    tmp = Path(out).with_name(Path(out).stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(Path(out)) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return Path(out)

@@ -9,11 +9,11 @@ import base64
 import dataclasses
 import html
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from poisonlab.shards.layout import atomic_path, atomic_write_text
 from poisonlab.training.attack_eval import ASR_DEFINITION
 from poisonlab.training.metrics import plot_losses
 
@@ -89,11 +89,10 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def _save(fig, out: Path) -> Path:  # type: ignore[no-untyped-def]
-    tmp = out.with_name(out.stem + ".tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -127,7 +126,7 @@ def write_report(out_dir: Path, title: str, models: Sequence[ModelRow], detector
         md += ["## Detectors", "", *_md_table(det_table), ""]
     for name, path in plots.items():
         md += [f"## {name}", "", f"![{name}]({path.name})", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
 
     parts = [f"<h1>{html.escape(title)}</h1>", "<ul>"]
     parts += [f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in facts.items()]
@@ -141,7 +140,7 @@ def write_report(out_dir: Path, title: str, models: Sequence[ModelRow], detector
             "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
             "</style></head><body>" + "\n".join(parts) + "</body></html>")
-    (out_dir / "report.html").write_text(page)
+    atomic_write_text(out_dir / "report.html", page)
     return {"markdown": str(out_dir / "report.md"), "html": str(out_dir / "report.html"),
             **{name: str(p) for name, p in plots.items()}}
 

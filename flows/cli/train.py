@@ -27,7 +27,7 @@ def train(
     precision: str = typer.Option("auto", "--precision", help="auto (mixed on CUDA), fp32, amp"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Pretrain a CLIP model on shards with open_clip (streamed through WebDataset)."""
+    """Pretrain a CLIP model on shards with open_clip (read through poisonlab's shard reader)."""
     from pydantic import ValidationError
 
     from poisonlab.models.zoo import CheckpointError

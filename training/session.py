@@ -1,0 +1,101 @@
+"""The live objects of a training run (model, optimiser, scaler, schedule, data stream) and their state.
+
+``open_session`` builds them from a ``TrainState`` (or fresh, from the seed); ``export_state`` turns them
+back into one. The loop (``poisonlab.training.loop``) runs steps on a session; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from poisonlab.training.config import TrainSettings
+from poisonlab.training.data import ShardSet, StreamSpec, read_policy
+from poisonlab.training.objectives import Built, TrainingObjective, get_objective
+from poisonlab.training.precision import adamw, autocast_for, pick_device
+from poisonlab.training.schedule import CosineWarmup
+from poisonlab.training.state import Progress, TrainState, cpu_copy
+
+
+@dataclasses.dataclass
+class Session:
+    """The live objects of a run: built from a ``TrainState`` (or fresh), exported back into one."""
+
+    settings: TrainSettings
+    objective: TrainingObjective
+    built: Built
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: Callable[[], Any]
+    schedule: CosineWarmup
+    device: torch.device
+    stream: StreamSpec
+    progress: Progress
+
+
+def schedule_for(shard_set: ShardSet, settings: TrainSettings) -> CosineWarmup:
+    """Warm-up then cosine over all epochs of the settings: a pure function of the optimiser step."""
+    total_steps = max(1, shard_set.samples // settings.batch_size) * settings.epochs
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, total_steps // 20)
+    return CosineWarmup(settings.lr, warmup, total_steps)
+
+
+def _prepare_torch(settings: TrainSettings, device: torch.device) -> None:
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)  # a fresh model's initial weights
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState | None = None,
+                 objective: TrainingObjective | None = None) -> Session:
+    """Build the objective's model (seeded) and the optimiser, then load ``state`` into them if given."""
+    device = pick_device(settings.device)
+    stream = StreamSpec(shard_set, settings.batch_size, settings.seed, settings.shuffle_buffer, settings.workers,
+                        policy=read_policy(shard_set.directory, settings.max_pixels))
+    _prepare_torch(settings, device)
+    objective = objective or get_objective(settings)
+    built = objective.build(settings)
+    if state is not None:
+        built.model.load_state_dict(state.weights)
+    built.model.to(device).train()
+    optimizer = adamw(built.model, settings)
+    autocast, needs_scaler = autocast_for(device, settings.precision)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    progress = Progress()
+    if state is not None:
+        if state.optimizer is not None:
+            optimizer.load_state_dict(cpu_copy(state.optimizer))  # a copy: the caller's state stays as it was
+        if scaler is not None and state.grad_scaler:
+            scaler.load_state_dict(state.grad_scaler)
+        progress = Progress.from_dict(state.progress.to_dict())
+        _restore_rng(state, device, progress)
+    return Session(settings, objective, built, optimizer, scaler, autocast, schedule_for(shard_set, settings),
+                   device, stream, progress)
+
+
+def _restore_rng(state: TrainState, device: torch.device, progress: Progress) -> None:
+    if progress.batch == 0 or not state.rng:
+        return  # at an epoch boundary the loop reseeds from (seed, epoch)
+    torch.set_rng_state(state.rng["cpu"])
+    if device.type == "cuda" and "cuda" in state.rng:
+        torch.cuda.set_rng_state(state.rng["cuda"], device)
+
+
+def export_state(session: Session) -> TrainState:
+    """The session as plain CPU data (generator state included when it stopped inside an epoch)."""
+    rng = None
+    if session.progress.batch > 0:
+        rng = {"cpu": torch.get_rng_state()}
+        if session.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(session.device)
+    return TrainState(
+        weights=cpu_copy(session.built.model.state_dict()), optimizer=cpu_copy(session.optimizer.state_dict()),
+        progress=Progress.from_dict(session.progress.to_dict()),
+        grad_scaler=session.scaler.state_dict() if session.scaler is not None else None, rng=rng)
+
+
