@@ -36,7 +36,7 @@ def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: Runne
 
     runner = runner or RunnerSpec()
     config = EmbedConfig(model=model, batch_size=batch_size, dtype=dtype, device=device, seed=seed,  # type: ignore[arg-type]
-                         threads=threads)
+                         threads=threads, embedder=embedder)
     return embed_shards(Path(shards), Path(out), config, job_runner(runner, "embed"))
 
 
