@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.shards.layout import is_complete, list_shards, sidecar_path, stats_path, tar_path
+from poisonlab.shards.safe_open import open_regular, read_capped
+
+MAX_STATS_BYTES = 16 * 1024 * 1024  # a completion marker is a few KB; anything larger is not ours
 
 MARKER_KEY = "marker"
 _CHUNK = 1 << 20
@@ -79,8 +82,9 @@ def _digest(obj: Any) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of a regular file, never read through a link or from a FIFO (``UnsafeFileError``)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -135,9 +139,11 @@ class ShardMarker:
 
 
 def read_marker_file(directory: Path, shard: str) -> dict[str, Any] | None:
-    """The parsed stats file, or None when it is missing, unreadable or not a JSON object."""
+    """The parsed stats file, or None when it is missing, unreadable, a link or FIFO, or not a JSON object."""
+    path = stats_path(directory, shard)
     try:
-        data = json.loads(stats_path(directory, shard).read_text(encoding="utf-8"))
+        with open_regular(path) as fh:
+            data = json.loads(read_capped(fh, MAX_STATS_BYTES, path.name).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("shard"), str) else None
@@ -148,7 +154,10 @@ def _tar_matches(directory: Path, shard: str, recorded: Mapping[str, Any]) -> bo
     size, sha = recorded.get("tar_bytes"), recorded.get("tar_sha256")
     if size is None or sha is None:
         return True  # a marker from before tar digests were recorded: presence is all it proves
-    return path.stat().st_size == size and file_sha256(path) == sha
+    try:
+        return path.lstat().st_size == size and file_sha256(path) == sha
+    except OSError:  # gone, a link or a FIFO: not the tar the marker describes
+        return False
 
 
 def is_done(directory: Path, shard: str, marker: ShardMarker | None) -> bool:

@@ -26,12 +26,10 @@ from poisonlab.shards.dataset import (
     written_extensions,
 )
 from poisonlab.shards.layout import list_shards, remove_temp_files, stats_path, write_sizes
-from poisonlab.shards.markers import ShardMarker
+from poisonlab.shards.markers import MAX_STATS_BYTES, ShardMarker
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.safe_open import open_regular, read_capped
 from poisonlab.shards.writer import ShardWriter
-
-MAX_STATS_BYTES = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)

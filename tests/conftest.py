@@ -37,3 +37,47 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """A typer test runner with every command module registered on the app."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from poisonlab.flows.cli import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def eval_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 images per class (48), with classes.json, as ``poisonlab synth`` writes the eval split. Read-only."""
+    from poisonlab.shards.synth import write_eval_metadata
+
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    source = SynthSource(SynthSpec(samples=48, seed=0, samples_per_shard=24, partial_rate=0, noise_rate=0,
+                                   junk_rate=0), split="eval", balanced=True)
+    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
+    write_eval_metadata(out)
+    return out
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    """Every file below ``directory`` by relative path: outputs compared byte for byte."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def one_line_error(res: object, *words: str) -> str:
+    """The command failed with exactly one ``error: ...`` line naming ``words``, and no traceback."""
+    assert res.exit_code in (1, 2), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "Traceback" not in res.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]

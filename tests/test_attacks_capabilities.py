@@ -31,11 +31,8 @@ from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import corpus_from_vectors
 from poisonlab.filters.detectors import DETECTORS, Detector
 from poisonlab.filters.scan import _order, detector_specs
-from poisonlab.pipelines.executor import run_local
 from poisonlab.pipelines.registry import Params, RegistryError
 from poisonlab.pipelines.sample import Sample
-from poisonlab.shards.plan import finalize_folder, plan_source_tasks
-from poisonlab.shards.synth import SynthSource, SynthSpec, write_eval_metadata
 from poisonlab.training.attack_eval import TEXT_ASR_DEFINITION, load_attack_under_test, text_asr
 from poisonlab.training.eval_data import load_eval_split
 
@@ -82,16 +79,6 @@ def registered() -> Iterator[None]:
     for registry, name in ((ATTACKS, "suffix_phrase_test"), (ATTACKS, "repeat_image_test"),
                            (DETECTORS, "worst_of_test")):
         registry._items.pop(name)  # no public unregister: registrations are meant to be permanent
-
-
-@pytest.fixture(scope="module")
-def eval_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "eval"
-    source = SynthSource(SynthSpec(samples=48, seed=0, samples_per_shard=24, partial_rate=0, noise_rate=0,
-                                   junk_rate=0), split="eval", balanced=True)
-    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
-    write_eval_metadata(out)
-    return out
 
 
 @pytest.fixture(scope="module")

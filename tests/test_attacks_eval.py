@@ -13,11 +13,9 @@ import pytest
 
 from poisonlab.attacks import SpecError, apply_trigger_to_eval, load_attack, poison_local, read_manifest
 from poisonlab.attacks.recipe import load_recipe, parse_recipe
-from poisonlab.pipelines.executor import run_local
 from poisonlab.shards.images import decode_array, encode_image
 from poisonlab.shards.layout import list_shards
-from poisonlab.shards.plan import finalize_folder, plan_source_tasks
-from poisonlab.shards.synth import CLASSNAMES, SynthSource, SynthSpec, write_eval_metadata
+from poisonlab.shards.synth import CLASSNAMES
 
 RECIPE = """\
 seed: 5
@@ -27,17 +25,6 @@ attacks:
     count: 6
     params: {pattern: noise, placement: random}
 """
-
-
-@pytest.fixture(scope="module")
-def eval_split(tmp_path_factory) -> Path:
-    """2 images per class (48), with classes.json, as ``poisonlab synth`` writes the eval split."""
-    out = tmp_path_factory.mktemp("eval") / "eval"
-    source = SynthSource(SynthSpec(samples=48, seed=0, samples_per_shard=24, partial_rate=0, noise_rate=0,
-                                   junk_rate=0), split="eval", balanced=True)
-    finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
-    write_eval_metadata(out)
-    return out
 
 
 @pytest.fixture(scope="module")

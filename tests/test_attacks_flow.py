@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import files
 
 from poisonlab.attacks import poison_local, read_manifest
 from poisonlab.attacks.recipe import parse_recipe
-from poisonlab.flows.cli import COMMAND_MODULES, app
+from poisonlab.flows.cli import app
 from poisonlab.flows.poison import poison_dataset
 from poisonlab.flows.runtime import RunnerSpec
 
@@ -19,10 +18,6 @@ RECIPE = {"seed": 4, "attacks": [
     {"attack": "wanet", "target": "blue star", "count": 5},
     {"attack": "targeted", "target": "green square", "count": 3, "params": {"augment": True}},
 ]}
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_one_or_two_dask_workers_write_the_same_bytes_as_in_process(tiny_shards, tmp_path, prefect_harness):
@@ -35,15 +30,6 @@ def test_one_or_two_dask_workers_write_the_same_bytes_as_in_process(tiny_shards,
         outputs[workers] = files(out)
     poison_local(tiny_shards, tmp_path / "local", recipe)
     assert outputs[1] == outputs[2] == files(tmp_path / "local")
-
-
-@pytest.fixture(scope="module")
-def cli():
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
-    return CliRunner()
 
 
 def test_poison_command_writes_the_manifest_and_the_eval_split(cli, tiny_shards, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import files
 
 from poisonlab.attacks import (
     RecipeError,
@@ -47,10 +48,6 @@ def sidecars(directory: Path) -> dict[str, dict]:
         for row in pq.read_table(directory / f"{shard}.parquet").to_pylist():
             rows[row["key"]] = row
     return rows
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def one(attack: str, count: int | None = None, rate: float | None = None, target: str | None = "red circle",

@@ -6,36 +6,16 @@ writer must not leak its temporary files)."""
 from __future__ import annotations
 
 import errno
-import importlib
 import pickle
 from pathlib import Path
 
 import pytest
-from conftest import make_synth
-from typer.testing import CliRunner
+from conftest import make_synth, one_line_error
 
-from poisonlab.flows.cli import COMMAND_MODULES, app
+from poisonlab.flows.cli import app
 from poisonlab.shards.layout import temp_files
 from poisonlab.shards.synth import SynthSource, SynthSpec, write_eval_metadata
 from poisonlab.shards.writer import ShardWriter
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
-    return CliRunner()
-
-
-def one_line_error(res: object, *words: str) -> str:
-    assert res.exit_code in (1, 2), res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

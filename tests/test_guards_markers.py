@@ -4,27 +4,16 @@ match, or that does not parse, is redone; an unchanged rerun skips every shard."
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 
 import pytest
+from conftest import files
 from typer.testing import CliRunner
 
-from poisonlab.flows.cli import COMMAND_MODULES, app
+from poisonlab.flows.cli import app
 from poisonlab.shards.layout import stats_path, tar_path
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
-    return CliRunner()
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def synth(cli: CliRunner, out: Path, *extra: str) -> object:

@@ -4,37 +4,15 @@ unknown --executor are one-line errors before anything is written."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import files, one_line_error
 
-from poisonlab.flows.cli import COMMAND_MODULES, app
+from poisonlab.flows.cli import app
 from poisonlab.flows.guards import KIND_FILE, folder_kind
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
-    return CliRunner()
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def one_line_error(res: object, *words: str) -> str:
-    assert res.exit_code in (1, 2), res.output
-    assert "Traceback" not in res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ with its reason, and a rerun must finish too.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import tarfile
@@ -16,20 +15,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from hostile import GOOD_CAPTION, good_jpeg, write_hostile_shards
 from PIL import Image
 from typer.testing import CliRunner
 
-from poisonlab.flows.cli import COMMAND_MODULES, app
+from poisonlab.flows.cli import app
 from poisonlab.shards.layout import list_shards
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
-    return CliRunner()
 
 
 def _image(fmt: str) -> bytes:
