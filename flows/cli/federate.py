@@ -14,6 +14,7 @@ from poisonlab.federated.partition import PartitionRecord, make_partition
 from poisonlab.federated.schemes import SCHEMES, PartitionError
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import JsonOpt, app, emit, fail
+from poisonlab.flows.cli.errors import describe, reported
 from poisonlab.pipelines.registry import RegistryError
 
 federate_app = typer.Typer(help="Federated learning over shared shards: clients as keyed partitions.",
@@ -39,6 +40,7 @@ def _summary(record: PartitionRecord, out: Path) -> str:
 
 
 @federate_app.command("partition")
+@reported  # a sub-app is a plain Typer: unreadable input is a one-line error here too
 def partition_command(
     src: Path = typer.Option(..., "--in", help="shard folder to partition (it is only read)"),
     clients: int = typer.Option(..., "--clients", min=1, help="number of clients"),
@@ -55,6 +57,6 @@ def partition_command(
         params = scheme_params(scheme, {"alpha": alpha, "label_column": label_column})
         record = make_partition(src, out, clients, scheme, params, seed)
     except (PartitionError, RegistryError, ValueError) as exc:
-        fail(str(exc))
+        fail(describe(exc))  # one line, also for pydantic's multi-line messages
     outputs.done(out, "partition")
     emit(record.to_dict(), as_json, _summary(record, out))
