@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from poisonlab.federated.updates import ClientUpdate, Delta, UpdateError, stack_updates, unflatten
+from poisonlab.federated.updates import ClientUpdate, Delta, Layout, UpdateError, stack_updates, unflatten
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.registry import Params, get_registry
 
@@ -47,7 +47,7 @@ class Aggregate:
                 "norms": {str(c): round(v, 6) for c, v in sorted(self.norms.items())}, **self.details}
 
 
-def _finish(updates: Sequence[ClientUpdate], matrix: torch.Tensor, vector: torch.Tensor, layout: Any,
+def _finish(updates: Sequence[ClientUpdate], matrix: torch.Tensor, vector: torch.Tensor, layout: Layout,
             keep: torch.Tensor, reason: str, **details: Any) -> Aggregate:
     clients = [u.client for u in updates]
     norms = matrix.norm(dim=1)
@@ -127,8 +127,9 @@ def krum_scores(matrix: torch.Tensor, f: int) -> torch.Tensor:
     n = matrix.shape[0]
     if n - f - 2 < 1:
         raise UpdateError(f"krum needs n > f + 2 updates (n={n}, f={f}); Blanchard et al. assume n > 2f + 2")
-    diff = matrix.double().unsqueeze(1) - matrix.double().unsqueeze(0)
-    squared = diff.pow(2).sum(dim=2)
+    wide = matrix.double()  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: n x n memory, never n x n x parameters
+    sq = wide.pow(2).sum(dim=1)
+    squared = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * wide @ wide.T).clamp_min(0.0)
     squared.fill_diagonal_(math.inf)
     return squared.sort(dim=1).values[:, : n - f - 2].sum(dim=1)
 

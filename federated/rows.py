@@ -56,14 +56,17 @@ def _tar_rows(src: Path, shard: str, label_column: str | None) -> list[dict[str,
             for s in read_shard(src, shard, policy)]
 
 
-def _shard_rows(src: Path, shard: str, label_column: str | None, digest: Any) -> list[dict[str, Any]]:
-    """One shard's rows, feeding its line of the dataset fingerprint (``attacks.index``'s formula)."""
+def _fingerprint_line(src: Path, shard: str) -> bytes:
+    """A shard's line of the dataset fingerprint (``attacks.index``'s formula: sidecar bytes, or tar size)."""
     side = sidecar_path(src, shard)
     if side.exists():
-        digest.update(f"{shard}:{hashlib.sha256(side.read_bytes()).hexdigest()}\n".encode())
-        return _sidecar_rows(side, label_column)
-    digest.update(f"{shard}:tar:{tar_path(src, shard).stat().st_size}\n".encode())
-    return _tar_rows(src, shard, label_column)
+        return f"{shard}:{hashlib.sha256(side.read_bytes()).hexdigest()}\n".encode()
+    return f"{shard}:tar:{tar_path(src, shard).stat().st_size}\n".encode()
+
+
+def _shard_rows(src: Path, shard: str, label_column: str | None) -> list[dict[str, Any]]:
+    side = sidecar_path(src, shard)
+    return _sidecar_rows(side, label_column) if side.exists() else _tar_rows(src, shard, label_column)
 
 
 def live_rows(src: Path, label_column: str | None = None) -> LiveRows:
@@ -77,8 +80,9 @@ def live_rows(src: Path, label_column: str | None = None) -> LiveRows:
     shard_of: list[str] = []
     labels: list[Any] = []
     for shard in shards:
+        digest.update(_fingerprint_line(src, shard))
         seen: set[str] = set()
-        for row in _shard_rows(src, shard, label_column, digest):
+        for row in _shard_rows(src, shard, label_column):
             key = str(row["key"])
             if row.get("status") not in LIVE_SOURCE_STATUSES or key in seen:
                 continue
@@ -92,5 +96,12 @@ def live_rows(src: Path, label_column: str | None = None) -> LiveRows:
 
 
 def dataset_fingerprint(src: Path) -> str:
-    """The fingerprint of a folder's shards alone (to check a partition is read against its own dataset)."""
-    return live_rows(src).fingerprint
+    """The fingerprint of a folder's shards (to check a partition is read against its own dataset); no row
+    is parsed."""
+    shards = list_shards(Path(src))
+    if not shards:
+        raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(_fingerprint_line(Path(src), shard))
+    return digest.hexdigest()[:32]

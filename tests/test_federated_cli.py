@@ -56,3 +56,17 @@ def test_partition_refuses_to_write_over_shards(tiny_shards: Path, tmp_path: Pat
     assert result.exit_code == 2 and "also an input" in result.stderr
     missing = _invoke("--in", str(tmp_path / "none"), "--clients", "2", "--out", str(tmp_path / "p"))
     assert missing.exit_code != 0 and missing.stderr.startswith("error: ") and "does not exist" in missing.stderr
+
+
+def test_partition_folders_are_their_own_kind(tiny_shards: Path, tmp_path: Path) -> None:
+    from poisonlab.flows.guards import folder_kind
+
+    out = tmp_path / "part"
+    assert _invoke("--in", str(tiny_shards), "--clients", "2", "--out", str(out)).exit_code == 0
+    (out / "poisonlab.json").unlink()
+    assert folder_kind(out) == "partition"  # known by its record even without the kind file
+    shards_like = tmp_path / "shards_like"
+    shards_like.mkdir()
+    (shards_like / "dataset.json").write_text("{}")
+    refused = _invoke("--in", str(tiny_shards), "--clients", "2", "--out", str(shards_like))
+    assert refused.exit_code == 2 and "holds shards output" in refused.stderr
