@@ -11,7 +11,13 @@ from poisonlab.federated.aggregators import AGGREGATORS, cosine_distances, krum_
 from poisonlab.federated.updates import ClientUpdate, UpdateError, apply_delta, model_delta
 from poisonlab.pipelines.registry import RegistryError
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _update(client: int, values: list[float], samples: int = 1) -> ClientUpdate:

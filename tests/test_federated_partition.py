@@ -146,3 +146,29 @@ def test_impossible_partitions_fail_before_writing(tiny_shards: Path, tmp_path: 
         make_partition(tiny_shards, tmp_path / "q", clients=2)
         client_keys(tmp_path / "q", 9)
     assert not (tmp_path / "p").exists()
+
+
+def test_plain_tars_without_sidecars_take_labels_from_the_json_members(tiny_shards: Path, tmp_path: Path) -> None:
+    """A foreign WebDataset folder (no sidecars) is read once with image probing off; the generated dataset's
+    ``.json`` members carry its class, so dirichlet assigns exactly as from the sidecars."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for tar in tiny_shards.glob("*.tar"):
+        shutil.copyfile(tar, plain / tar.name)
+    make_partition(tiny_shards, tmp_path / "a", clients=3, scheme="dirichlet", params={"alpha": 0.5}, seed=2)
+    record = make_partition(plain, tmp_path / "b", clients=3, scheme="dirichlet", params={"alpha": 0.5}, seed=2)
+    assert _table(tmp_path / "a").equals(_table(tmp_path / "b"))
+    assert record.fingerprint == index_dataset(plain).fingerprint != load_record(tmp_path / "a").fingerprint
+
+
+def test_a_client_left_empty_by_dirichlet_is_reported(tiny_shards: Path, tmp_path: Path) -> None:
+    from poisonlab.federated.client_data import client_shard_set
+
+    for seed in range(20):  # alpha this small leaves some client without samples for most seeds
+        record = make_partition(tiny_shards, tmp_path / "p", clients=12, scheme="dirichlet",
+                                params={"alpha": 0.01}, seed=seed)
+        if 0 in record.counts:
+            break
+    empty = record.counts.index(0)
+    with pytest.raises(PartitionError, match=f"client {empty} has no samples"):
+        client_shard_set(tiny_shards, tmp_path / "p", empty)
