@@ -29,6 +29,7 @@ _RECORDS: tuple[tuple[str, str], ...] = (
     ("model.safetensors", "run"),
     ("scan.json", "scores"),
     ("recall.json", "recall"),
+    ("partition.json", "partition"),
     ("model.json", "embeddings"),
     ("exclusions.parquet", "cleaned"),
     ("clean.json", "cleaned"),

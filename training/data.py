@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class ShardSet:
     directory: Path
     shards: tuple[str, ...]
     samples: int
+    # shard -> the only keys to train on (a federated client's partition of shared shards); None: every live
+    # sample. Other keys are passed over unread by the codec and uncounted: they are not this set's data.
+    keys: Mapping[str, frozenset[str]] | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -156,12 +159,17 @@ def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]
     return sorted(shards, key=lambda s: keyed_u64(seed, "train/shards", f"{epoch}/{Path(s).name}"))
 
 
-def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, skips: SkipCounter) -> Iterator[Sample]:
-    """The trainable samples of ``shards`` in reader order; everything else counted by reason."""
+def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, skips: SkipCounter,
+                  keys: Mapping[str, frozenset[str]] | None = None) -> Iterator[Sample]:
+    """The trainable samples of ``shards`` in reader order (only ``keys[shard]`` when given); everything
+    else of this set counted by reason."""
     for shard in shards:
         upstream = _sidecar_live(directory, shard)
+        wanted = None if keys is None else keys.get(shard, frozenset())
         report = ReadReport()
         for sample in read_shard(directory, shard, policy, report):
+            if wanted is not None and sample.key not in wanted:
+                continue
             live_upstream = upstream.get(sample.key, True)
             if sample.is_live and live_upstream:
                 yield sample
@@ -228,7 +236,8 @@ class EpochStream(torch.utils.data.IterableDataset):
         ranked = epoch_shard_order([f"{s}.tar" for s in spec.shard_set.shards], spec.seed, self.epoch)
         mine = [name[: -len(".tar")] for name in ranked[worker::workers]]
         skips = SkipCounter()
-        samples: Iterable[Sample] = _live_samples(spec.shard_set.directory, mine, self.policy, skips)
+        samples: Iterable[Sample] = _live_samples(spec.shard_set.directory, mine, self.policy, skips,
+                                                      spec.shard_set.keys)
         if spec.shuffle_buffer > 1:
             samples = buffer_shuffle(samples, spec.shuffle_buffer, shuffle_rng(spec.seed, self.epoch, worker))
         yield from _batches(_decoded(samples, self.codec, skips), spec.batch_size, self.codec, skips, spec.partial)

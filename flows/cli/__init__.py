@@ -13,6 +13,7 @@ from poisonlab.flows.cli.app import app
 COMMAND_MODULES = (
     "poisonlab.flows.cli.data",
     "poisonlab.flows.cli.demo",
+    "poisonlab.flows.cli.federate",
     "poisonlab.flows.cli.ingest",
     "poisonlab.flows.cli.poison",
     "poisonlab.flows.cli.sanitize",
