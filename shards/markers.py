@@ -66,15 +66,14 @@ def canonical(obj: Any) -> Any:
 
 
 def _path_identity(path: Path) -> Any:
-    """A file is identified by its bytes, a folder by nothing: the output must not depend on where it runs."""
+    """A file is identified by its bytes; anything else (a folder, a staging folder already removed) by
+    nothing: the output must not depend on where it runs, nor on scratch space cleaned after the run."""
     try:
         if path.is_file():
             return {"file_sha256": file_sha256(path)}
-        if path.is_dir():
-            return {"folder": True}
     except OSError:
         pass
-    return str(path)
+    return {"folder": True}
 
 
 def _digest(obj: Any) -> str:

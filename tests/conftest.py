@@ -18,9 +18,15 @@ from poisonlab.shards.synth import SynthSource, SynthSpec  # noqa: E402
 
 
 def make_synth(out: Path, samples: int = 240, seed: int = 0, per_shard: int = 60, image_size: int = 32) -> Path:
-    """Generate a small shard set in-process (no Prefect) — the building block of most tests."""
+    """Generate a small shard set in-process (no Prefect) — the building block of most tests.
+
+    The same job as ``poisonlab synth`` (so the same files, ``dataset.json`` included), run here.
+    """
+    from poisonlab.flows.datasets import synth_job
+    from poisonlab.pipelines.job import run_job_local
+
     src = SynthSource(SynthSpec(samples=samples, seed=seed, samples_per_shard=per_shard, image_size=image_size))
-    finalize_folder(out, run_local(plan_source_tasks(src, src.shards(), out)))
+    run_job_local(synth_job(src, out))
     return out
 
 
