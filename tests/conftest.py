@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -15,6 +16,17 @@ import pytest  # noqa: E402
 from poisonlab.pipelines.executor import run_local  # noqa: E402
 from poisonlab.shards.plan import finalize_folder, plan_source_tasks  # noqa: E402
 from poisonlab.shards.synth import SynthSource, SynthSpec  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged() -> Iterator[None]:
+    """Every test leaves torch's process-wide thread count as it found it: one that did not would run the
+    rest of the session (the science check's three trainings included) on fewer cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, "this test left torch on another number of threads"
 
 
 def make_synth(out: Path, samples: int = 240, seed: int = 0, per_shard: int = 60, image_size: int = 32) -> Path:

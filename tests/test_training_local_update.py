@@ -56,3 +56,17 @@ def test_train_is_the_same_loop_with_a_run_folder(tiny_shards: Path, tmp_path: P
     for name, value in saved.items():
         assert torch.equal(value, state.weights[name]), name
     assert round(stats.mean_loss, 6) == result.final_loss
+
+
+def test_a_run_leaves_the_process_torch_settings_as_it_found_them(tiny_shards: Path, tmp_path: Path) -> None:
+    """Threads and deterministic kernels are process-wide: a one-thread run must not leave everything after it
+    in the caller's process (here: the rest of the test session) on one thread."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("the process already runs torch on one thread")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    local_update(None, tiny_shards, SETTINGS, steps=1)
+    assert torch.get_num_threads() == threads
+    train_run(tiny_shards, tmp_path / "run", TrainSettings(**{**SETTINGS.model_dump(), "epochs": 1}), progress=False)
+    assert torch.get_num_threads() == threads
+    assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == before

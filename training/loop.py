@@ -25,7 +25,7 @@ from poisonlab.training.config import TrainSettings
 from poisonlab.training.data import Batch, DataError, ShardSet, iterate_epoch, open_shard_set
 from poisonlab.training.objectives import TrainingObjective, get_objective
 from poisonlab.training.progress import StepBar
-from poisonlab.training.session import Session, export_state, open_session
+from poisonlab.training.session import Session, export_state, open_session, torch_runtime
 from poisonlab.training.state import Progress, TrainState, cpu_copy
 
 Row = dict[str, Any]
@@ -187,11 +187,12 @@ def local_update(state: TrainState | None, shards: Path | ShardSet, settings: Tr
     steps give exactly the weights of one call of 2k steps.
     """
     shard_set = shards if isinstance(shards, ShardSet) else open_shard_set(Path(shards))
-    session = open_session(shard_set, settings, state, objective)
-    p = session.progress
-    if epochs is not None:
-        until_epoch = p.epoch + epochs
-    else:  # steps alone are not bounded by the settings' epochs (the schedule has decayed to zero by then)
-        until_epoch = settings.epochs if steps is None else sys.maxsize
-    stats = run_loop(session, until_epoch, p.step + steps if steps is not None else None)
-    return export_state(session), stats
+    with torch_runtime(settings):
+        session = open_session(shard_set, settings, state, objective)
+        p = session.progress
+        if epochs is not None:
+            until_epoch = p.epoch + epochs
+        else:  # steps alone are not bounded by the settings' epochs (the schedule has decayed to zero by then)
+            until_epoch = settings.epochs if steps is None else sys.maxsize
+        stats = run_loop(session, until_epoch, p.step + steps if steps is not None else None)
+        return export_state(session), stats

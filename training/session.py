@@ -1,13 +1,14 @@
 """The live objects of a training run (model, optimiser, scaler, schedule, data stream) and their state.
 
 ``open_session`` builds them from a ``TrainState`` (or fresh, from the seed); ``export_state`` turns them
-back into one. The loop (``poisonlab.training.loop``) runs steps on a session; nothing here trains.
+back into one; ``torch_runtime`` holds the process-wide torch settings for as long as a session runs. The loop (``poisonlab.training.loop``) runs steps on a session; nothing here trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -43,12 +44,25 @@ def schedule_for(shard_set: ShardSet, settings: TrainSettings) -> CosineWarmup:
     return CosineWarmup(settings.lr, warmup, total_steps)
 
 
-def _prepare_torch(settings: TrainSettings, device: torch.device) -> None:
+@contextlib.contextmanager
+def torch_runtime(settings: TrainSettings) -> Iterator[None]:
+    """The run's torch threads and deterministic CPU kernels, put back as they were when the run ends.
+
+    Both are process-wide: a library call that left them set would run everything after it in the caller's
+    process (a test session, a notebook, a federated server between rounds) on one thread, or slower kernels.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)  # a fresh model's initial weights
-    if device.type == "cpu":
+    if pick_device(settings.device).type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState | None = None,
@@ -57,7 +71,7 @@ def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState
     device = pick_device(settings.device)
     stream = StreamSpec(shard_set, settings.batch_size, settings.seed, settings.shuffle_buffer, settings.workers,
                         policy=read_policy(shard_set.directory, settings.max_pixels))
-    _prepare_torch(settings, device)
+    torch.manual_seed(settings.seed)  # a fresh model's initial weights
     objective = objective or get_objective(settings)
     built = objective.build(settings)
     if state is not None:

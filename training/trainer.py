@@ -17,7 +17,7 @@ from poisonlab.training.objectives import get_objective
 from poisonlab.training.precision import pick_device
 from poisonlab.training.progress import StepBar
 from poisonlab.training.run_folder import SUMMARY_NAME, RunFolder, TrainResult
-from poisonlab.training.session import open_session
+from poisonlab.training.session import open_session, torch_runtime
 
 __all__ = ["SUMMARY_NAME", "TrainResult", "pick_device", "train"]
 
@@ -37,15 +37,16 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
     done = folder.finished(settings.epochs)
     if done is not None:
         return done
-    session = open_session(shard_set, settings, folder.load_state(objective), objective)
-    start = session.progress.epoch
-    until = settings.epochs if stop_after_epoch is None else min(settings.epochs, max(start + 1, stop_after_epoch))
-    steps_per_epoch = max(1, shard_set.samples // settings.batch_size)
-    bar = StepBar(steps_per_epoch * settings.epochs, session.progress.step, progress, f"train {out.name}")
-    try:
-        run_loop(session, until, hooks=folder.hooks(session), bar=bar)
-    finally:
-        bar.close()
-    if session.progress.epoch < settings.epochs:
-        return None
-    return folder.finish(session, resumed_from_epoch=start)
+    with torch_runtime(settings):
+        session = open_session(shard_set, settings, folder.load_state(objective), objective)
+        start = session.progress.epoch
+        until = settings.epochs if stop_after_epoch is None else min(settings.epochs, max(start + 1, stop_after_epoch))
+        steps_per_epoch = max(1, shard_set.samples // settings.batch_size)
+        bar = StepBar(steps_per_epoch * settings.epochs, session.progress.step, progress, f"train {out.name}")
+        try:
+            run_loop(session, until, hooks=folder.hooks(session), bar=bar)
+        finally:
+            bar.close()
+        if session.progress.epoch < settings.epochs:
+            return None
+        return folder.finish(session, resumed_from_epoch=start)
