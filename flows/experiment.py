@@ -3,7 +3,8 @@
 Each step is a Prefect task (run in order inside one flow) whose outputs are folders on disk and whose
 result is a JSON marker ``steps/<step>.json`` written last; a rerun skips every step with a marker, and a
 step interrupted half-way resumes its own work (shard folders skip finished shards, training resumes from
-its last epoch checkpoint). With ``--executor local`` the same steps run in this process without Prefect.
+its last epoch checkpoint). With ``--executor local``, or ``auto`` without a cluster asked for, the steps
+run in this process without Prefect.
 
     out/data, out/data/eval     generated (or given) clean shards and the labelled evaluation split
     out/poisoned                poisoned shards + attack.json + manifest.parquet
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from poisonlab.flows.runtime import RunnerSpec
+from poisonlab.flows.runtime import Executor, RunnerSpec, choose_executor
 from poisonlab.pipelines.registry import Params, RegistryError
 from poisonlab.shards.layout import atomic_write_json
 from poisonlab.training import TrainSettings
@@ -252,11 +253,12 @@ class Experiment:
 
 
 def run_experiment(spec: ExperimentSpec, out: Path, runner: RunnerSpec, base_dir: Path | None = None) -> dict[str, Any]:
-    """Run (or resume) every step; Prefect runs them as tasks of one flow unless the executor is local."""
+    """Run (or resume) every step; Prefect runs them as tasks of one flow with the prefect executor (or auto
+    with a cluster asked for); each step's shard jobs choose their own executor from the runner."""
     exp = Experiment(spec, Path(out), runner, Path(base_dir or Path.cwd()))
     exp.claim_folder()
     names = [s.name for s in exp.steps()]
-    if runner.executor == "prefect":
+    if choose_executor(runner, shards=0) == Executor.prefect.value:
         from poisonlab.flows.experiment_flow import run_experiment_flow
 
         results = run_experiment_flow(exp, names)

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from poisonlab.flows import plan_store
+from poisonlab.flows import logs, plan_store, prefect_api
 from poisonlab.flows.experiment import Experiment
 from poisonlab.flows.runtime import check_prefect_environment
 
@@ -31,10 +31,12 @@ def experiment_flow(plan_id: str, names: list[str]) -> dict[str, dict[str, Any]]
 
 def run_experiment_flow(experiment: Experiment, names: list[str]) -> dict[str, dict[str, Any]]:
     check_prefect_environment()
+    logs.configure(verbose=experiment.runner.verbose, quiet=experiment.runner.quiet)
     plan_id = uuid.uuid4().hex
     plan_store.put(plan_id, experiment)
     try:
         label = re.sub(r"[^a-z0-9-]+", "-", experiment.spec.name.lower()).strip("-")
-        return experiment_flow.with_options(name=f"poisonlab-experiment-{label}")(plan_id, names)
+        with prefect_api.api_server(quiet=experiment.runner.quiet):
+            return experiment_flow.with_options(name=f"poisonlab-experiment-{label}")(plan_id, names)
     finally:
         plan_store.discard(plan_id)

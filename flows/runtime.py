@@ -1,6 +1,9 @@
-"""Where shard tasks run: a local Dask cluster (default), an existing cluster by address, or in-process.
+"""Where shard tasks run: in-process, on a local Dask cluster, or on an existing cluster by address.
 
-Every runner calls the same ``run_shard_task`` so the bytes written never depend on the runner, the
+The default executor, ``auto``, runs small inputs in-process: a cluster and a Prefect API server cost seconds
+to start, more than a few shards take to run. It chooses the Prefect flow on Dask when a cluster is asked for
+(``--dask-address``, ``--workers``) or when the input has at least ``AUTO_CLUSTER_MIN_SHARDS`` shards on a
+machine with more than one core (``choose_executor``). ``local`` and ``prefect`` force either. Every runner calls the same ``run_shard_task`` so the bytes written never depend on the runner, the
 number of workers or the order in which shards finish. ``run_job`` is how every command runs a
 ``ShardJob``: its tasks on the chosen runner, then its ``finalize`` on the results in task order.
 """
@@ -8,6 +11,7 @@ number of workers or the order in which shards finish. ``run_job`` is how every 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import sys
 import time
@@ -20,17 +24,46 @@ from poisonlab.pipelines.executor import OnDone, ShardTask, run_local_results, r
 from poisonlab.pipelines.job import JobRunner, ShardJob
 
 
+class Executor(str, enum.Enum):
+    """The executors a command accepts (``--executor``); ``auto`` resolves to ``local`` or ``prefect``."""
+
+    auto = "auto"
+    local = "local"
+    prefect = "prefect"
+
+
+AUTO_CLUSTER_MIN_SHARDS = 8
+"""``auto`` starts a local cluster from this many shards on: below it, start-up costs more than it saves."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunnerSpec:
-    """How to run shard tasks. ``executor='prefect'`` is the Prefect flow on Dask; ``'local'`` runs here."""
+    """How to run shard tasks: ``executor`` (``auto``, ``local`` in-process, ``prefect`` the Prefect flow on
+    Dask), where (``dask_address``, ``workers``), and what to print (``progress`` bars, Dask/Prefect INFO logs
+    when ``verbose``, only errors when ``quiet``)."""
 
-    executor: str = "prefect"
+    executor: str = Executor.auto.value
     dask_address: str | None = None
     workers: int | None = None
     progress: bool = True
+    verbose: bool = False
+    quiet: bool = False
 
     def worker_count(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
+
+
+def choose_executor(spec: RunnerSpec, shards: int) -> str:
+    """The executor that runs ``shards`` tasks: ``spec.executor`` unless it is ``auto``, which picks the
+    cluster only where one was asked for or where the work spreads over enough shards and cores."""
+    executor = Executor(spec.executor)
+    if executor is not Executor.auto:
+        return executor.value
+    if spec.dask_address or spec.workers is not None:
+        return Executor.prefect.value
+    if shards >= AUTO_CLUSTER_MIN_SHARDS and spec.worker_count() > 1:
+        return Executor.prefect.value
+    return Executor.local.value
 
 
 def check_prefect_environment() -> None:
@@ -74,10 +107,10 @@ class Progress:
 
 def run_task_results(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str = "shards") -> list[ShardResult]:
     """Run shard tasks with the chosen runner; results (stats and small results) come back in task order."""
-    runner = RUNNERS.get(spec.executor)
-    if runner is None:
-        raise ValueError(f"unknown executor {spec.executor!r}; known: {', '.join(sorted(RUNNERS))}")
-    progress = Progress(len(tasks), label, spec.progress)
+    if spec.executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {spec.executor!r}; known: {', '.join(EXECUTORS)}")
+    runner = RUNNERS[choose_executor(spec, len(tasks))]
+    progress = Progress(len(tasks), label, spec.progress and not spec.quiet)
     try:
         return runner(tasks, spec, label, progress.update)
     finally:
@@ -105,14 +138,17 @@ def _run_in_process(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on
 
 def _run_prefect(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_done: OnDone) -> list[ShardResult]:
     check_prefect_environment()
+    from poisonlab.flows import logs
     from poisonlab.flows.shard_flow import run_shard_flow
 
+    logs.configure(verbose=spec.verbose, quiet=spec.quiet)
     return run_shard_flow(tasks, spec, label, on_done)
 
 
 RUNNERS: dict[str, Callable[[Sequence[ShardTask], RunnerSpec, str, OnDone], list[ShardResult]]] = {
-    "local": _run_in_process, "prefect": _run_prefect,
+    Executor.local.value: _run_in_process, Executor.prefect.value: _run_prefect,
 }
+EXECUTORS: tuple[str, ...] = tuple(e.value for e in Executor)
 
 
 def run_one(task: ShardTask) -> ShardStats:

@@ -1,11 +1,14 @@
 """The Prefect flow that runs one task per shard on a ``DaskTaskRunner``.
 
-The flow is thin on purpose: plan, submit, gather. Shard tasks are captured in a closure rather than
+The flow is thin on purpose: plan, submit, gather. It talks to one Prefect API server per run
+(``prefect_api``), and a local cluster is started quietly: no dashboard, its HTTP endpoint on a free port
+(no port-in-use warnings when two commands run at once). Shard tasks are captured in a closure rather than
 passed as flow parameters, so Prefect never tries to serialise stages into its API database.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Sequence
@@ -15,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from poisonlab.flows import plan_store
+from poisonlab.flows import plan_store, prefect_api
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.accounting import ShardResult
 from poisonlab.pipelines.executor import OnDone, ShardTask, run_shard_task
@@ -37,8 +40,21 @@ def dask_runner(spec: RunnerSpec) -> DaskTaskRunner:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         }
     )
+
+
+@functools.lru_cache(maxsize=8)
+def dashboard_link(address: str) -> str | None:
+    """The dashboard of an existing (persistent) cluster, or None when it has none or cannot be asked."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=10) as client:
+            return client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+    except (OSError, TimeoutError):
+        return None
 
 
 def _flow_name(label: str) -> str:
@@ -62,7 +78,10 @@ def run_shard_flow(tasks: Sequence[ShardTask], spec: RunnerSpec, label: str, on_
     plan_id = uuid.uuid4().hex
     plan_store.put(plan_id, (tasks, on_done))
     try:
+        if spec.dask_address and not spec.quiet:
+            prefect_api.announce("Dask dashboard", dashboard_link(spec.dask_address))
         configured = shards_flow.with_options(name=_flow_name(label), task_runner=dask_runner(spec))
-        return [ShardResult.from_dict(d) for d in configured(plan_id)]
+        with prefect_api.api_server(quiet=spec.quiet):
+            return [ShardResult.from_dict(d) for d in configured(plan_id)]
     finally:
         plan_store.discard(plan_id)

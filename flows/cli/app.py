@@ -2,7 +2,8 @@
 
 Options that several commands share come as one group (``option_group``): the command declares one
 parameter (``options: RunOptions``) and typer sees the group's options in its place, so no command repeats
-``--executor``, ``--dask-address``, ``--workers`` and ``--json``.
+``--executor``, ``--dask-address``, ``--workers``, ``--json``, ``--quiet`` and ``--verbose``. A bad option
+value (``--executor dask``) is one ``error:`` line, like every other user error, not click's usage box.
 """
 
 from __future__ import annotations
@@ -16,15 +17,28 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from poisonlab.flows.cli.errors import reported as _reported
-from poisonlab.flows.runtime import RUNNERS, RunnerSpec
+from poisonlab.flows.runtime import EXECUTORS, Executor, RunnerSpec
+
+
+class _Command(TyperCommand):
+    """A command whose bad option values (a choice not offered, a missing option) are one ``error:`` line."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.BadParameter as exc:  # typer's own click (typer >= 0.26 vendors it), missing options included
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            raise typer.Exit(2) from None
 
 
 class _App(typer.Typer):
     """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("cls", _Command)
         register = super().command(*args, **kwargs)
         return lambda fn: register(_reported(fn))
 
@@ -37,6 +51,27 @@ app = _App(
     pretty_exceptions_enable=False,
 )
 
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("poisonlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"poisonlab {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Poison and sanitize web-scale image-text datasets stored as WebDataset shards."""
+
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
 OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out that another configuration wrote "
                             "(else such a folder is refused)")
@@ -44,11 +79,16 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out tha
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:
+def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True,
+                verbose: bool = False, quiet: bool = False) -> RunnerSpec:
     """The runner of a command, checked before the command writes anything (an unknown executor fails here)."""
-    if executor not in RUNNERS:
-        fail(f"unknown executor {executor!r}; known: {', '.join(sorted(RUNNERS))}")
-    return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress)
+    executor = getattr(executor, "value", executor)
+    if executor not in EXECUTORS:
+        fail(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if verbose and quiet:
+        fail("--verbose and --quiet contradict each other; give one")
+    return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress and not quiet,
+                      verbose=verbose, quiet=quiet)
 
 
 def emit(result: Any, as_json: bool, human: str) -> None:
@@ -94,17 +134,24 @@ class RunOptions:
     as_json: bool = False
 
     @classmethod
-    def from_options(cls, executor: str, dask_address: str | None, workers: int | None, as_json: bool) -> RunOptions:
-        return cls(runner_spec(executor, dask_address, workers, progress=not as_json), as_json)
+    def from_options(cls, executor: Executor, dask_address: str | None, workers: int | None, as_json: bool,
+                     quiet: bool, verbose: bool) -> RunOptions:
+        return cls(runner_spec(executor, dask_address, workers, progress=not as_json, verbose=verbose, quiet=quiet),
+                   as_json)
 
     def emit(self, result: Any, human: str) -> None:
         emit(result, self.as_json, human)
 
 
 with_run_options = option_group("options", RunOptions.from_options, {
-    "executor": (str, typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")),
+    "executor": (Executor, typer.Option(
+        Executor.auto, "--executor", case_sensitive=False,
+        help="auto: in-process below 8 shards, else (or with --dask-address/--workers) as prefect; "
+             "local: in-process; prefect: a Prefect flow on Dask")),
     "dask_address": (str | None, typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")),
     "workers": (int | None, typer.Option(None, "--workers", help="local Dask workers (default: one per core)")),
     "as_json": (bool, JsonOpt),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q", help="no progress bars: only errors and the final summary")),
+    "verbose": (bool, typer.Option(False, "--verbose", "-v", help="show Dask's and Prefect's INFO logs")),
 })
 """Give a command the runner options: it declares ``options: RunOptions`` (after ``@app.command()``)."""
