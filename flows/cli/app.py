@@ -30,7 +30,8 @@ class _Command(TyperCommand):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except typer.BadParameter as exc:  # typer's own click (typer >= 0.26 vendors it), missing options included
-            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
 
