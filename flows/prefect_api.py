@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 _ANNOUNCED: set[str] = set()
+_TEMPORARY: set[str] = set()
+"""The URLs of the temporary servers this process started (a flow nested in another runs inside its settings)."""
 
 
 def persistent_api_url() -> str | None:
     """The API URL of a server that outlives this run (set by the user or a profile), if any."""
-    return PREFECT_API_URL.value() or None
+    url = PREFECT_API_URL.value() or None
+    return None if url in _TEMPORARY else url
 
 
 def announce(what: str, link: str | None) -> None:
@@ -33,9 +36,9 @@ def announce(what: str, link: str | None) -> None:
 @contextlib.contextmanager
 def api_server(quiet: bool = False) -> Iterator[str]:
     """Run the block against one API server; a persistent server's UI link is printed unless ``quiet``."""
-    url = persistent_api_url()
+    url = PREFECT_API_URL.value() or None
     if url:
-        if not quiet:
+        if not quiet and url == persistent_api_url():
             announce("Prefect UI", PREFECT_UI_URL.value() or url)
         yield url
         return
@@ -43,5 +46,6 @@ def api_server(quiet: bool = False) -> Iterator[str]:
 
     server = SubprocessASGIServer()
     server.start()
+    _TEMPORARY.add(server.api_url)
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield server.api_url

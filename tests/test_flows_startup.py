@@ -101,3 +101,22 @@ def test_the_default_poison_run_prints_a_short_stderr_and_quiet_prints_nothing(t
     quiet = _poison(src, tmp_path / "quiet", "--quiet")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert _lines(quiet.stderr) == [] and "poisoned 3" in quiet.stdout, (quiet.stdout, quiet.stderr)
+
+
+def test_the_prefect_ui_link_is_printed_once_for_a_persistent_server_only(capsys, monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from poisonlab.flows import prefect_api
+
+    monkeypatch.setattr(prefect_api, "_ANNOUNCED", set())
+    persistent, temporary = "http://127.0.0.1:4999/api", "http://127.0.0.1:4998/api"
+    monkeypatch.setattr(prefect_api, "_TEMPORARY", {temporary})
+    with temporary_settings(updates={PREFECT_API_URL: temporary, PREFECT_UI_URL: "http://127.0.0.1:4998"}):
+        with prefect_api.api_server() as url:
+            assert url == temporary
+    assert capsys.readouterr().err == ""
+    with temporary_settings(updates={PREFECT_API_URL: persistent, PREFECT_UI_URL: "http://127.0.0.1:4999"}):
+        for quiet in (True, False, False):
+            with prefect_api.api_server(quiet=quiet) as url:
+                assert url == persistent
+    assert capsys.readouterr().err == "Prefect UI: http://127.0.0.1:4999\n"
