@@ -25,6 +25,7 @@ from poisonlab.pipelines.accounting import (
 )
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import AccountingError, ShardContext, Stage, chain_stages
+from poisonlab.pipelines.visibility import check_paths, paths_of
 
 Source = Callable[[str, list[str]], Iterator[Sample]]
 Sink = Callable[[str, Iterable[Sample], list[StageCounts], list[str]], ShardStats | ShardResult]
@@ -101,7 +102,12 @@ def _as_result(value: ShardStats | ShardResult, skipped: bool) -> ShardResult:
 
 
 def run_shard_task(task: ShardTask) -> ShardResult:
-    """Run one shard; its result says whether it was skipped because it was already complete."""
+    """Run one shard; its result says whether it was skipped because it was already complete.
+
+    First of all, the task checks that it can see its input and write its output here (a worker on
+    another machine or in another working directory fails loudly instead of writing an empty shard).
+    """
+    check_paths(paths_of(task.source, task.sink, *task.stages, shard=task.shard), task.shard)
     if task.is_done is not None and task.is_done(task.shard):
         done = task.load_done(task.shard) if task.load_done else ShardStats(shard=task.shard)
         return _as_result(done, True)

@@ -13,20 +13,23 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 from poisonlab.flows.cli.errors import reported as _reported
+from poisonlab.flows.cli.paths import scheduler_address, with_absolute_paths
 from poisonlab.flows.runtime import RUNNERS, RunnerSpec
 
 
 class _App(typer.Typer):
-    """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors."""
+    """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors,
+    and get their paths absolute (flows.cli.paths), so a cluster's workers see the folders the user meant."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         register = super().command(*args, **kwargs)
-        return lambda fn: register(_reported(fn))
+        return lambda fn: register(_reported(with_absolute_paths(fn)))
 
 
 app = _App(
@@ -44,10 +47,18 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="redo shards in --out tha
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True) -> RunnerSpec:
+def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True,
+                dask_scheduler_file: Path | None = None) -> RunnerSpec:
     """The runner of a command, checked before the command writes anything (an unknown executor fails here)."""
     if executor not in RUNNERS:
         fail(f"unknown executor {executor!r}; known: {', '.join(sorted(RUNNERS))}")
+    if dask_scheduler_file is not None:
+        if dask_address:
+            fail("give --dask-address or --dask-scheduler-file, not both")
+        try:
+            dask_address = scheduler_address(dask_scheduler_file)
+        except ValueError as exc:
+            fail(str(exc))
     return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress)
 
 
@@ -94,8 +105,9 @@ class RunOptions:
     as_json: bool = False
 
     @classmethod
-    def from_options(cls, executor: str, dask_address: str | None, workers: int | None, as_json: bool) -> RunOptions:
-        return cls(runner_spec(executor, dask_address, workers, progress=not as_json), as_json)
+    def from_options(cls, executor: str, dask_address: str | None, dask_scheduler_file: Path | None,
+                     workers: int | None, as_json: bool) -> RunOptions:
+        return cls(runner_spec(executor, dask_address, workers, not as_json, dask_scheduler_file), as_json)
 
     def emit(self, result: Any, human: str) -> None:
         emit(result, self.as_json, human)
@@ -104,6 +116,9 @@ class RunOptions:
 with_run_options = option_group("options", RunOptions.from_options, {
     "executor": (str, typer.Option("prefect", "--executor", help="prefect (a Prefect flow on Dask) or local (in-process)")),
     "dask_address": (str | None, typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")),
+    "dask_scheduler_file": (Path | None, typer.Option(None, "--dask-scheduler-file",
+                                                      help="scheduler file of an existing Dask cluster (dask-jobqueue, "
+                                                      "dask scheduler --scheduler-file)")),
     "workers": (int | None, typer.Option(None, "--workers", help="local Dask workers (default: one per core)")),
     "as_json": (bool, JsonOpt),
 })
