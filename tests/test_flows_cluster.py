@@ -9,28 +9,25 @@ import os
 import shutil
 from pathlib import Path
 
-import dask_cluster
 import pytest
 from conftest import files, make_synth, one_line_error
+from dask_cluster import address_of
 
 from poisonlab.flows import poison as poison_flow
 from poisonlab.flows.runtime import RunnerSpec, run_job, run_task_results
 from poisonlab.pipelines.visibility import TaskPathError
 from poisonlab.shards.plan import folder_job
 
-POISON = ["poison", "--in", "synth", "--out", "poisoned", "--attack", "badnets", "--count", "6",
+POISON = ["poison", "--in", "synth", "--out", "poisoned", "--attack", "badnets", "--count", "4",
           "--target", "red circle", "--seed", "3", "--json"]
 CLEAN = ["clean", "poisoned", "--scores", "scores", "--decision", "top_fraction:detector=kdist,fraction=0.05",
          "--out", "cleaned", "--excluded-out", "excluded", "--json"]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two workers whose working directory is not the driver's: yields the scheduler file."""
-    root = tmp_path_factory.mktemp("cluster")
-    (root / "elsewhere").mkdir()
-    with dask_cluster.loopback_cluster(root, workers=2, cwd=root / "elsewhere") as scheduler_file:
-        yield scheduler_file
+@pytest.fixture
+def cluster(dask_cluster: Path) -> Path:
+    """The session's scheduler file: two workers whose working directory is not the driver's."""
+    return dask_cluster
 
 
 def _shard_files(directory: Path) -> list[str]:
@@ -38,18 +35,19 @@ def _shard_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("[0-9][0-9][0-9][0-9][0-9]*") if p.is_file())
 
 
-def _run_twice(cli, args: list[str], remote: list[str], out: str) -> None:  # type: ignore[no-untyped-def]
-    """``args`` in-process, then on the cluster into the same relative folder: the same bytes."""
+def _run_twice(cli, args: list[str], remote: list[str], *outs: str) -> None:  # type: ignore[no-untyped-def]
+    """``args`` in-process, then on the cluster into the same relative folders: the same bytes."""
     from poisonlab.flows.cli import app
 
     local = cli.invoke(app, [*args, "--executor", "local"])
     assert local.exit_code == 0, local.output
-    reference = files(Path(out))
-    os.rename(out, f"{out}-local")  # the same absolute path for both runs: outputs record where they came from
+    reference = {out: files(Path(out)) for out in outs}
+    for out in outs:  # the same absolute paths for both runs: outputs record where they came from
+        os.rename(out, f"{out}-local")
     on_cluster = cli.invoke(app, [*args, *remote])
     assert on_cluster.exit_code == 0, on_cluster.output
-    assert files(Path(out)) == reference
-    assert reference  # something was compared
+    assert {out: files(Path(out)) for out in outs} == reference
+    assert all(reference.values())  # something was compared
 
 
 def test_poison_and_clean_with_relative_paths_on_an_existing_cluster(prefect_harness, cli, cluster: Path,
@@ -57,18 +55,17 @@ def test_poison_and_clean_with_relative_paths_on_an_existing_cluster(prefect_har
     from poisonlab.flows.cli import app
 
     monkeypatch.chdir(tmp_path)
-    make_synth(Path("synth"), samples=240, per_shard=60)
+    make_synth(Path("synth"), samples=120, per_shard=60)
     scheduler = os.path.relpath(cluster, tmp_path)  # a relative scheduler file, too
-    _run_twice(cli, POISON, ["--dask-address", dask_cluster.address_of(cluster)], "poisoned")
-    os.rename("poisoned-local", "poisoned-ref")
+    _run_twice(cli, POISON, ["--dask-address", address_of(cluster)], "poisoned")
     embedded = cli.invoke(app, ["embed", "poisoned", "--out", "emb", "--arch", "poisonlab-tiny-32", "--executor",
                                 "local", "--json"])
     assert embedded.exit_code == 0, embedded.output
     store = os.path.relpath(json.loads(embedded.stdout)["store"], tmp_path)
     scanned = cli.invoke(app, ["scan", store, "--out", "scores", "--detector", "kdist:k=8"])
     assert scanned.exit_code == 0, scanned.output
-    _run_twice(cli, CLEAN, ["--dask-scheduler-file", scheduler], "cleaned")
-    assert files(Path("excluded")) and len(_shard_files(Path("cleaned"))) == 3 * 4
+    _run_twice(cli, CLEAN, ["--dask-scheduler-file", scheduler], "cleaned", "excluded")
+    assert len(_shard_files(Path("cleaned"))) == 3 * 2
     assert _shard_files(cluster.parent / "elsewhere") == []  # nothing landed in the workers' directory
 
 
@@ -99,7 +96,7 @@ def test_a_task_that_cannot_see_its_input_fails_in_one_line_and_marks_nothing(cl
 def test_the_error_comes_back_from_a_cluster_worker_and_no_marker_is_written(prefect_harness, cluster: Path,
                                                                              tmp_path: Path) -> None:
     src = make_synth(tmp_path / "synth", samples=120, per_shard=60)
-    remote = RunnerSpec(dask_address=dask_cluster.address_of(cluster), progress=False)
+    remote = RunnerSpec(dask_address=address_of(cluster), progress=False)
     tasks = folder_job(src, tmp_path / "out", []).tasks()
     shutil.rmtree(tmp_path / "out")  # the output folder is not there at task time
     with pytest.raises(TaskPathError, match=r"shard 0000[01]: output folder .*/out does not exist on worker .*elsewhere"):
@@ -110,3 +107,19 @@ def test_the_error_comes_back_from_a_cluster_worker_and_no_marker_is_written(pre
     with pytest.raises(TaskPathError, match=r"shard 0000[01]: input .*/synth does not exist on worker"):
         run_job(job, remote, "copy")
     assert _shard_files(tmp_path / "out") == []
+
+
+def test_a_missing_or_foreign_scheduler_file_is_one_line_before_anything_is_written(cli, tmp_path: Path) -> None:
+    from poisonlab.flows.cli import app
+
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"not": "a scheduler"}')
+    for path, words in ((tmp_path / "missing.json", "cannot read the Dask scheduler file"),
+                        (foreign, "is not a Dask scheduler file")):
+        res = cli.invoke(app, ["synth", "--out", str(tmp_path / "out"), "--samples", "10",
+                               "--dask-scheduler-file", str(path)])
+        one_line_error(res, words, str(path))
+    res = cli.invoke(app, ["synth", "--out", str(tmp_path / "out"), "--samples", "10", "--dask-address",
+                           "tcp://127.0.0.1:1", "--dask-scheduler-file", str(foreign)])
+    one_line_error(res, "not both")
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,8 @@ import json
 from importlib import import_module
 from pathlib import Path
 
-import dask_cluster
 import pytest
+from dask_cluster import address_of
 from typer.testing import CliRunner
 
 from poisonlab.flows.runtime import RunnerSpec, run_tasks
@@ -49,10 +49,9 @@ def _cli():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def loopback_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A Dask scheduler and one worker, started as separate processes on 127.0.0.1."""
-    with dask_cluster.loopback_cluster(tmp_path) as scheduler_file:
-        yield dask_cluster.address_of(scheduler_file)
+def loopback_cluster(dask_cluster: Path) -> str:
+    """The session's Dask scheduler and two workers, started as separate processes on 127.0.0.1."""
+    return address_of(dask_cluster)
 
 
 def test_cli_runs_the_flow_on_an_existing_cluster(prefect_harness, loopback_cluster: str, tmp_path: Path) -> None:
