@@ -104,13 +104,15 @@ def _as_result(value: ShardStats | ShardResult, skipped: bool) -> ShardResult:
 def run_shard_task(task: ShardTask) -> ShardResult:
     """Run one shard; its result says whether it was skipped because it was already complete.
 
-    First of all, the task checks that it can see its input and write its output here (a worker on
-    another machine or in another working directory fails loudly instead of writing an empty shard).
+    The task checks here, where it runs, that it can write its output (before asking whether the shard
+    is done) and read its input (before any work; a finished shard needs no input): a worker on another
+    machine or in another working directory fails loudly instead of writing an empty shard.
     """
-    check_paths(paths_of(task.source, task.sink, *task.stages, shard=task.shard), task.shard)
+    check_paths(paths_of(task.sink, shard=task.shard), task.shard)
     if task.is_done is not None and task.is_done(task.shard):
         done = task.load_done(task.shard) if task.load_done else ShardStats(shard=task.shard)
         return _as_result(done, True)
+    check_paths(paths_of(task.source, *task.stages, shard=task.shard), task.shard)
     start = time.perf_counter()
     shard_errors: list[str] = []
     stages = [prepared(s) for s in task.stages]
