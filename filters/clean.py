@@ -23,6 +23,7 @@ from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import FilterStage, ShardContext
+from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.layout import atomic_write_text, is_complete
 from poisonlab.shards.plan import FolderSink, load_stats, plan_folder_tasks
@@ -52,6 +53,9 @@ class ExcludeKeys(FilterStage):
     def setup(self) -> None:
         table = pq.read_table(self.exclusions, columns=["key", "reason"])
         self._reasons = dict(zip(table.column("key").to_pylist(), table.column("reason").to_pylist(), strict=True))
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(read=(self.exclusions,))
 
     def reject(self, sample: Sample, ctx: ShardContext) -> str | None:
         if getattr(self, "_reasons", None) is None:  # unpickled on a worker without the executor's setup()
@@ -91,6 +95,9 @@ class SplitSink:
     def is_done(self, shard: str) -> bool:
         return is_complete(Path(self.directory), shard) and is_complete(Path(self.excluded_directory), shard)
 
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(write=(self.directory, self.excluded_directory))
+
     def load_done(self, shard: str) -> ShardStats:
         return load_stats(Path(self.directory), shard)
 
@@ -110,6 +117,7 @@ def plan_clean_tasks(src: Path, out: Path, exclusions: Path, excluded_out: Path 
         return tasks
     if Path(excluded_out).resolve() in (Path(src).resolve(), Path(out).resolve()):
         raise ValueError("the folder for excluded samples must differ from the input and output folders")
+    Path(excluded_out).mkdir(parents=True, exist_ok=True)  # by the driver (see ``plan_source_tasks``)
     sink = SplitSink(str(out), str(excluded_out), str(src))
     return [dataclasses.replace(t, sink=sink, is_done=sink.is_done, load_done=sink.load_done) for t in tasks]
 

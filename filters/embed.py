@@ -43,6 +43,7 @@ from poisonlab.models.zoo import LoadedModel, ModelSpec
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
+from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards
@@ -202,6 +203,9 @@ class EmbedSink:
         stats.stages = list(stages)
         stats.shard_errors = list(shard_errors)
         return stats
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(write=(self.store,))
 
     def is_done(self, shard: str) -> bool:
         path = shard_file(Path(self.store), shard)

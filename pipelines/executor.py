@@ -25,6 +25,7 @@ from poisonlab.pipelines.accounting import (
 )
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import AccountingError, ShardContext, Stage, chain_stages
+from poisonlab.pipelines.visibility import check_paths, paths_of
 
 Source = Callable[[str, list[str]], Iterator[Sample]]
 Sink = Callable[[str, Iterable[Sample], list[StageCounts], list[str]], ShardStats | ShardResult]
@@ -101,10 +102,17 @@ def _as_result(value: ShardStats | ShardResult, skipped: bool) -> ShardResult:
 
 
 def run_shard_task(task: ShardTask) -> ShardResult:
-    """Run one shard; its result says whether it was skipped because it was already complete."""
+    """Run one shard; its result says whether it was skipped because it was already complete.
+
+    The task checks here, where it runs, that it can write its output (before asking whether the shard
+    is done) and read its input (before any work; a finished shard needs no input): a worker on another
+    machine or in another working directory fails loudly instead of writing an empty shard.
+    """
+    check_paths(paths_of(task.sink, shard=task.shard), task.shard)
     if task.is_done is not None and task.is_done(task.shard):
         done = task.load_done(task.shard) if task.load_done else ShardStats(shard=task.shard)
         return _as_result(done, True)
+    check_paths(paths_of(task.source, *task.stages, shard=task.shard), task.shard)
     start = time.perf_counter()
     shard_errors: list[str] = []
     stages = [prepared(s) for s in task.stages]

@@ -38,10 +38,11 @@ import pyarrow.parquet as pq
 
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
+from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards.hashcheck import VerifyHash, VerifyHashParams
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import is_complete, sidecar_path, stats_path
-from poisonlab.shards.parts import PartsJob, PartsPlan, PlanError, prepare_parts, read_part
+from poisonlab.shards.parts import PartsJob, PartsPlan, PlanError, part_path, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.urllists import (
@@ -293,6 +294,9 @@ class StagingSource:
         unplanned = set(outcomes) - {row["key"] for row in planned}
         if unplanned:
             shard_errors.append(f"unplanned_keys: img2dataset reported {len(unplanned)} keys the plan does not hold")
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(read=(self.parts, str(part_path(Path(self.parts), shard)), self.staging))
 
     def _sample(self, row: dict[str, Any], outcome: dict[str, Any] | None, staged: Sample | None) -> Sample:
         meta = {k: v for k, v in row.items() if k not in _PLAN_ONLY and v is not None}

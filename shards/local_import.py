@@ -29,9 +29,10 @@ import pyarrow as pa
 
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample, Status
+from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards.folder_scan import FolderScan, scan_folder
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
-from poisonlab.shards.parts import PartsJob, PartsPlan, prepare_parts, read_part
+from poisonlab.shards.parts import PartsJob, PartsPlan, part_path, prepare_parts, read_part
 from poisonlab.shards.plan import plan_source_tasks
 from poisonlab.shards.reader import MAX_MEMBER_BYTES, ReadPolicy
 from poisonlab.shards.safe_open import UnsafeFileError, open_inside, read_capped
@@ -180,6 +181,9 @@ class ImportSource:
     def __call__(self, shard: str, shard_errors: list[str]) -> Iterator[Sample]:
         for row in read_part(Path(self.parts), shard):
             yield self._sample(row)
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(read=(self.parts, str(part_path(Path(self.parts), shard)), self.root))
 
     def _sample(self, row: dict[str, Any]) -> Sample:
         meta = {k: v for k, v in row.items() if k not in _INTERNAL and v is not None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from poisonlab.pipelines.accounting import ShardResult, ShardStats, StageCounts,
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import Stage
+from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards import markers
 from poisonlab.shards.dataset import (
     DEFAULT_MODALITY,
@@ -25,7 +27,7 @@ from poisonlab.shards.dataset import (
     write_dataset_record,
     written_extensions,
 )
-from poisonlab.shards.layout import list_shards, remove_temp_files, stats_path, write_sizes
+from poisonlab.shards.layout import list_shards, remove_temp_files, stats_path, tar_path, write_sizes
 from poisonlab.shards.markers import MAX_STATS_BYTES, ShardMarker
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.shards.safe_open import open_regular, read_capped
@@ -40,6 +42,9 @@ class FolderSource:
     def __call__(self, shard: str, shard_errors: list[str]) -> Iterator[Sample]:
         report = ReadReport(shard_errors=shard_errors)
         yield from read_shard(Path(self.directory), shard, self.policy, report)
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(read=(self.directory, str(tar_path(Path(self.directory), shard))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,9 @@ class FolderSink:
 
     def is_done(self, shard: str) -> bool:
         return markers.is_done(Path(self.directory), shard, self.marker)
+
+    def needed_paths(self, shard: str) -> TaskPaths:
+        return TaskPaths(write=(self.directory,))
 
     def load_done(self, shard: str) -> ShardStats:
         return load_stats(Path(self.directory), shard)
@@ -90,7 +98,7 @@ def folder_job(
     names = list(shards) if shards is not None else list_shards(src)
     if not names:
         raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
-    source = FolderSource(str(src), policy or read_policy_for(src))
+    source = FolderSource(os.path.abspath(src), policy or read_policy_for(src))  # the same folder on every worker
     return FolderJob(source, tuple(names), dst, tuple(stages), source_name=str(src), derived_from=src,
                      overwrite=overwrite)
 
@@ -102,8 +110,13 @@ def plan_source_tasks(
     stages: Sequence[Stage] = (),
     source_name: str | None = None,
 ) -> list[ShardTask]:
-    """One task per shard name, from any source (a folder, a generator, a URL-list part) into ``dst``."""
-    sink = FolderSink(str(dst), source_name, ShardMarker.for_task(source, stages))
+    """One task per shard name, from any source (a folder, a generator, a URL-list part) into ``dst``.
+
+    ``dst`` is created here, in the driver: a task only writes into a folder that already exists, so a
+    worker that does not share the driver's file system fails instead of creating its own copy.
+    """
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    sink = FolderSink(os.path.abspath(dst), source_name, ShardMarker.for_task(source, stages))
     return [
         ShardTask(shard=n, source=source, stages=tuple(stages), sink=sink, is_done=sink.is_done,
                   load_done=sink.load_done, source_name=source_name)

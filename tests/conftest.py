@@ -58,6 +58,18 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scheduler and two workers started as separate processes whose working directory is not the
+    tests' (as on a cluster the user already has); yields the scheduler file. Shared by the session."""
+    from dask_cluster import loopback_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    (root / "elsewhere").mkdir()
+    with loopback_cluster(root, workers=2, cwd=root / "elsewhere") as scheduler_file:
+        yield scheduler_file
+
+
+@pytest.fixture(scope="session")
 def cli():
     """A typer test runner with every command module registered on the app."""
     import importlib

@@ -4,14 +4,11 @@ cluster reached by ``--dask-address``."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from importlib import import_module
 from pathlib import Path
 
 import pytest
+from dask_cluster import address_of
 from typer.testing import CliRunner
 
 from poisonlab.flows.runtime import RunnerSpec, run_tasks
@@ -52,32 +49,9 @@ def _cli():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def loopback_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A Dask scheduler and one worker, started as separate processes on 127.0.0.1."""
-    scheduler_file = tmp_path / "scheduler.json"
-    dask = str(Path(sys.executable).with_name("dask"))
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(scheduler_file)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                       "--host", "127.0.0.1", "--no-dashboard"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+def loopback_cluster(dask_cluster: Path) -> str:
+    """The session's Dask scheduler and two workers, started as separate processes on 127.0.0.1."""
+    return address_of(dask_cluster)
 
 
 def test_cli_runs_the_flow_on_an_existing_cluster(prefect_harness, loopback_cluster: str, tmp_path: Path) -> None:

@@ -14,12 +14,14 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperCommand
 
 from poisonlab.flows.cli.errors import reported as _reported
+from poisonlab.flows.cli.paths import scheduler_address, with_absolute_paths
 from poisonlab.flows.runtime import EXECUTORS, Executor, RunnerSpec
 
 
@@ -36,12 +38,13 @@ class _Command(TyperCommand):
 
 
 class _App(typer.Typer):
-    """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors."""
+    """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors,
+    and get their paths absolute (flows.cli.paths), so a cluster's workers see the folders the user meant."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs.setdefault("cls", _Command)
         register = super().command(*args, **kwargs)
-        return lambda fn: register(_reported(fn))
+        return lambda fn: register(_reported(with_absolute_paths(fn)))
 
 
 app = _App(
@@ -81,13 +84,20 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def runner_spec(executor: str, dask_address: str | None, workers: int | None, progress: bool = True,
-                verbose: bool = False, quiet: bool = False) -> RunnerSpec:
+                verbose: bool = False, quiet: bool = False, dask_scheduler_file: Path | None = None) -> RunnerSpec:
     """The runner of a command, checked before the command writes anything (an unknown executor fails here)."""
     executor = getattr(executor, "value", executor)
     if executor not in EXECUTORS:
         fail(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if verbose and quiet:
         fail("--verbose and --quiet contradict each other; give one")
+    if dask_scheduler_file is not None:
+        if dask_address:
+            fail("give --dask-address or --dask-scheduler-file, not both")
+        try:
+            dask_address = scheduler_address(dask_scheduler_file)
+        except ValueError as exc:
+            fail(str(exc))
     return RunnerSpec(executor=executor, dask_address=dask_address, workers=workers, progress=progress and not quiet,
                       verbose=verbose, quiet=quiet)
 
@@ -135,10 +145,10 @@ class RunOptions:
     as_json: bool = False
 
     @classmethod
-    def from_options(cls, executor: Executor, dask_address: str | None, workers: int | None, as_json: bool,
-                     quiet: bool, verbose: bool) -> RunOptions:
-        return cls(runner_spec(executor, dask_address, workers, progress=not as_json, verbose=verbose, quiet=quiet),
-                   as_json)
+    def from_options(cls, executor: Executor, dask_address: str | None, dask_scheduler_file: Path | None,
+                     workers: int | None, as_json: bool, quiet: bool, verbose: bool) -> RunOptions:
+        return cls(runner_spec(executor, dask_address, workers, progress=not as_json, verbose=verbose, quiet=quiet,
+                               dask_scheduler_file=dask_scheduler_file), as_json)
 
     def emit(self, result: Any, human: str) -> None:
         emit(result, self.as_json, human)
@@ -150,6 +160,9 @@ with_run_options = option_group("options", RunOptions.from_options, {
         help="auto: in-process below 8 shards, else (or with --dask-address/--workers) as prefect; "
              "local: in-process; prefect: a Prefect flow on Dask")),
     "dask_address": (str | None, typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler")),
+    "dask_scheduler_file": (Path | None, typer.Option(None, "--dask-scheduler-file",
+                                                      help="scheduler file of an existing Dask cluster (dask-jobqueue, "
+                                                      "dask scheduler --scheduler-file)")),
     "workers": (int | None, typer.Option(None, "--workers", help="local Dask workers (default: one per core)")),
     "as_json": (bool, JsonOpt),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", help="no progress bars: only errors and the final summary")),

@@ -1,6 +1,7 @@
 """Errors every command reports as one line (exit code 1) instead of a traceback.
 
-A full disk, a refused checkpoint or a folder written with another configuration are the user's to fix,
+A full disk, a refused checkpoint, a folder written with another configuration or a cluster worker that
+cannot see the data (``TaskPathError``, raised on the worker and sent back) are the user's to fix,
 not bugs: the message says what and where. Anything else still raises, so real bugs keep their traceback.
 """
 
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import typer
 
 from poisonlab.flows.guards import OutputGuardError
+from poisonlab.pipelines.visibility import TaskPathError
 from poisonlab.shards.markers import MarkerConflict
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,7 +41,7 @@ def reported(fn: F) -> F:
     def command(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (OSError, MarkerConflict, OutputGuardError, *_checkpoint_errors()) as exc:
+        except (OSError, MarkerConflict, OutputGuardError, TaskPathError, *_checkpoint_errors()) as exc:
             typer.echo(f"error: {describe(exc)}", err=True)
             raise typer.Exit(code=1) from None
 

@@ -12,6 +12,7 @@ from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import EmbeddingMismatchError
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
+from poisonlab.flows.cli.paths import absolute_if_file
 from poisonlab.pipelines.registry import RegistryError
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error
@@ -52,7 +53,7 @@ def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ign
         if weights:
             raise ValueError("--weights needs --arch")
         return None
-    return ModelSpec(arch=arch, weights=weights)
+    return ModelSpec(arch=absolute_if_file(arch), weights=absolute_if_file(weights))  # type: ignore[arg-type]
 
 
 def _stores(primary: Path, extra: list[str]) -> dict[str, Path] | Path:

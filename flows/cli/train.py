@@ -8,6 +8,7 @@ import typer
 
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
+from poisonlab.flows.cli.paths import absolute
 
 
 @app.command()
@@ -100,7 +101,7 @@ def experiment(
                 raise ExperimentError(f"--set {item!r}: expected KEY=VALUE (e.g. train.epochs=2)")
             parsed[key.strip()] = yaml.safe_load(value)
         spec, base_dir = load_experiment(recipe, parsed)
-        folder = out or Path("experiments") / spec.name
+        folder = out or absolute(Path("experiments") / spec.name)
         outputs.guard(folder, "experiment")
         result = run_experiment(spec, folder, options.runner, base_dir)
     except ExperimentError as exc:
