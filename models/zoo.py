@@ -277,6 +277,19 @@ def write_open_clip_config(folder: Path, cfg: dict[str, Any], preprocess: dict[s
     return Path(folder) / OPEN_CLIP_CONFIG
 
 
+def export_model_dir(spec: ModelSpec, out: Path) -> list[Path]:
+    """An open_clip ``local-dir:`` folder for ``spec``: the config alone for an architecture without weights
+    (open_clip_train then starts from random weights), the config and checked weights otherwise (also a
+    poisonlab run folder). Returns the files written."""
+    out = Path(out)
+    if spec.weights is None and open_clip_dir.local_dir(spec.arch) is None:
+        arch = _resolve_arch(spec.arch)
+        return [write_open_clip_config(out, arch.cfg, arch.preprocess)]
+    loaded = load_model(spec)
+    save_checkpoint(loaded.model, out, spec.arch, extra={"exported_from": spec.weights or spec.arch})
+    return [out / CHECKPOINT_NAME, out / OPEN_CLIP_CONFIG, out / CONFIG_NAME]
+
+
 class ModelParams(Params):
     pass
 
