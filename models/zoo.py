@@ -33,7 +33,8 @@ MODELS = get_registry("model")
 CHECKPOINT_NAME = "model.safetensors"
 CONFIG_NAME = "model_config.json"
 
-__all__ = ["CheckpointError", "LoadedModel", "ModelSpec", "load_model", "save_checkpoint"]
+__all__ = ["CheckpointError", "LoadedModel", "ModelSpec", "export_model_dir", "load_model", "save_checkpoint",
+           "write_open_clip_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class ModelSpec:
     def from_run(cls, run_dir: Path) -> ModelSpec:
         """A poisonlab run folder, or any open_clip ``local-dir:`` folder with weights (open_clip_config.json)."""
         run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run folder {run_dir} does not exist")
         cfg = run_dir / CONFIG_NAME
         if cfg.exists() and (run_dir / CHECKPOINT_NAME).exists():
             meta = json.loads(cfg.read_text())
