@@ -36,22 +36,21 @@ class OpenClipParams(Params):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="pixel cap checked before decoding an image")
 
 
-def weights_identity(weights: str | None, seed: int) -> str:
+def weights_identity(weights: str | None, seed: int, arch: str = "") -> str:
     """What the weights are: a file's sha256, an open_clip tag, or random from a seed."""
-    from poisonlab.models.zoo import CHECKPOINT_NAME
+    from poisonlab.models.zoo import ModelSpec
 
-    if weights is None:
-        return f"random:{seed}"
-    path = Path(weights)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if path.exists():
+    path = ModelSpec(arch, weights).weights_file()
+    if path is not None and path.exists():
         return "sha256:" + file_digest(path)
-    return f"tag:{weights}"
+    return f"random:{seed}" if weights is None else f"tag:{weights}"
 
 
 def _arch_identity(arch: str) -> str:
-    path = Path(arch)
+    from poisonlab.models.open_clip_dir import config_path, local_dir
+
+    folder = local_dir(arch)
+    path = config_path(folder) if folder is not None else Path(arch)
     return path.read_text() if path.suffix == ".json" and path.exists() else arch
 
 
@@ -141,7 +140,7 @@ class OpenClipEmbedder(Embedder):
         return out
 
     def identity(self) -> dict[str, Any]:
-        return {"arch": _arch_identity(self.params.arch), "weights": weights_identity(self.params.weights, self.params.seed)}
+        return {"arch": _arch_identity(self.params.arch), "weights": weights_identity(self.params.weights, self.params.seed, self.params.arch)}
 
     def fingerprint(self) -> str:
         """The same string as before embedders were registered, so existing stores keep their folder."""
@@ -157,6 +156,6 @@ class OpenClipEmbedder(Embedder):
     def details(self) -> dict[str, Any]:
         self.setup()
         return {"arch": self.params.arch, "weights": self.params.weights,
-                "weights_digest": weights_identity(self.params.weights, self.params.seed),
+                "weights_digest": weights_identity(self.params.weights, self.params.seed, self.params.arch),
                 "embed_dim": self.loaded.embed_dim, "image_size": self.loaded.image_size,
                 "context_length": self.loaded.context_length}

@@ -134,6 +134,19 @@ def test_import_command(folder: Path, tmp_path: Path) -> None:
     assert json.loads(result.output)["written"] == 4  # huge.png is within the default pixel cap
 
 
+def test_an_import_that_wrote_nothing_fails_in_one_line(tmp_path: Path) -> None:
+    """Issue 13: a folder without captions used to write 0 of N rows and exit 0."""
+    from conftest import one_line_error
+
+    for i in range(3):
+        _image(tmp_path / "bare" / f"{i}.png", value=10 * i)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["import", "--images", str(tmp_path / "bare"), "--out", str(out),
+                                   "--executor", "local", "--json"])
+    one_line_error(res, "import wrote 0 of 3 rows", "3 missing_caption", "--captions")
+    assert [r["reason"].split(":")[1].strip() for r in _rows(out)] == ["missing_caption"] * 3  # each row says why
+
+
 # Issue 11, finding 3: import reads only from inside the folder, and every skipped entry gets a row.
 @pytest.fixture()
 def outside(tmp_path: Path) -> Path:

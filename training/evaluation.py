@@ -30,7 +30,14 @@ from poisonlab.training.probe import linear_probe_accuracy
 from poisonlab.training.retrieval import recall_at_k
 
 
-def load_run_model(run_dir: Path, device: torch.device):  # type: ignore[no-untyped-def]
+def load_run_model(run_dir: Path | ModelSpec, device: torch.device):  # type: ignore[no-untyped-def]
+    """A run folder (poisonlab's, or any open_clip local-dir folder), or a model spec (architecture + weights:
+    open_clip_train's ``epoch_N.pt``, a safetensors file, a pretrained tag)."""
+    if isinstance(run_dir, ModelSpec):
+        try:
+            return load_model(run_dir, device)
+        except CheckpointError as exc:
+            raise EvalError(str(exc)) from None
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EvalError(f"run folder {run_dir} does not exist")
@@ -41,15 +48,23 @@ def load_run_model(run_dir: Path, device: torch.device):  # type: ignore[no-unty
         raise EvalError(f"run folder {run_dir} has no usable checkpoint ({exc}); train one with `poisonlab train`") from None
 
 
-def evaluate_run(run_dir: Path, eval_dir: Path, attack_from: Path | None = None, attack_id: str | None = None,
-                 device: str = "auto", probe_seed: int = 0) -> dict[str, Any]:
-    """Every metric the split allows; attack metrics only when ``attack_from`` names an attack."""
+def _described(model: Path | ModelSpec) -> str:
+    if isinstance(model, ModelSpec):
+        return f"{model.arch} + {model.weights}" if model.weights else model.arch
+    return str(model)
+
+
+def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | None = None,
+                 attack_id: str | None = None, device: str = "auto", probe_seed: int = 0) -> dict[str, Any]:
+    """Every metric the split allows; attack metrics only when ``attack_from`` names an attack.
+
+    ``run_dir`` is a run folder or a ``ModelSpec`` (a model trained elsewhere, e.g. by open_clip_train)."""
     started = time.perf_counter()
     split = load_eval_split(Path(eval_dir))  # bad splits fail before the model is built
     attack = load_attack_under_test(attack_from, attack_id) if attack_from is not None else None
     target = split.label_of(attack.target) if attack is not None else None
     dev = pick_device(device)
-    loaded = load_run_model(Path(run_dir), dev)
+    loaded = load_run_model(run_dir if isinstance(run_dir, ModelSpec) else Path(run_dir), dev)
     model = loaded.model.eval()
     fmt = ImageFormat.for_model(model, loaded.image_size)
 
@@ -57,7 +72,7 @@ def evaluate_run(run_dir: Path, eval_dir: Path, attack_from: Path | None = None,
     weights = zero_shot_weights(model, loaded.tokenizer, split.classnames, split.templates, dev)
     preds = predict(feats, weights)
     result: dict[str, Any] = {
-        "run": str(run_dir), "eval": str(eval_dir), "images": len(split), "classes": len(split.classnames),
+        "run": _described(run_dir), "eval": str(eval_dir), "images": len(split), "classes": len(split.classnames),
         "skipped": split.skipped,
         "zero_shot": {"top1": float((preds == split.labels).mean()), "n": len(split)},
         "linear_probe": linear_probe_accuracy(feats.numpy(), split.labels, split.keys, seed=probe_seed),

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "poisonlab.flows.cli.demo",
     "poisonlab.flows.cli.federate",
     "poisonlab.flows.cli.ingest",
+    "poisonlab.flows.cli.models",
     "poisonlab.flows.cli.poison",
     "poisonlab.flows.cli.sanitize",
     "poisonlab.flows.cli.train",

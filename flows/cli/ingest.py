@@ -123,7 +123,17 @@ def import_command(
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
     outputs.done(out, "shards")
+    if not result["written"]:
+        fail(_nothing_imported(result, out))
     options.emit(result, _summary(result))
+
+
+def _nothing_imported(result: dict, out: Path) -> str:
+    """An import that wrote no sample is a failure (exit 2), said in one line with the commonest reasons."""
+    reasons = sorted(result["reasons"].items(), key=lambda kv: -kv[1])[:3]
+    why = ", ".join(f"{n} {r.split(':', 1)[-1].strip()}" for r, n in reasons) or "no images found"
+    return (f"import wrote 0 of {result['samples']} rows ({why}); each row's reason is in {out}/*.parquet. "
+            "Captions come from NAME.txt beside each image or a --captions table")
 
 
 @dataclasses.dataclass(frozen=True)

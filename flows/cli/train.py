@@ -54,7 +54,12 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Option(..., "--run", help="a run folder written by `poisonlab train`"),
+    run: Path | None = typer.Option(None, "--run", help="a run folder (`poisonlab train`) or an open_clip local-dir "
+                                    "folder (open_clip_config.json + weights)"),
+    arch: str | None = typer.Option(None, "--arch", help="instead of --run: open_clip architecture, shipped config, "
+                                    "JSON file or local-dir:DIR"),
+    weights: str | None = typer.Option(None, "--weights", help="with --arch: open_clip_train's epoch_N.pt, a "
+                                       ".safetensors or weights-only .pt file, or a pretrained tag"),
     eval_split: Path = typer.Option(..., "--eval", help="labelled split with classes.json (e.g. DATA/eval)"),
     attack_from: Path | None = typer.Option(None, "--attack-from", help="poisoned folder, its attack.json, or a recipe"),
     attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
@@ -62,14 +67,15 @@ def evaluate(
     save: Path | None = typer.Option(None, "--save", help="also write the result as JSON here"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Zero-shot accuracy, attack success (exact trigger), linear probe and retrieval recall of a run."""
+    """Zero-shot accuracy, attack success (exact trigger), linear probe and retrieval recall of a run
+    (or of a model trained elsewhere: --arch with --weights)."""
     import json
 
     from poisonlab.training.eval_data import EvalError
     from poisonlab.training.evaluation import evaluate_run, format_evaluation
 
     try:
-        result = evaluate_run(run, eval_split, attack_from, attack, device)
+        result = evaluate_run(_evaluated(run, arch, weights), eval_split, attack_from, attack, device)
     except EvalError as exc:
         fail(str(exc))
     if save is not None:
@@ -78,6 +84,19 @@ def evaluate(
         save.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(save, json.dumps(result, indent=2, sort_keys=True))
     emit(result, as_json, format_evaluation(result))
+
+
+def _evaluated(run: Path | None, arch: str | None, weights: str | None):  # type: ignore[no-untyped-def]
+    """--run RUN, or --arch ARCH [--weights W]: one of the two, never both."""
+    if (run is None) == (arch is None):
+        fail("give --run RUN_DIR, or --arch ARCH with --weights (e.g. open_clip_train's epoch_N.pt)")
+    if run is not None:
+        if weights is not None:
+            fail("--run names the weights; --weights goes with --arch")
+        return run
+    from poisonlab.models.zoo import ModelSpec
+
+    return ModelSpec(arch=arch, weights=weights)  # type: ignore[arg-type]
 
 
 @app.command()
