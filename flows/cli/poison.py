@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
+from poisonlab.attacks import blind_job, prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import OverwriteOpt, RunOptions, app, fail, with_run_options
-from poisonlab.flows.poison import run_eval_job, run_poison_job
+from poisonlab.flows.poison import run_blind_job, run_eval_job, run_poison_job
 from poisonlab.pipelines.registry import RegistryError
+from poisonlab.shards.markers import MarkerConflict
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error.
 INPUT_ERRORS = (RegistryError, RecipeError, SpecError, AssetError, FileNotFoundError, ValueError)
@@ -59,7 +60,7 @@ def poison(
     overwrite: bool = OverwriteOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
-    """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
+    """Build a poisoned copy of a dataset with an exact manifest (_run/manifest.parquet, attack.json)."""
     runner = options.runner
     outputs.guard(dst, "poisoned", src, eval_in, eval_out)
     outputs.guard(eval_out, "triggered_eval", src, eval_in, dst)
@@ -104,3 +105,27 @@ def poison_eval(
     result = run_eval_job(job, runner)
     options.emit(result, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
                           f"-> {result['out']} ({result['by_status']})")
+
+
+@app.command()
+@with_run_options
+def export(
+    src: Path = typer.Option(..., "--in", help="poisoned shard folder (its _run/manifest.parquet stays there)"),
+    dst: Path = typer.Option(..., "--out", help="folder for the copy (shards only)"),
+    blind: bool = typer.Option(False, "--blind", help="strip what tells poisoned samples apart (required)"),
+    overwrite: bool = OverwriteOpt,
+    options: RunOptions = RunOptions(),
+) -> None:
+    """Copy a poisoned folder for a filter under test: same samples, no provenance, every sample alike."""
+    if not blind:
+        fail("export writes blind copies only: give --blind (a plain copy is the poisoned folder itself)")
+    outputs.guard(dst, "shards", src)
+    try:
+        job = blind_job(src, dst, overwrite=overwrite)
+        job.tasks()  # refuses another configuration's shards in --out before any work
+    except (FileNotFoundError, ValueError, MarkerConflict) as exc:
+        fail(str(exc))
+    result = run_blind_job(job, options.runner)
+    outputs.done(dst, "shards")
+    options.emit(result, f"blind copy of {result['samples']} samples ({result['written']} written) in "
+                          f"{result['shards']} shards -> {dst}; the manifest stays in {src}")
