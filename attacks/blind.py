@@ -20,6 +20,9 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from poisonlab.attacks.manifest import manifest_path
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.layout import list_shards
@@ -55,3 +58,13 @@ def blind_job(src: Path, dst: Path, overwrite: bool = False) -> FolderJob:
         raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
     source = BlindSource(str(src.resolve()), read_policy_for(src))
     return FolderJob(source, tuple(shards), dst, (), source_name=None, derived_from=src, overwrite=overwrite)
+
+
+def added_samples(poisoned: Path) -> int:
+    """How many samples of the poisoned folder an attack added (0 without a manifest): a blind copy cannot
+    make them look like the source's own (their ``KEY.json`` has none of its fields), so the command says so."""
+    path = manifest_path(Path(poisoned))
+    if not path.is_file():
+        return 0
+    change = pq.read_table(path, columns=["change"]).column("change").to_pylist()
+    return sum(1 for c in change if c == "added")

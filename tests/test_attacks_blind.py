@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import files, make_synth, one_line_error
@@ -129,9 +130,19 @@ def test_export_is_deterministic_and_needs_blind(cli, poisoned: Path, blind: Pat
     res = cli.invoke(app, ["export", "--blind", "--in", str(poisoned), "--out", str(tmp_path / "again"),
                            "--executor", "local", "--json"])
     assert res.exit_code == 0, res.output
-    assert files(tmp_path / "again") == files(blind)
+    assert json.loads(res.stdout)["added"] == 0 and files(tmp_path / "again") == files(blind)
     one_line_error(cli.invoke(app, ["export", "--in", str(poisoned), "--out", str(tmp_path / "plain")]), "--blind")
     one_line_error(cli.invoke(app, ["export", "--blind", "--in", str(tmp_path / "none"), "--out", str(tmp_path / "x")]))
+
+
+def test_added_samples_are_counted_for_the_warning(tmp_path: Path) -> None:
+    from poisonlab.attacks.blind import added_samples
+
+    assert added_samples(tmp_path) == 0  # no manifest
+    run_file = tmp_path / "_run" / "manifest.parquet"
+    run_file.parent.mkdir()
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "change": ["added", "modified", "added"]}), run_file)
+    assert added_samples(tmp_path) == 2
 
 
 def _img2dataset_like(directory: Path) -> Path:

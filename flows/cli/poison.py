@@ -8,6 +8,7 @@ import typer
 
 from poisonlab.attacks import blind_job, prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
+from poisonlab.attacks.blind import added_samples
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
@@ -127,5 +128,8 @@ def export(
         fail(str(exc))
     result = run_blind_job(job, options.runner)
     outputs.done(dst, "shards")
+    result["added"] = added_samples(src)
+    note = (f"\nwarning: {result['added']} added samples (targeted) carry no source metadata and stay "
+            "distinguishable" if result["added"] else "")
     options.emit(result, f"blind copy of {result['samples']} samples ({result['written']} written) in "
-                          f"{result['shards']} shards -> {dst}; the manifest stays in {src}")
+                          f"{result['shards']} shards -> {dst}; the manifest stays in {src}" + note)
