@@ -131,6 +131,12 @@ def test_export_is_deterministic_and_needs_blind(cli, poisoned: Path, blind: Pat
                            "--executor", "local", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["added"] == 0 and files(tmp_path / "again") == files(blind)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps(RECIPE))  # JSON is YAML
+    res = cli.invoke(app, ["poison", "--in", str(poisoned.parent / "shards"), "--out", str(tmp_path / "p"), "--recipe",
+                           str(recipe), "--blind-out", str(tmp_path / "b"), "--executor", "local"])
+    assert res.exit_code == 0, res.output
+    assert "blind copy of 240 samples" in res.stdout and files(tmp_path / "b") == files(blind)  # bytes, not paths
     one_line_error(cli.invoke(app, ["export", "--in", str(poisoned), "--out", str(tmp_path / "plain")]), "--blind")
     one_line_error(cli.invoke(app, ["export", "--blind", "--in", str(tmp_path / "none"), "--out", str(tmp_path / "x")]))
 

@@ -14,6 +14,7 @@ from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import OverwriteOpt, RunOptions, app, fail, with_run_options
 from poisonlab.flows.poison import run_blind_job, run_eval_job, run_poison_job
+from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.markers import MarkerConflict
 
@@ -41,7 +42,28 @@ def _summary(result: dict) -> str:
     lines += [f"  failed: {reason}: {n}" for reason, n in result["failed_reasons"].items()]
     if "eval" in result:
         lines.append(f"  eval split: {result['eval']['triggered']} triggered images -> {result['eval']['out']}")
+    if "blind" in result:
+        lines.append("  " + _blind_summary(result["blind"]))
     return "\n".join(lines)
+
+
+def _blind_summary(result: dict) -> str:
+    note = (f"\nwarning: {result['added']} added samples (targeted) carry no source metadata and stay "
+            "distinguishable" if result["added"] else "")
+    return (f"blind copy of {result['samples']} samples ({result['written']} written) in {result['shards']} shards "
+            f"-> {result['out']}; the manifest stays in {result['poisoned']}" + note)
+
+
+def _export_blind(src: Path, dst: Path, runner: RunnerSpec, overwrite: bool) -> dict:
+    """Run the blind copy of ``src`` into ``dst`` (refusing another configuration's shards before any work)."""
+    try:
+        job = blind_job(src, dst, overwrite=overwrite)
+        job.tasks()
+    except (FileNotFoundError, ValueError, MarkerConflict) as exc:
+        fail(str(exc))
+    result = run_blind_job(job, runner)
+    outputs.done(dst, "shards")
+    return {**result, "out": str(dst), "poisoned": str(src), "added": added_samples(src)}
 
 
 @app.command()
@@ -58,6 +80,7 @@ def poison(
     recipe: Path | None = typer.Option(None, "--recipe", help="YAML recipe of one or several attacks"),
     eval_out: Path | None = typer.Option(None, "--eval-out", help="also trigger the eval split into this folder"),
     eval_in: Path | None = typer.Option(None, "--eval-in", help="eval split to trigger (default: IN/eval)"),
+    blind_out: Path | None = typer.Option(None, "--blind-out", help="also write a blind copy here (export --blind)"),
     overwrite: bool = OverwriteOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
@@ -65,6 +88,7 @@ def poison(
     runner = options.runner
     outputs.guard(dst, "poisoned", src, eval_in, eval_out)
     outputs.guard(eval_out, "triggered_eval", src, eval_in, dst)
+    outputs.guard(blind_out, "shards", src, eval_in, dst, eval_out)
     try:
         loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
         job = prepare_poisoning(src, dst, loaded, base_dir, overwrite=overwrite)
@@ -82,6 +106,8 @@ def poison(
             fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
         outputs.done(eval_out, "triggered_eval")
         result["eval"] = run_eval_job(eval_job, runner)
+    if blind_out is not None:
+        result["blind"] = _export_blind(dst, blind_out, runner, overwrite)
     options.emit(result, _summary(result))
 
 
@@ -121,15 +147,5 @@ def export(
     if not blind:
         fail("export writes blind copies only: give --blind (a plain copy is the poisoned folder itself)")
     outputs.guard(dst, "shards", src)
-    try:
-        job = blind_job(src, dst, overwrite=overwrite)
-        job.tasks()  # refuses another configuration's shards in --out before any work
-    except (FileNotFoundError, ValueError, MarkerConflict) as exc:
-        fail(str(exc))
-    result = run_blind_job(job, options.runner)
-    outputs.done(dst, "shards")
-    result["added"] = added_samples(src)
-    note = (f"\nwarning: {result['added']} added samples (targeted) carry no source metadata and stay "
-            "distinguishable" if result["added"] else "")
-    options.emit(result, f"blind copy of {result['samples']} samples ({result['written']} written) in "
-                          f"{result['shards']} shards -> {dst}; the manifest stays in {src}" + note)
+    result = _export_blind(src, dst, options.runner, overwrite)
+    options.emit(result, _blind_summary(result))
