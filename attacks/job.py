@@ -96,7 +96,7 @@ class PoisonJob:
         return out
 
     def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
-        """Write ``sizes.json``, ``dataset.json`` and ``manifest.parquet``; account for every planned sample.
+        """Write ``sizes.json``, ``dataset.json`` and ``_run/manifest.parquet``; account for every planned sample.
 
         A planned sample the run could not poison (the reader refused it, the trigger could not decode it)
         is counted as failed with its reason, never raised after the shards are written.

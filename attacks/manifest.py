@@ -2,7 +2,9 @@
 
 The sidecars are the truth of what was written (the writer stores each sample's ``meta["poisonlab"]``
 in the ``provenance`` column), so the manifest cannot disagree with the shards. Rows are sorted by key
-and the file is written under a temporary name and renamed, like every other output.
+and the file is written under a temporary name and renamed, like every other output, into the run folder
+``DIR/_run/`` (so ``DIR/*.parquet`` matches only the sidecars); folders written before that hold it as
+``DIR/manifest.parquet``, which ``manifest_path`` still finds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonlab.pipelines.sample import LIVE_STATUSES
-from poisonlab.shards.layout import atomic_write_bytes, list_sidecars, sidecar_path
+from poisonlab.shards.layout import atomic_write_bytes, find_run_file, list_sidecars, run_file, sidecar_path
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -61,13 +63,25 @@ def build_manifest(directory: Path, run_id: str) -> pa.Table:
 
 
 def write_manifest(directory: Path, table: pa.Table) -> Path:
-    """Serialise in memory, then write under a temporary name and rename (readers never see half a file)."""
-    path = Path(directory) / MANIFEST_FILE
+    """Serialise in memory, then write under a temporary name and rename (readers never see half a file).
+
+    A manifest an older version left beside the shards is removed once the new one is in place: a folder
+    never holds two manifests that could disagree.
+    """
+    path = run_file(directory, MANIFEST_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    (Path(directory) / MANIFEST_FILE).unlink(missing_ok=True)
     return path
 
 
+def manifest_path(path: Path) -> Path:
+    """The manifest file itself, given it or the poisoned folder that holds it (new or old layout)."""
+    path = Path(path)
+    return find_run_file(path, MANIFEST_FILE) if path.is_dir() else path
+
+
 def read_manifest(directory: Path) -> pa.Table:
-    return pq.read_table(Path(directory) / MANIFEST_FILE)
+    return pq.read_table(manifest_path(directory))

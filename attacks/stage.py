@@ -3,7 +3,9 @@
 Each shard task carries only its own share of the plan (a few keys) and the path of the run's
 ``attack.json``; the attacks themselves are rebuilt from that file once per worker process. Samples not
 in the plan are yielded as they came (same bytes, never decoded). A planned sample whose image does not
-decode is not poisoned: it leaves as an error with the reason, and the run's summary counts it.
+decode is not poisoned: it leaves as an error with the reason, and the run's summary counts it. A
+poisoned sample's source fields that the attack made stale (an img2dataset caption, hash or original size
+in ``KEY.json``) are rewritten from what is written (``freshen``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from poisonlab.attacks.base import STAGE, Attack, Binding
+from poisonlab.attacks.freshen import freshen
 from poisonlab.attacks.planner import ShardPlan
 from poisonlab.attacks.spec import load_bindings
 from poisonlab.pipelines.sample import Sample
@@ -43,7 +46,7 @@ class PoisonStage(Stage):
             del planned[sample.key]  # a duplicate key later in the shard is not poisoned twice
             attack, binding = self._bound(attack_id)
             try:
-                yield attack.poison(sample, binding)
+                yield freshen(sample, attack.poison(sample, binding))  # no stale caption or hash in KEY.json
             except Exception as exc:  # undecodable or oversized image: not poisoned, counted
                 reason = str(exc) if ":" in str(exc) else f"{type(exc).__name__}: {exc}"
                 yield sample.errored(self.name, reason)

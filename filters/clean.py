@@ -29,7 +29,7 @@ from poisonlab.shards.layout import atomic_write_text, is_complete
 from poisonlab.shards.plan import FolderSink, load_stats, plan_folder_tasks
 from poisonlab.shards.writer import ShardWriter
 
-EXCLUSIONS_FILE = "exclusions.parquet"
+EXCLUSIONS_FILE = "exclusions.parquet"  # in the cleaned folder's run subfolder: ``OUT/_run/exclusions.parquet``
 STAGE_NAME = "sanitize"
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from poisonlab.attacks.manifest import manifest_path
 from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
 from poisonlab.shards.layout import atomic_path, atomic_write_text
 
@@ -62,8 +63,9 @@ def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndar
 
 
 def read_manifest_keys(manifest: Path) -> dict[str, str]:
-    """key -> attack from a poison manifest (``attack`` column optional)."""
-    manifest = Path(manifest)
+    """key -> attack from a poison manifest (``attack`` column optional), given the file or the poisoned
+    folder that holds it (``DIR/_run/manifest.parquet``, or ``DIR/manifest.parquet`` in older folders)."""
+    manifest = manifest_path(Path(manifest))
     if not manifest.exists():
         raise FileNotFoundError(f"manifest {manifest} does not exist")
     table = pq.read_table(manifest)

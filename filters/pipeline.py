@@ -27,7 +27,7 @@ from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.job import JobRunner, run_job_local
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.dataset import copy_dataset_record
-from poisonlab.shards.layout import atomic_path, list_shards, sidecar_path
+from poisonlab.shards.layout import atomic_path, find_run_file, list_shards, sidecar_path
 from poisonlab.shards.plan import finalize_folder, load_stats
 
 Runner = JobRunner  # the name callers import
@@ -99,7 +99,7 @@ class CleanJob:
 
     @property
     def exclusions_path(self) -> Path:
-        return self.out / EXCLUSIONS_FILE
+        return find_run_file(self.out, EXCLUSIONS_FILE)
 
     def tasks(self) -> list[ShardTask]:
         return plan_clean_tasks(self.src, self.out, self.exclusions_path, self.excluded_out)
@@ -135,16 +135,16 @@ class CleanJob:
 
 def prepare_clean(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
                   excluded_out: Path | None = None) -> CleanJob:
-    """Decide from the score tables and write ``out/exclusions.parquet``; refuse another decision's folder."""
+    """Decide from the score tables and write ``out/_run/exclusions.parquet``; refuse another decision's folder."""
     src, out = Path(src), Path(out)
     decision = decision if isinstance(decision, Decision) else parse_decision(decision)
     table = load_scores(Path(scores))
     unchecked = check_coverage(src, table)
     exclusions = exclusion_table(table, decision.decide(table))
-    path = out / EXCLUSIONS_FILE
+    path = find_run_file(out, EXCLUSIONS_FILE)  # an older folder resumes with its table where it is
     if out.exists() and list_shards(out) and not path.exists():
         raise FileExistsError(f"{out} already holds shards that no clean wrote; use a fresh output folder")
-    out.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as staged:  # renamed into place only if it is the same decision (or the first)
         pq.write_table(exclusions, staged, compression="zstd")
         if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
@@ -155,5 +155,5 @@ def prepare_clean(src: Path, scores: Path, decision: Decision | dict | str, out:
 
 def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
                  run: JobRunner = run_job_local, excluded_out: Path | None = None) -> dict[str, Any]:
-    """Decide from the score tables, write ``out/exclusions.parquet``, then the cleaned shards."""
+    """Decide from the score tables, write ``out/_run/exclusions.parquet``, then the cleaned shards."""
     return run(prepare_clean(src, scores, decision, out, excluded_out))

@@ -7,7 +7,7 @@ its last epoch checkpoint). With ``--executor local``, or ``auto`` without a clu
 run in this process without Prefect.
 
     out/data, out/data/eval     generated (or given) clean shards and the labelled evaluation split
-    out/poisoned                poisoned shards + attack.json + manifest.parquet
+    out/poisoned                poisoned shards + attack.json + _run/manifest.parquet
     out/runs/{victim,baseline,cleaned}   training runs (checkpoint, metrics, loss plot)
     out/embeddings, out/scores  victim embeddings and detector scores
     out/cleaned                 poisoned shards minus the pairs removed at the budget

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from poisonlab.shards.layout import atomic_write_json
+from poisonlab.shards.layout import RUN_DIR, atomic_write_json
 
 KIND_FILE = "poisonlab.json"
 _DIGITS = re.compile(r"^\d{5,}$")
@@ -31,7 +31,8 @@ _RECORDS: tuple[tuple[str, str], ...] = (
     ("recall.json", "recall"),
     ("partition.json", "partition"),
     ("model.json", "embeddings"),
-    ("exclusions.parquet", "cleaned"),
+    ("_run/exclusions.parquet", "cleaned"),
+    ("exclusions.parquet", "cleaned"),  # a cleaned folder written before run tables moved into _run/
     ("clean.json", "cleaned"),
     ("urls.parquet", "splitview"),
     ("ingest.json", "shards"),
@@ -73,8 +74,12 @@ def folder_kind(folder: Path) -> str | None:
     if recorded is not None:
         return recorded
     names = {p.name for p in folder.iterdir()}
+    run_dir = folder / RUN_DIR
+    if run_dir.is_dir() and not run_dir.is_symlink():  # run-level tables (shards.layout.RUN_DIR), by relative path
+        names |= {f"{RUN_DIR}/{p.name}" for p in run_dir.iterdir()}
     if "attack.json" in names:
-        return "triggered_eval" if "classes.json" in names and "manifest.parquet" not in names else "poisoned"
+        manifest = {"manifest.parquet", f"{RUN_DIR}/manifest.parquet"} & names
+        return "triggered_eval" if "classes.json" in names and not manifest else "poisoned"
     for name, kind in _RECORDS:
         if name in names:
             return kind

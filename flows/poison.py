@@ -15,6 +15,7 @@ from poisonlab.attacks.evaluation import EvalTriggerJob
 from poisonlab.attacks.job import PoisonJob
 from poisonlab.attacks.recipe import Recipe
 from poisonlab.flows.runtime import RunnerSpec, run_job
+from poisonlab.shards.plan import FolderJob
 
 
 def run_poison_job(job: PoisonJob, runner: RunnerSpec) -> dict[str, Any]:
@@ -35,3 +36,8 @@ def trigger_eval_split(
 ) -> dict[str, Any]:
     """Apply a run's trigger to an evaluation split's non-target images (for attack success rate)."""
     return run_eval_job(prepare_eval_trigger(Path(eval_dir), spec, Path(out_dir), attack, seed), runner)
+
+
+def run_blind_job(job: FolderJob, runner: RunnerSpec) -> dict[str, Any]:
+    """The blind copy of a poisoned folder (``attacks.blind``), one task per shard."""
+    return run_job(job, runner, "export")

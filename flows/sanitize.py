@@ -6,7 +6,7 @@ The Python API the CLI and experiments share::
     store = embed_folder(shards, "emb", ModelSpec.from_run(run_dir), runner)["store"]
     scan_folder(store, {"kdist": {"k": 16}, "dao": {}, "clip_score": {}}, "scores")
     clean_folder(shards, "scores", {"name": "top_fraction", "detector": "kdist", "fraction": 0.02}, "clean", runner)
-    recall_report("scores", "poisoned/manifest.parquet", out="recall")
+    recall_report("scores", "poisoned", out="recall")  # the folder, or poisoned/_run/manifest.parquet
 
 Scanning runs in this process: one index over the whole dataset, searched with all the machine's cores.
 """
@@ -48,7 +48,7 @@ def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Pa
 
 def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, Any] | str, out: Path,
                  runner: RunnerSpec | None = None, excluded_out: Path | None = None) -> dict[str, Any]:
-    """Decide from the score tables; cleaned shards, ``exclusions.parquet`` and ``clean.json`` into ``out``."""
+    """Decide from the score tables; cleaned shards, ``_run/exclusions.parquet`` and ``clean.json`` into ``out``."""
     runner = runner or RunnerSpec()
     decision = decision if isinstance(decision, (Decision, str)) else dict(decision)
     return clean_shards(Path(shards), Path(scores), decision, Path(out), job_runner(runner, "clean"),

@@ -43,6 +43,23 @@ def list_shards(directory: Path) -> list[str]:
     return sorted(m.group(1) for p in directory.iterdir() if (m := SHARD_RE.match(p.name)))
 
 
+# Run-level tables (a poison manifest, an exclusion table) live in this subfolder, so that a glob over a
+# shard folder's ``*.parquet`` (DuckDB's ``'DIR/*.parquet'``) matches only per-shard sidecars, which share
+# one schema. Folders written before this rule keep them beside the shards; readers fall back to that.
+RUN_DIR = "_run"
+
+
+def run_file(directory: Path, name: str) -> Path:
+    """Where a run-level table is written: ``DIR/_run/NAME``."""
+    return Path(directory) / RUN_DIR / name
+
+
+def find_run_file(directory: Path, name: str) -> Path:
+    """Where a run-level table is read: ``DIR/_run/NAME``, else the older ``DIR/NAME`` if only that exists."""
+    new, legacy = run_file(directory, name), Path(directory) / name
+    return legacy if not new.exists() and legacy.exists() else new
+
+
 def list_sidecars(directory: Path) -> list[str]:
     directory = Path(directory)
     return sorted(p.stem for p in directory.glob("*.parquet") if p.stem.isdigit())

@@ -323,7 +323,7 @@ def test_reversed_order_and_a_fresh_folder_give_identical_bytes(tiny_shards, tmp
     poison_local(tiny_shards, again, recipe)
     reference = files(first)
     assert reference == files(rev) == files(again)
-    assert {"manifest.parquet", "attack.json", "sizes.json", "00000.tar", "00000.parquet"} <= set(reference)
+    assert {"_run/manifest.parquet", "attack.json", "sizes.json", "00000.tar", "00000.parquet"} <= set(reference)
 
 
 def test_another_seed_poisons_other_samples(tiny_shards, tmp_path):

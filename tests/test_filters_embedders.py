@@ -148,7 +148,7 @@ def test_toy_embedder_runs_embed_scan_recall_on_poisoned_shards(poisoned: Path, 
     scores = load_scores(tmp_path / "scores")
     assert set(scores.columns) == set(TOY_DETECTORS)  # the embedded_* flags are not score columns
 
-    report = recall_report(tmp_path / "scores", poisoned / "manifest.parquet", out=tmp_path / "recall")
+    report = recall_report(tmp_path / "scores", poisoned / "_run" / "manifest.parquet", out=tmp_path / "recall")
     assert report["positives"] == 12 and report["attacks"] == {"badnets": 12} and report["missing_positives"] == 0
     for name in TOY_DETECTORS:
         metrics = report["detectors"][name]["all"]

@@ -115,7 +115,7 @@ def test_clean_keeps_samples_byte_identical_and_accounts_for_everything(shards: 
     out, excluded = tmp_path / "clean", tmp_path / "excluded"
     report = clean_shards(shards, scores, "top_fraction:detector=kdist,fraction=0.05", out, excluded_out=excluded)
     table = load_scores(scores)
-    exclusions = pq.read_table(out / "exclusions.parquet")
+    exclusions = pq.read_table(out / "_run" / "exclusions.parquet")
     rules = exclusions.column("rule").to_pylist()
     assert rules.count("no_score") == 1 and rules.count("kdist top 0.05") == 10  # ceil(5% of 191 live)
     assert report["excluded"] == 11 and report["by_rule"] == {"kdist top 0.05": 10, "no_score": 1}
@@ -277,7 +277,7 @@ def test_cli_embed_scan_clean_recall(shards: Path, tmp_path: Path) -> None:
                            "--decision", "top_fraction:detector=kdist_bl,fraction=0.02", *local])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["by_rule"] == {"kdist_bl top 0.02": 4, "no_score": 1}
-    keys = pq.read_table(tmp_path / "clean" / "exclusions.parquet").column("key").to_pylist()
+    keys = pq.read_table(tmp_path / "clean" / "_run" / "exclusions.parquet").column("key").to_pylist()
     pq.write_table(pa.table({"key": keys, "attack": ["flagged"] * len(keys)}), tmp_path / "manifest.parquet")
     res = cli.invoke(app, ["recall", "--scores", str(tmp_path / "scores"), "--manifest", str(tmp_path / "manifest.parquet")])
     assert res.exit_code == 0, res.output
@@ -305,4 +305,4 @@ def test_prefect_flow_on_dask_writes_what_the_local_run_writes(prefect_harness, 
     clean_shards(shards, scores, "top_fraction:detector=kdist,fraction=0.05", local)
     for shard in ("00000", "00001", "00002", "00003"):
         assert (local / f"{shard}.tar").read_bytes() == (tmp_path / "run" / "clean" / f"{shard}.tar").read_bytes()
-    assert pq.read_table(local / "exclusions.parquet").equals(pq.read_table(tmp_path / "run" / "clean" / "exclusions.parquet"))
+    assert pq.read_table(local / "_run" / "exclusions.parquet").equals(pq.read_table(tmp_path / "run" / "clean" / "_run" / "exclusions.parquet"))

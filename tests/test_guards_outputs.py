@@ -68,7 +68,7 @@ def test_clean_into_the_score_tables_is_refused_and_leaves_them_untouched(cli, f
     (["scan", "{emb}/model-abc"], "shards", "shards"),
     (["embed", "{shards}", "--arch", "poisonlab-tiny-32", "--executor", "local"], "run", "run"),
     (["import", "--images", "{run}", "--executor", "local"], "scores", "scores"),
-    (["recall", "--scores", "{scores}", "--manifest", "{poisoned}/manifest.parquet"], "poisoned", "poisoned"),
+    (["recall", "--scores", "{scores}", "--manifest", "{poisoned}/_run/manifest.parquet"], "poisoned", "poisoned"),
 ])
 def test_writing_into_another_kind_of_output_is_refused(cli, folders, command, out, word):
     before = files(folders[out])

@@ -94,7 +94,7 @@ def test_poison_over_the_hostile_corpus_finishes_and_accounts_for_every_planned_
     result = _poison(cli, src, out)
     spec = json.loads((out / "attack.json").read_text())
     planned = sum(a["planned"] for a in spec["attacks"])
-    manifest = pq.read_table(out / "manifest.parquet")
+    manifest = pq.read_table(out / "_run" / "manifest.parquet")
     assert manifest.num_rows == result["poisoned"]
     assert planned == result["poisoned"] + result["failed"] and result["failed"] > 0
     assert sum(result["failed_reasons"].values()) == result["failed"]

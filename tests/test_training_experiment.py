@@ -134,7 +134,7 @@ def test_demo_command_runs_a_short_experiment(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     result = json.loads(res.output)
     assert {row["model"] for row in result["table"]} == {"victim", "cleaned"}
-    assert (out / "report" / "report.html").exists() and (out / "cleaned" / "exclusions.parquet").exists()
+    assert (out / "report" / "report.html").exists() and (out / "cleaned" / "_run" / "exclusions.parquet").exists()
 
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))

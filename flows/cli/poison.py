@@ -6,14 +6,17 @@ from pathlib import Path
 
 import typer
 
-from poisonlab.attacks import prepare_eval_trigger, prepare_poisoning
+from poisonlab.attacks import blind_job, prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
+from poisonlab.attacks.blind import added_samples
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import OverwriteOpt, RunOptions, app, fail, with_run_options
-from poisonlab.flows.poison import run_eval_job, run_poison_job
+from poisonlab.flows.poison import run_blind_job, run_eval_job, run_poison_job
+from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.registry import RegistryError
+from poisonlab.shards.markers import MarkerConflict
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error.
 INPUT_ERRORS = (RegistryError, RecipeError, SpecError, AssetError, FileNotFoundError, ValueError)
@@ -39,7 +42,28 @@ def _summary(result: dict) -> str:
     lines += [f"  failed: {reason}: {n}" for reason, n in result["failed_reasons"].items()]
     if "eval" in result:
         lines.append(f"  eval split: {result['eval']['triggered']} triggered images -> {result['eval']['out']}")
+    if "blind" in result:
+        lines.append("  " + _blind_summary(result["blind"]))
     return "\n".join(lines)
+
+
+def _blind_summary(result: dict) -> str:
+    note = (f"\nwarning: {result['added']} added samples (targeted) carry no source metadata and stay "
+            "distinguishable" if result["added"] else "")
+    return (f"blind copy of {result['samples']} samples ({result['written']} written) in {result['shards']} shards "
+            f"-> {result['out']}; the manifest stays in {result['poisoned']}" + note)
+
+
+def _export_blind(src: Path, dst: Path, runner: RunnerSpec, overwrite: bool) -> dict:
+    """Run the blind copy of ``src`` into ``dst`` (refusing another configuration's shards before any work)."""
+    try:
+        job = blind_job(src, dst, overwrite=overwrite)
+        job.tasks()
+    except (FileNotFoundError, ValueError, MarkerConflict) as exc:
+        fail(str(exc))
+    result = run_blind_job(job, runner)
+    outputs.done(dst, "shards")
+    return {**result, "out": str(dst), "poisoned": str(src), "added": added_samples(src)}
 
 
 @app.command()
@@ -56,13 +80,15 @@ def poison(
     recipe: Path | None = typer.Option(None, "--recipe", help="YAML recipe of one or several attacks"),
     eval_out: Path | None = typer.Option(None, "--eval-out", help="also trigger the eval split into this folder"),
     eval_in: Path | None = typer.Option(None, "--eval-in", help="eval split to trigger (default: IN/eval)"),
+    blind_out: Path | None = typer.Option(None, "--blind-out", help="also write a blind copy here (export --blind)"),
     overwrite: bool = OverwriteOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
-    """Build a poisoned copy of a dataset with an exact manifest (manifest.parquet, attack.json)."""
+    """Build a poisoned copy of a dataset with an exact manifest (_run/manifest.parquet, attack.json)."""
     runner = options.runner
     outputs.guard(dst, "poisoned", src, eval_in, eval_out)
     outputs.guard(eval_out, "triggered_eval", src, eval_in, dst)
+    outputs.guard(blind_out, "shards", src, eval_in, dst, eval_out)
     try:
         loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
         job = prepare_poisoning(src, dst, loaded, base_dir, overwrite=overwrite)
@@ -80,6 +106,8 @@ def poison(
             fail(f"poisoned {dst}, but the eval split cannot be triggered: {exc}")
         outputs.done(eval_out, "triggered_eval")
         result["eval"] = run_eval_job(eval_job, runner)
+    if blind_out is not None:
+        result["blind"] = _export_blind(dst, blind_out, runner, overwrite)
     options.emit(result, _summary(result))
 
 
@@ -104,3 +132,20 @@ def poison_eval(
     result = run_eval_job(job, runner)
     options.emit(result, f"triggered {result['triggered']} non-target images with attack {result['attack_id']!r} "
                           f"-> {result['out']} ({result['by_status']})")
+
+
+@app.command()
+@with_run_options
+def export(
+    src: Path = typer.Option(..., "--in", help="poisoned shard folder (its _run/manifest.parquet stays there)"),
+    dst: Path = typer.Option(..., "--out", help="folder for the copy (shards only)"),
+    blind: bool = typer.Option(False, "--blind", help="strip what tells poisoned samples apart (required)"),
+    overwrite: bool = OverwriteOpt,
+    options: RunOptions = RunOptions(),
+) -> None:
+    """Copy a poisoned folder for a filter under test: same samples, no provenance, every sample alike."""
+    if not blind:
+        fail("export writes blind copies only: give --blind (a plain copy is the poisoned folder itself)")
+    outputs.guard(dst, "shards", src)
+    result = _export_blind(src, dst, options.runner, overwrite)
+    options.emit(result, _blind_summary(result))

@@ -136,7 +136,7 @@ def clean(
     shards: Path = typer.Argument(..., help="the shard folder that was embedded and scanned"),
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
     decision: str = DecisionOpt,
-    out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and exclusions.parquet"),
+    out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and _run/exclusions.parquet"),
     excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
     options: RunOptions = RunOptions(),
 ) -> None:
@@ -191,7 +191,7 @@ def sanitize(
 @app.command()
 def recall(
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
-    manifest: Path = typer.Option(..., "--manifest", help="poison manifest (manifest.parquet: key, attack, ...)"),
+    manifest: Path = typer.Option(..., "--manifest", help="poison manifest (POISONED/_run/manifest.parquet: key, attack, ...) or the poisoned folder"),
     out: Path | None = typer.Option(None, "--out", help="folder for recall.md, recall.json and curves (default SCORES/recall)"),
     as_json: bool = JsonOpt,
 ) -> None:
