@@ -22,7 +22,7 @@ from poisonlab.attacks import components as _components  # noqa: F401  (register
 from poisonlab.attacks.captions import TargetError
 from poisonlab.attacks.evaluation import apply_trigger_to_eval, prepare_eval_trigger
 from poisonlab.attacks.job import PoisonJob, prepare_poisoning
-from poisonlab.attacks.manifest import MANIFEST_FILE, read_manifest
+from poisonlab.attacks.manifest import MANIFEST_FILE, manifest_path, read_manifest
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SPEC_FILE, AttackSpec, SpecError, load_attack
 from poisonlab.pipelines.job import run_job_local
@@ -46,6 +46,7 @@ __all__ = [
     "apply_trigger_to_eval",
     "load_attack",
     "load_recipe",
+    "manifest_path",
     "poison_local",
     "prepare_eval_trigger",
     "prepare_poisoning",

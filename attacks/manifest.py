@@ -3,6 +3,10 @@
 The sidecars are the truth of what was written (the writer stores each sample's ``meta["poisonlab"]``
 in the ``provenance`` column), so the manifest cannot disagree with the shards. Rows are sorted by key
 and the file is written under a temporary name and renamed, like every other output.
+
+A manifest describes the poisoned output folder (its samples' keys and bytes), so its parquet metadata
+records that folder's fingerprint (``poisonlab.shards.fingerprint``): ``recall`` refuses scores computed on
+another folder. ``manifest_path`` is the one place that says where a run keeps its manifest.
 """
 
 from __future__ import annotations
@@ -60,9 +64,14 @@ def build_manifest(directory: Path, run_id: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
+def manifest_path(directory: Path) -> Path:
+    """Where the manifest of the poisoning run that wrote ``directory`` lies."""
+    return Path(directory) / MANIFEST_FILE
+
+
 def write_manifest(directory: Path, table: pa.Table) -> Path:
     """Serialise in memory, then write under a temporary name and rename (readers never see half a file)."""
-    path = Path(directory) / MANIFEST_FILE
+    path = manifest_path(directory)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -70,4 +79,4 @@ def write_manifest(directory: Path, table: pa.Table) -> Path:
 
 
 def read_manifest(directory: Path) -> pa.Table:
-    return pq.read_table(Path(directory) / MANIFEST_FILE)
+    return pq.read_table(manifest_path(directory))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from poisonlab.attacks.manifest import manifest_path
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.flows.experiment import Experiment, ExperimentError
 from poisonlab.shards.synth import SynthSpec
@@ -117,7 +118,7 @@ def embed(exp: Experiment) -> dict[str, Any]:
 def _manifest_keys(exp: Experiment) -> set[str]:
     import pyarrow.parquet as pq
 
-    return set(pq.read_table(exp.poisoned_dir / "manifest.parquet", columns=["key"]).column("key").to_pylist())
+    return set(pq.read_table(manifest_path(exp.poisoned_dir), columns=["key"]).column("key").to_pylist())
 
 
 def _roc_points(scores: np.ndarray, labels: np.ndarray, limit: int = 400) -> tuple[list[float], list[float]]:
@@ -140,7 +141,7 @@ def detect(exp: Experiment) -> dict[str, Any]:
     detectors = {d.label: {"detector": d.name, **d.params} for d in exp.spec.detect.detectors}  # type: ignore[union-attr]
     scanned = scan(Path(exp.result("embed")["store"]), detectors, exp.scores_dir)
     budget = exp.spec.clean.budget if exp.spec.clean is not None else 0.02
-    report = recall_report(exp.scores_dir, exp.poisoned_dir / "manifest.parquet", out=exp.out / "detection",
+    report = recall_report(exp.scores_dir, manifest_path(exp.poisoned_dir), out=exp.out / "detection",
                            budgets=(budget,))
     table = load_scores(exp.scores_dir)
     live = np.flatnonzero(table.live)
