@@ -84,8 +84,8 @@ def check_same_dataset(first: tuple[str, DatasetRef | None], second: tuple[str, 
     (what_a, ref_a), (what_b, ref_b) = first, second
     if ref_a is None or ref_b is None:
         old = what_a if ref_a is None else what_b
-        return [f"{old} records no dataset fingerprint (written by an older poisonlab): "
-                "cannot check that it describes the same shards"]
+        return [f"{old}: no dataset fingerprint recorded (written by an older poisonlab), so it is not "
+                "checked against the other folder"]
     if ref_a.fingerprint == ref_b.fingerprint:
         return []
     message = (f"{what_a} ({ref_a.folder}, fingerprint {ref_a.fingerprint[:12]}) and {what_b} ({ref_b.folder}, "
