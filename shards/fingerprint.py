@@ -125,5 +125,5 @@ def table_ref(path: Path, describes: DatasetRef | None) -> DatasetRef | None:
     found = table_fingerprints(path)
     if not found:
         return None
-    same = describes is not None and describes.fingerprint in found
-    return DatasetRef(str(Path(path).absolute().parent), describes.fingerprint if same else found[0])  # type: ignore[union-attr]
+    chosen = describes.fingerprint if describes is not None and describes.fingerprint in found else found[0]
+    return DatasetRef(str(Path(path).absolute().parent), chosen)
