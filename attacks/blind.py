@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from poisonlab.attacks.manifest import manifest_path
+from poisonlab.attacks.manifest import manifest_path, write_manifest
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.fingerprint import dataset_fingerprint, table_fingerprints, with_fingerprints
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.plan import FolderJob, FolderSource
 from poisonlab.shards.reader import ReadPolicy
@@ -68,3 +69,17 @@ def added_samples(poisoned: Path) -> int:
         return 0
     change = pq.read_table(path, columns=["change"]).column("change").to_pylist()
     return sum(1 for c in change if c == "added")
+
+
+def record_blind_copy(poisoned: Path, copy: Path) -> None:
+    """Add the copy's fingerprint to the poisoned folder's manifest: the manifest describes both folders
+    (the same samples), so ``recall`` accepts scores computed on the copy and still refuses any other
+    folder's. A poisoned folder without a manifest (nothing to measure) is left alone."""
+    path = manifest_path(Path(poisoned))
+    if not path.is_file():
+        return
+    known = table_fingerprints(path)
+    added = dataset_fingerprint(Path(copy))
+    if added in known:
+        return
+    write_manifest(Path(poisoned), with_fingerprints(pq.read_table(path), [*known, added]))

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from poisonlab.attacks.base import Candidate
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.fingerprint import fingerprint_line
 from poisonlab.shards.images import IMAGE_EXTENSIONS
-from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
+from poisonlab.shards.layout import list_shards, sidecar_path
 from poisonlab.shards.reader import read_shard
 
 # img2dataset marks downloaded rows "success"; ours are ok/changed/added.
@@ -33,7 +34,7 @@ class DatasetIndex:
     candidates: list[Candidate]  # live samples that no earlier poisoning run touched
     total: int  # live samples, the base of --rate
     keys: set[str]  # every key, live or not (added keys must not collide with them)
-    fingerprint: str  # identity of the input (sidecar bytes), part of the run id
+    fingerprint: str  # identity of the input (``shards.fingerprint``), part of the run id
     classnames: tuple[str, ...] | None  # from classes.json when the dataset ships one
 
 
@@ -84,10 +85,9 @@ def index_dataset(src: Path) -> DatasetIndex:
         side = sidecar_path(src, shard)
         if side.exists():
             rows = _rows_from_sidecar(side)
-            fingerprint.update(f"{shard}:{hashlib.sha256(side.read_bytes()).hexdigest()}\n".encode())
         else:
             rows = _rows_from_tar(src, shard)
-            fingerprint.update(f"{shard}:tar:{tar_path(src, shard).stat().st_size}\n".encode())
+        fingerprint.update(fingerprint_line(src, shard))
         seen: set[str] = set()
         for row in rows:
             key = str(row["key"])

@@ -29,6 +29,7 @@ from poisonlab.attacks.stage import PoisonStage
 from poisonlab.pipelines.accounting import ShardResult, stats_of
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.shards.dataset import copy_dataset_record, read_policy_for
+from poisonlab.shards.fingerprint import dataset_fingerprint, with_fingerprints
 from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
 
@@ -104,8 +105,9 @@ class PoisonJob:
         stats = stats_of(results)
         finalize_folder(self.dst, stats)
         copy_dataset_record(self.src, self.dst)
+        fingerprint = dataset_fingerprint(self.dst)  # the output the manifest describes, sidecars final
         table = build_manifest(self.dst, self.spec.run_id)
-        manifest = write_manifest(self.dst, table)
+        manifest = write_manifest(self.dst, with_fingerprints(table, [fingerprint]))
         outcomes = plan_outcomes(self.dst, self.plans, self.spec.run_id)
         done = Counter(table.column("attack_id").to_pylist())
         for record in self.spec.attacks:
@@ -117,7 +119,7 @@ class PoisonJob:
         for outcome in outcomes.values():
             reasons.update(outcome.reasons)
         result = {
-            "out": str(self.dst), "run_id": self.spec.run_id, "manifest": str(manifest),
+            "out": str(self.dst), "run_id": self.spec.run_id, "manifest": str(manifest), "fingerprint": fingerprint,
             "samples": self.spec.dataset.get("samples"), "shards": len(stats),
             "poisoned": sum(done.values()), "failed": sum(o.failed for o in outcomes.values()),
             "failed_reasons": dict(sorted(reasons.items())),

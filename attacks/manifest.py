@@ -5,6 +5,10 @@ in the ``provenance`` column), so the manifest cannot disagree with the shards. 
 and the file is written under a temporary name and renamed, like every other output, into the run folder
 ``DIR/_run/`` (so ``DIR/*.parquet`` matches only the sidecars); folders written before that hold it as
 ``DIR/manifest.parquet``, which ``manifest_path`` still finds.
+
+A manifest describes the poisoned output folder (its samples' keys and bytes), so its parquet metadata
+records that folder's fingerprint (``poisonlab.shards.fingerprint``): ``recall`` refuses scores computed on
+another folder.
 """
 
 from __future__ import annotations

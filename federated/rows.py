@@ -3,7 +3,7 @@
 Partitioning never opens an image: the parquet sidecars list every sample with its status and the source's
 metadata columns (the generated dataset's ``label`` and ``class``), so they are enough. A shard without a
 sidecar (a plain WebDataset tar) is streamed once with image probing off, as the attack planner does
-(``poisonlab.attacks.index``), and the dataset fingerprint is computed the same way, so a partition and a
+(``poisonlab.attacks.index``); the dataset fingerprint is ``poisonlab.shards.fingerprint``'s, so a partition and a
 poisoning run over one folder name the same input.
 """
 
@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.dataset import read_policy_for
-from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
+from poisonlab.shards.fingerprint import dataset_fingerprint, fingerprint_line
+from poisonlab.shards.layout import list_shards, sidecar_path
 from poisonlab.shards.reader import read_shard
 
 # img2dataset marks downloaded rows "success"; ours are ok/changed/added.
@@ -56,14 +57,6 @@ def _tar_rows(src: Path, shard: str, label_column: str | None) -> list[dict[str,
             for s in read_shard(src, shard, policy)]
 
 
-def _fingerprint_line(src: Path, shard: str) -> bytes:
-    """A shard's line of the dataset fingerprint (``attacks.index``'s formula: sidecar bytes, or tar size)."""
-    side = sidecar_path(src, shard)
-    if side.exists():
-        return f"{shard}:{hashlib.sha256(side.read_bytes()).hexdigest()}\n".encode()
-    return f"{shard}:tar:{tar_path(src, shard).stat().st_size}\n".encode()
-
-
 def _shard_rows(src: Path, shard: str, label_column: str | None) -> list[dict[str, Any]]:
     side = sidecar_path(src, shard)
     return _sidecar_rows(side, label_column) if side.exists() else _tar_rows(src, shard, label_column)
@@ -80,7 +73,7 @@ def live_rows(src: Path, label_column: str | None = None) -> LiveRows:
     shard_of: list[str] = []
     labels: list[Any] = []
     for shard in shards:
-        digest.update(_fingerprint_line(src, shard))
+        digest.update(fingerprint_line(src, shard))
         seen: set[str] = set()
         for row in _shard_rows(src, shard, label_column):
             key = str(row["key"])
@@ -94,14 +87,4 @@ def live_rows(src: Path, label_column: str | None = None) -> LiveRows:
     return LiveRows(shards, np.array(keys, dtype=object), np.array(shard_of, dtype=object), label_array,
                     digest.hexdigest()[:32])
 
-
-def dataset_fingerprint(src: Path) -> str:
-    """The fingerprint of a folder's shards (to check a partition is read against its own dataset); no row
-    is parsed."""
-    shards = list_shards(Path(src))
-    if not shards:
-        raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
-    digest = hashlib.sha256()
-    for shard in shards:
-        digest.update(_fingerprint_line(Path(src), shard))
-    return digest.hexdigest()[:32]
+__all__ = ["LIVE_SOURCE_STATUSES", "LiveRows", "dataset_fingerprint", "live_rows"]

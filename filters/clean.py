@@ -30,6 +30,7 @@ from poisonlab.shards.plan import FolderSink, load_stats, plan_folder_tasks
 from poisonlab.shards.writer import ShardWriter
 
 EXCLUSIONS_FILE = "exclusions.parquet"  # in the cleaned folder's run subfolder: ``OUT/_run/exclusions.parquet``
+CLEAN_REPORT = "clean.json"  # the books of a clean, with the fingerprint of the folder cleaned (beside attack.json: JSON, so ``OUT/*.parquet`` stays the sidecars)
 STAGE_NAME = "sanitize"
 
 
@@ -123,6 +124,6 @@ def plan_clean_tasks(src: Path, out: Path, exclusions: Path, excluded_out: Path 
 
 
 def write_clean_report(out: Path, report: dict) -> Path:
-    path = Path(out) / "clean.json"
+    path = Path(out) / CLEAN_REPORT
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -45,6 +45,7 @@ from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.visibility import TaskPaths
 from poisonlab.shards.dataset import read_policy_for
+from poisonlab.shards.fingerprint import dataset_ref
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.plan import FolderSource
@@ -235,7 +236,7 @@ def prepare_store(src: Path, out_root: Path, config: EmbedConfig) -> tuple[Path,
                          "--embedder (`poisonlab components embedder`)")
     info = StoreInfo(model_id=embedder.store_id(), embedder=config.embedder_name(), spaces=embedder.dims(),
                      dtype=config.dtype, source=str(Path(src).resolve()), identity=embedder.identity(),
-                     details=embedder.details())
+                     details=embedder.details(), dataset=dataset_ref(Path(src)))
     store = Path(out_root) / info.model_id
     write_info(store, info)
     return store, info

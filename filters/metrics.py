@@ -1,11 +1,18 @@
 """Filter recall: how well each detector finds the poisoned samples a manifest lists.
 
 For each score column, over the live samples of the scan: AUROC, PR-AUC (average precision), the false
-positive rate at 95% true positive rate, and recall and precision when removing the top 0.1%, 1% and 5%
-(ties broken by key, as the ``top_fraction`` decision does). Computed for all positives together and for
-each attack of the manifest separately (that attack's positives against the clean samples; other
-attacks' samples left out). Samples a detector could not score rank below every scored one.
-ROC and PR curves are written as PNG, the numbers as JSON and a markdown summary.
+positive rate at 95% true positive rate, and recall and precision when removing the top share of samples
+at each budget (0.1%, 1%, 2% (the cleaning budget of `clean` and the demo) and 5% by default; ties broken
+by key, as the ``top_fraction`` decision does). Computed for all positives together and for each attack of
+the manifest separately, by the recipe's attack id (that attack's positives against the clean samples;
+other attacks' samples left out): two attacks of one type with different triggers or targets are two
+sections. Samples a detector could not score rank below every scored one. ROC (linear or log false
+positive rate) and PR curves are written as PNG, the numbers as JSON and a markdown summary.
+
+The scores and the manifest must describe the same shard folder: the scan's ``dataset`` (the folder that
+was embedded) must be the poisoned output the manifest was written for (its parquet metadata records that
+folder's fingerprint). A mismatch is refused in one line unless forced; a scan or manifest written before
+fingerprints were recorded (or a manifest from elsewhere, e.g. split-view's) is accepted with a warning.
 """
 
 from __future__ import annotations
@@ -17,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from poisonlab.attacks.manifest import manifest_path
-from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking
+from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking, scores_ref
+from poisonlab.shards.fingerprint import check_same_dataset, table_ref
 from poisonlab.shards.layout import atomic_path, atomic_write_text
 
-BUDGETS = (0.001, 0.01, 0.05)
+BUDGETS = (0.001, 0.01, 0.02, 0.05)  # 2%: the removal budget `clean` and the demo use
+ROC_SCALES = ("linear", "log")  # the false positive rate axis: log shows the low-FPR region budgets live in
 
 
 def budget_label(fraction: float) -> str:
@@ -62,25 +72,83 @@ def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndar
     return result
 
 
-def read_manifest_keys(manifest: Path) -> dict[str, str]:
-    """key -> attack from a poison manifest (``attack`` column optional), given the file or the poisoned
-    folder that holds it (``DIR/_run/manifest.parquet``, or ``DIR/manifest.parquet`` in older folders)."""
-    manifest = manifest_path(Path(manifest))
-    if not manifest.exists():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
-    table = pq.read_table(manifest)
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """``"0.001,0.01,0.02"`` -> removal budgets, each a fraction in (0, 1]; one-line errors otherwise."""
+    budgets = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"budget {item!r} is not a number; give fractions such as 0.001,0.01,0.02,0.05") from None
+        if not 0 < value <= 1:
+            raise ValueError(f"budget {item} is not a fraction in (0, 1] (2% is 0.02)")
+        budgets.append(value)
+    return tuple(sorted(set(budgets)))
+
+
+def manifest_file(manifest: Path) -> Path:
+    """The manifest table itself: a poisoned folder names the manifest its run wrote (``DIR/_run/``, or
+    ``DIR/manifest.parquet`` in older folders)."""
+    manifest = Path(manifest)
+    path = manifest_path(manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist" + (" (is this a poisoned folder?)" if manifest.is_dir() else ""))
+    return path
+
+
+def _column(table: pa.Table, name: str) -> list[Any] | None:
+    return table.column(name).to_pylist() if name in table.column_names else None
+
+
+def read_manifest_attacks(manifest: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(key -> attack id, attack id -> attack type) from a poison manifest file or folder.
+
+    Sections are the recipe's attack ids (``attack_id``); a table without them falls back to ``attack``,
+    then to one section ``poison`` (a key list from elsewhere, e.g. split-view's manifest).
+    """
+    path = manifest_file(manifest)
+    table = pq.read_table(path)
     if "key" not in table.column_names:
-        raise ValueError(f"{manifest} has no 'key' column; expected a poison manifest (key, attack, ...)")
+        raise ValueError(f"{path} has no 'key' column; expected a poison manifest (key, attack, ...)")
     keys = [str(k) for k in table.column("key").to_pylist()]
-    attacks = table.column("attack").to_pylist() if "attack" in table.column_names else ["poison"] * len(keys)
-    return {k: str(a or "poison") for k, a in zip(keys, attacks, strict=True)}
+    kinds = _column(table, "attack") or ["poison"] * len(keys)
+    ids = _column(table, "attack_id") or kinds
+    sections = {k: str(i or a or "poison") for k, i, a in zip(keys, ids, kinds, strict=True)}
+    types = {str(i or a or "poison"): str(a or "poison") for i, a in zip(ids, kinds, strict=True)}
+    return sections, types
+
+
+def read_manifest_keys(manifest: Path) -> dict[str, str]:
+    """key -> attack id from a poison manifest (file or poisoned folder)."""
+    return read_manifest_attacks(manifest)[0]
+
+
+def check_manifest_dataset(table: ScoreTable, scores: Path, manifest: Path, force: bool = False) -> list[str]:
+    """The scores must have been computed on the folder the manifest was written for; returns warnings."""
+    described = scores_ref(table.info)
+    path = manifest_file(manifest)
+    return check_same_dataset((f"the scores in {scores}", described),
+                              (f"the manifest {path}", table_ref(path, described)), force)
 
 
 def recall_report(scores: Path | ScoreTable, manifest: Path | dict[str, str], out: Path | None = None,
-                  budgets: Sequence[float] = BUDGETS, detectors: Sequence[str] | None = None) -> dict[str, Any]:
-    """Metrics per detector and per attack; with ``out``, also recall.json, recall.md and the curves."""
+                  budgets: Sequence[float] = BUDGETS, detectors: Sequence[str] | None = None, force: bool = False,
+                  roc_scale: str = "linear") -> dict[str, Any]:
+    """Metrics per detector and per attack id; with ``out``, also recall.json, recall.md and the curves.
+
+    ``manifest``: a manifest file, a poisoned folder, or key -> attack id. Scores and a manifest read from
+    disk must describe the same folder (``check_manifest_dataset``; ``force`` combines them anyway).
+    """
+    if roc_scale not in ROC_SCALES:
+        raise ValueError(f"roc_scale must be one of {', '.join(ROC_SCALES)}, not {roc_scale!r}")
     table = scores if isinstance(scores, ScoreTable) else load_scores(Path(scores))
-    poisoned = manifest if isinstance(manifest, dict) else read_manifest_keys(Path(manifest))
+    warnings: list[str] = []
+    if isinstance(manifest, dict):
+        poisoned, types = manifest, {a: a for a in manifest.values()}
+    else:
+        if not isinstance(scores, ScoreTable):
+            warnings = check_manifest_dataset(table, Path(scores), Path(manifest), force)
+        poisoned, types = read_manifest_attacks(Path(manifest))
     live = np.flatnonzero(table.live)
     keys = [table.keys[i] for i in live]
     attack_of = np.array([poisoned.get(k, "") for k in keys], dtype=object)
@@ -94,7 +162,9 @@ def recall_report(scores: Path | ScoreTable, manifest: Path | dict[str, str], ou
         "manifest_keys": len(poisoned),
         "missing_positives": len(set(poisoned) - set(keys)),
         "attacks": {a: int((attack_of == a).sum()) for a in attacks},
+        "attack_types": {a: types.get(a, a) for a in attacks},
         "budgets": [budget_label(b) for b in budgets],
+        "warnings": warnings,
         "detectors": {},
     }
     for name in names:
@@ -105,12 +175,12 @@ def recall_report(scores: Path | ScoreTable, manifest: Path | dict[str, str], ou
             entry["per_attack"][attack] = detection_metrics(column[subset], labels[subset], tie[subset], budgets)
         report["detectors"][name] = entry
     if out is not None:
-        report["files"] = write_report(Path(out), report, table, live, labels, attack_of, names)
+        report["files"] = write_report(Path(out), report, table, live, labels, attack_of, names, roc_scale)
     return report
 
 
 def write_report(out: Path, report: dict[str, Any], table: ScoreTable, live: np.ndarray, labels: np.ndarray,
-                 attack_of: np.ndarray, names: list[str]) -> dict[str, str]:
+                 attack_of: np.ndarray, names: list[str], roc_scale: str = "linear") -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "recall.json"), "markdown": str(out / "recall.md")}
     scopes = {"all": np.ones(len(labels), bool)}
@@ -119,7 +189,7 @@ def write_report(out: Path, report: dict[str, Any], table: ScoreTable, live: np.
     for scope, subset in scopes.items():
         suffix = "" if scope == "all" else f"_{_slug(scope)}"
         curves = {n: table.column(n)[live][subset] for n in names}
-        files[f"roc{suffix}"], files[f"pr{suffix}"] = plot_curves(out, curves, labels[subset], suffix, scope)
+        files[f"roc{suffix}"], files[f"pr{suffix}"] = plot_curves(out, curves, labels[subset], suffix, scope, roc_scale)
     atomic_write_text(out / "recall.md", _line_ended(markdown_summary(report)))
     atomic_write_text(out / "recall.json", _line_ended(json.dumps({**report, "files": files}, indent=2, sort_keys=True)))
     return files
@@ -133,8 +203,22 @@ def _line_ended(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def _roc_axes(ax: Any, labels: np.ndarray, scale: str, title: str) -> None:
+    """Chance line and labels; on a log scale the axis starts at one false positive (0 cannot be shown)."""
+    if scale == "log":
+        low = 1.0 / max(1, int((~labels.astype(bool)).sum()))
+        ax.set_xscale("log")
+        ax.set_xlim(low, 1.0)
+        chance = np.logspace(np.log10(low), 0, 50)
+        ax.plot(chance, chance, color="grey", linestyle=":", linewidth=1)
+    else:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel=f"false positive rate{' (log)' if scale == 'log' else ''}", ylabel="true positive rate",
+           title=f"ROC: {title}")
+
+
 def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, suffix: str,
-                title: str) -> tuple[str, str]:
+                title: str, roc_scale: str = "linear") -> tuple[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,8 +237,7 @@ def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, s
                     precision, recall, _ = precision_recall_curve(labels, s)
                     ax.plot(recall, precision, label=f"{name} ({average_precision_score(labels, s):.3f})")
         if kind == "roc":
-            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-            ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
+            _roc_axes(ax, labels, roc_scale, title)
         else:
             ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall: {title}")
         ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "upper right")
@@ -193,8 +276,10 @@ def markdown_summary(report: dict[str, Any]) -> str:
         return rows
 
     lines += ["## All attacks", "", *table(lambda e: e["all"]), ""]
+    types = report.get("attack_types", {})
     if len(report["attacks"]) > 1:
         for attack in report["attacks"]:
-            lines += [f"## {attack}", "", *table(lambda e, a=attack: e["per_attack"][a]), ""]
+            kind = f" ({types[attack]})" if types.get(attack, attack) != attack else ""
+            lines += [f"## {attack}{kind}", "", *table(lambda e, a=attack: e["per_attack"][a]), ""]
     lines.append("R@b / P@b: recall and precision when the top b of the samples by score are removed.")
     return "\n".join(lines)

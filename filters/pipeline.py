@@ -20,13 +20,14 @@ import pyarrow.parquet as pq
 from poisonlab.filters.clean import EXCLUSIONS_FILE, STAGE_NAME, plan_clean_tasks, write_clean_report
 from poisonlab.filters.decisions import Decision, exclusion_table, parse_decision
 from poisonlab.filters.embed import EmbedConfig, plan_embed_tasks
-from poisonlab.filters.scores import ScoreTable, load_scores
+from poisonlab.filters.scores import ScoreTable, load_scores, scores_ref
 from poisonlab.filters.store import EmbeddingMismatchError, file_digest
 from poisonlab.pipelines.accounting import ShardResult, shard_totals, stats_of
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.job import JobRunner, run_job_local
 from poisonlab.pipelines.sample import LIVE_STATUSES
 from poisonlab.shards.dataset import copy_dataset_record
+from poisonlab.shards.fingerprint import DatasetRef, check_same_dataset, dataset_ref, with_fingerprints
 from poisonlab.shards.layout import atomic_path, find_run_file, list_shards, sidecar_path
 from poisonlab.shards.plan import finalize_folder, load_stats
 
@@ -96,6 +97,8 @@ class CleanJob:
     live: int
     unchecked: list[str]
     excluded_out: Path | None = None
+    dataset: DatasetRef | None = None  # the folder cleaned (its fingerprint is in the exclusion table too)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def exclusions_path(self) -> Path:
@@ -128,19 +131,33 @@ class CleanJob:
             "excluded_out": str(excluded_out) if excluded_out is not None else None,
             "unchecked_shards": self.unchecked,
             "shards": shard_totals(stats),
+            "dataset": self.dataset.to_dict() if self.dataset is not None else None,
+            "warnings": self.warnings,
         }
         write_clean_report(self.out, report)
         return report
 
 
+def check_scores_dataset(src: Path, scores: Path, table: ScoreTable, force: bool = False) -> tuple[DatasetRef, list[str]]:
+    """The scores must describe ``src`` itself: the folder that was embedded and scanned (a poisoned copy
+    is another folder than its source). Refused in one line unless ``force``; returns ``src``'s reference
+    and warnings (a scan that records no fingerprint is accepted on the key check of ``check_coverage``)."""
+    here = dataset_ref(src)
+    warnings = check_same_dataset((f"the scores in {scores}", scores_ref(table.info)), ("the shards to clean", here),
+                                  force)
+    return here, warnings
+
+
 def prepare_clean(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
-                  excluded_out: Path | None = None) -> CleanJob:
-    """Decide from the score tables and write ``out/_run/exclusions.parquet``; refuse another decision's folder."""
+                  excluded_out: Path | None = None, force: bool = False) -> CleanJob:
+    """Decide from the score tables and write ``out/_run/exclusions.parquet``; refuse another decision's folder,
+    and scores of another dataset (unless ``force``)."""
     src, out = Path(src), Path(out)
     decision = decision if isinstance(decision, Decision) else parse_decision(decision)
     table = load_scores(Path(scores))
+    dataset, warnings = check_scores_dataset(src, Path(scores), table, force)
     unchecked = check_coverage(src, table)
-    exclusions = exclusion_table(table, decision.decide(table))
+    exclusions = with_fingerprints(exclusion_table(table, decision.decide(table)), [dataset.fingerprint])
     path = find_run_file(out, EXCLUSIONS_FILE)  # an older folder resumes with its table where it is
     if out.exists() and list_shards(out) and not path.exists():
         raise FileExistsError(f"{out} already holds shards that no clean wrote; use a fresh output folder")
@@ -150,10 +167,10 @@ def prepare_clean(src: Path, scores: Path, decision: Decision | dict | str, out:
         if path.exists() and file_digest(path) != file_digest(staged) and list_shards(out):
             raise FileExistsError(f"{out} holds shards cleaned by another decision; use a fresh output folder")
     return CleanJob(src, out, str(scores), decision, exclusions, len(table), int(table.live.sum()), unchecked,
-                    Path(excluded_out) if excluded_out is not None else None)
+                    Path(excluded_out) if excluded_out is not None else None, dataset, warnings)
 
 
 def clean_shards(src: Path, scores: Path, decision: Decision | dict | str, out: Path,
-                 run: JobRunner = run_job_local, excluded_out: Path | None = None) -> dict[str, Any]:
+                 run: JobRunner = run_job_local, excluded_out: Path | None = None, force: bool = False) -> dict[str, Any]:
     """Decide from the score tables, write ``out/_run/exclusions.parquet``, then the cleaned shards."""
-    return run(prepare_clean(src, scores, decision, out, excluded_out))
+    return run(prepare_clean(src, scores, decision, out, excluded_out, force))

@@ -13,6 +13,9 @@ Detectors declare their inputs, and the scan checks them before loading anything
 each one reads must be in its store (a one-line error names the missing space and the spaces there are),
 and the score columns a combining detector uses (``ensemble``) must be computed by this scan, which
 orders detectors so that those columns come first.
+
+``scan.json`` records ``dataset``, the shard folder the scores describe (the one the primary store
+embedded, with its fingerprint); every store of a scan must have embedded that same folder.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from poisonlab.filters.scores import (
     write_score_shard,
 )
 from poisonlab.filters.specs import parse_spec
-from poisonlab.filters.store import read_info
+from poisonlab.filters.store import StoreInfo, read_info
 from poisonlab.pipelines.registry import RegistryError
+from poisonlab.shards.fingerprint import DatasetRef, check_same_dataset
 from poisonlab.shards.layout import atomic_write_json
 
 RESERVED = ("detector", "embeddings")
@@ -113,11 +117,28 @@ def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[Dete
     return ordered
 
 
+def _dataset_of(info: StoreInfo) -> dict[str, str] | None:
+    return info.dataset.to_dict() if info.dataset is not None else None
+
+
+def scanned_dataset(corpus: Corpus, stores: Mapping[str, Path]) -> tuple[DatasetRef | None, list[str]]:
+    """The shard folder the scores describe (the primary store's); every other store must have embedded
+    the same one (a reference model's embeddings of another dataset are refused). Returns warnings too."""
+    primary = corpus.models[corpus.primary].info.dataset
+    warnings: list[str] = []
+    for name, store in stores.items():
+        if name != corpus.primary:
+            warnings += check_same_dataset((f"the embeddings {stores[corpus.primary]}", primary),
+                                           (f"the embeddings {store}", corpus.models[name].info.dataset))
+    return primary, warnings
+
+
 def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
     return {
         "stores": {name: {"path": str(Path(p).resolve()), "model_id": corpus.models[name].info.model_id,
                           "embedder": corpus.models[name].info.embedder, "spaces": corpus.models[name].info.spaces,
-                          "source": corpus.models[name].info.source} for name, p in stores.items()},
+                          "source": corpus.models[name].info.source, "dataset": _dataset_of(corpus.models[name].info)}
+                   for name, p in stores.items()},
         "primary": corpus.primary,
         "detectors": {s.column: s.describe() for s in specs},
     }
@@ -136,6 +157,7 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     check_spaces(specs, stores, next(iter(stores)))
     started = time.perf_counter()
     corpus = load_corpus(stores)
+    dataset, warnings = scanned_dataset(corpus, stores)
     config = _config(corpus, stores, specs)
     existing = out / SCAN_FILE
     if existing.exists() and not overwrite:
@@ -167,6 +189,8 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
     summary = {
         "config": config,
+        "dataset": dataset.to_dict() if dataset is not None else None,  # what `clean` and `recall` check
+        "warnings": warnings,
         "samples": len(corpus),
         "live": int(corpus.live.sum()),
         "shards": len(corpus.shard_names),

@@ -4,7 +4,8 @@ Columns: ``key``, ``shard``, ``live`` (the sample was live in the scanned shards
 each space of the primary store (``embedded_image``, ``embedded_text`` for open_clip), ``reason`` (why a
 row has no embedding), then one float64
 column per detector, higher = more suspicious, null where a detector could not score the row. ``scan.json``
-beside them records the stores and detector parameters; it is written last and marks the scan complete.
+beside them records the stores and detector parameters and ``dataset`` (the shard folder scored, with
+its fingerprint: ``scores_ref``); it is written last and marks the scan complete.
 Decisions and recall metrics only ever read these tables: re-thresholding never recomputes anything.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from poisonlab.shards.fingerprint import DatasetRef
 from poisonlab.shards.layout import atomic_path
 
 SCAN_FILE = "scan.json"
@@ -100,6 +102,11 @@ def read_scan_info(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{directory} holds no complete scan ({SCAN_FILE} is missing; run `poisonlab scan`)")
     return json.loads(path.read_text())
+
+
+def scores_ref(info: dict[str, Any]) -> DatasetRef | None:
+    """The shard folder a scan's scores describe (None for a scan written before it was recorded)."""
+    return DatasetRef.from_dict(info.get("dataset"))
 
 
 def load_scores(directory: Path) -> ScoreTable:

@@ -3,7 +3,8 @@
 Layout (``<root>/<model_id>/``)::
 
     model.json      which embedder (name, identity, details such as weights and their digest), the named
-                    spaces with their dimensions, storage dtype, source
+                    spaces with their dimensions, storage dtype, source, and ``dataset``: the source folder's
+                    fingerprint (``poisonlab.shards.fingerprint``), which scans copy into ``scan.json``
     00000.npz       keys, captions, one array per space (L2-normalised) with a mask of embedded rows, and
                     what could not be embedded
 
@@ -28,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from poisonlab.shards.fingerprint import DatasetRef
 from poisonlab.shards.layout import atomic_path, atomic_write_json, tar_path
 
 MODEL_FILE = "model.json"
 STORE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _STRING_FIELDS = ("keys", "captions", "status", "reasons", "source_status", "hash_status")
-_INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised")
+_INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised", "dataset")
 REEMBED = "re-embed the shards with `poisonlab embed` into a fresh folder"
 
 
@@ -61,10 +63,13 @@ class StoreInfo:
     source: str
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # embedder facts (arch, weights, ...)
+    dataset: DatasetRef | None = None  # the shard folder embedded; None in a store written before it was kept
 
     def to_dict(self) -> dict[str, Any]:
         base = {"model_id": self.model_id, "embedder": self.embedder, "spaces": dict(self.spaces),
                 "dtype": self.dtype, "source": self.source, "identity": self.identity}
+        if self.dataset is not None:
+            base["dataset"] = self.dataset.to_dict()
         return {**self.details, **base, "version": STORE_VERSION, "normalised": True}
 
     @classmethod
@@ -80,7 +85,8 @@ class StoreInfo:
                        str(data["source"]), {"weights": data.get("weights_digest")}, details)
         details = {k: v for k, v in data.items() if k not in _INFO_FIELDS}
         return cls(str(data["model_id"]), str(data["embedder"]), {str(k): int(v) for k, v in data["spaces"].items()},
-                   str(data["dtype"]), str(data["source"]), dict(data.get("identity") or {}), details)
+                   str(data["dtype"]), str(data["source"]), dict(data.get("identity") or {}), details,
+                   DatasetRef.from_dict(data.get("dataset")))
 
     def require(self, spaces: Sequence[str], who: str, where: str) -> None:
         """Refuse, in one line, a reader that needs spaces this store does not hold."""
@@ -106,7 +112,11 @@ def read_info(store: Path) -> StoreInfo:
 
 
 def write_info(store: Path, info: StoreInfo) -> None:
-    """Create the store, or check that an existing one holds the same embedder for the same source."""
+    """Create the store, or check that an existing one holds the same embedder for the same source.
+
+    A store of the same source folder whose fingerprint changed gets the new one: its shard files are
+    each checked against their tar's digest (a changed tar is refused), so only sidecar-only changes pass.
+    """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     path = store / MODEL_FILE
@@ -118,7 +128,8 @@ def write_info(store: Path, info: StoreInfo) -> None:
                     f"{store} holds embeddings with {field}={getattr(old, field)!r}, not {getattr(info, field)!r}; "
                     "use another output folder"
                 )
-        return
+        if old.dataset == info.dataset:
+            return
     atomic_write_json(path, info.to_dict())
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from poisonlab.attacks.manifest import manifest_path
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.flows.experiment import Experiment, ExperimentError
 from poisonlab.shards.synth import SynthSpec
@@ -116,8 +117,6 @@ def embed(exp: Experiment) -> dict[str, Any]:
 
 def _manifest_keys(exp: Experiment) -> set[str]:
     import pyarrow.parquet as pq
-
-    from poisonlab.attacks.manifest import manifest_path
 
     return set(pq.read_table(manifest_path(exp.poisoned_dir), columns=["key"]).column("key").to_pylist())
 

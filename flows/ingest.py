@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from poisonlab.flows.runtime import RunnerSpec, run_job
+from poisonlab.shards.fingerprint import dataset_fingerprint, with_fingerprints
 from poisonlab.shards.ingest import IngestSpec, download_staging, ingest_job, prepare_ingest
-from poisonlab.shards.layout import atomic_path, atomic_write_json
+from poisonlab.shards.layout import atomic_path, atomic_write_json, list_shards
 from poisonlab.shards.local_import import ImportSpec, import_job, prepare_import
 from poisonlab.shards.loopback import LoopbackServer
 from poisonlab.shards.parts import PlanError
@@ -48,7 +49,8 @@ def splitview_build(
 
     Writes ``out/urls.parquet`` (the list as the curator made it, with the original hashes),
     ``out/manifest.parquet`` (the swapped URLs, with the key each got in the ingested shards and its
-    status there) and ``out/report.json``.
+    status there; it records the fingerprint of ``out/shards``, so ``recall`` takes scores of those shards
+    only) and ``out/report.json``.
     """
     out = Path(out)
     if (out / "shards").exists():  # the URL list names this run's port: a rerun is a new ingest
@@ -61,6 +63,8 @@ def splitview_build(
         spec = dataclasses.replace(spec, urls=out / "urls.parquet", out=out / "shards")
         ingest(spec, runner, log)
     report, manifest = evaluate_splitview(out / "shards", urls, web.manifest(base), spec.verifies, spec.columns.hash_type)
+    if list_shards(out / "shards"):
+        manifest = with_fingerprints(manifest, [dataset_fingerprint(out / "shards")])
     write_table(manifest, out / "manifest.parquet")
     report = {**report, "verified": spec.verifies, "shards": str(out / "shards")}
     atomic_write_json(out / "report.json", report)

@@ -47,12 +47,14 @@ def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Pa
 
 
 def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, Any] | str, out: Path,
-                 runner: RunnerSpec | None = None, excluded_out: Path | None = None) -> dict[str, Any]:
-    """Decide from the score tables; cleaned shards, ``_run/exclusions.parquet`` and ``clean.json`` into ``out``."""
+                 runner: RunnerSpec | None = None, excluded_out: Path | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Decide from the score tables; cleaned shards, ``_run/exclusions.parquet`` and ``clean.json`` into ``out``.
+    Scores of another shard folder than ``shards`` are refused unless ``force``."""
     runner = runner or RunnerSpec()
     decision = decision if isinstance(decision, (Decision, str)) else dict(decision)
     return clean_shards(Path(shards), Path(scores), decision, Path(out), job_runner(runner, "clean"),
-                        Path(excluded_out) if excluded_out is not None else None)
+                        Path(excluded_out) if excluded_out is not None else None, force)
 
 
 def sanitize(shards: Path, out: Path, model: ModelSpec | None, decision: Decision | Mapping[str, Any] | str,

@@ -32,6 +32,7 @@ from poisonlab.filters.store import (
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.models.zoo import CheckpointError, ModelSpec
 from poisonlab.pipelines.sample import Sample
+from poisonlab.shards.fingerprint import DatasetMismatchError
 from poisonlab.shards.images import encode_image
 from poisonlab.shards.reader import read_shard
 from poisonlab.shards.writer import ShardWriter
@@ -219,8 +220,10 @@ def test_mismatched_dimensions_are_a_clear_error(store: Path, tmp_path: Path) ->
 
 def test_scores_of_other_shards_are_refused_before_any_work(store: Path, scores: Path, tmp_path: Path) -> None:
     other = make_synth(tmp_path / "other", samples=120, per_shard=60, seed=5)
-    with pytest.raises(EmbeddingMismatchError, match="do not match the shards"):
+    with pytest.raises(DatasetMismatchError, match="describe different datasets"):
         clean_shards(other, scores, "top_fraction:detector=kdist,fraction=0.1", tmp_path / "clean")
+    with pytest.raises(EmbeddingMismatchError, match="do not match the shards"):  # forced: the key check remains
+        clean_shards(other, scores, "top_fraction:detector=kdist,fraction=0.1", tmp_path / "clean", force=True)
     assert not list((tmp_path / "clean").glob("*.tar"))
     # a second model's store must cover the same samples
     other_store = embed_shards(other, tmp_path / "emb", EmbedConfig(TINY))["store"]

@@ -151,3 +151,24 @@ def test_train_and_evaluate_commands(lab: dict[str, Path], tiny_shards: Path, tm
     assert json.loads((tmp_path / "ev.json").read_text())["attack"]["target"] == "red circle"
     res = cli.invoke(app, ["evaluate", "--run", str(tmp_path), "--eval", str(lab["eval"])])
     assert res.exit_code == 2 and "checkpoint" in res.output
+
+
+def test_an_attack_of_another_dataset_is_refused_unless_forced(lab: dict[str, Path], tiny_shards: Path,
+                                                               tmp_path: Path) -> None:
+    from conftest import make_synth
+
+    from poisonlab.shards.fingerprint import dataset_fingerprint
+
+    lineage = json.loads((lab["run"] / "data.json").read_text())["lineage"]
+    assert lineage == [dataset_fingerprint(lab["poisoned"]), dataset_fingerprint(tiny_shards)]  # the folder, its source
+    other = tmp_path / "other_poisoned"
+    poison_local(make_synth(tmp_path / "other", samples=120, seed=9), other, parse_recipe(RECIPE))
+    with pytest.raises(EvalError, match="trained on other data"):
+        evaluate_run(lab["run"], lab["eval"], other)
+    forced = evaluate_run(lab["run"], lab["eval"], other, force=True)
+    assert "because of --force" in forced["warnings"][0] and "asr" in forced["attack"]
+    old = tmp_path / "old-run"
+    shutil.copytree(lab["run"], old)
+    (old / "data.json").unlink()  # a run trained before lineages were recorded
+    assert "no dataset fingerprint" in evaluate_run(old, lab["eval"], lab["poisoned"])["warnings"][0]
+    assert evaluate_run(lab["run"], lab["eval"], lab["poisoned"])["warnings"] == []

@@ -60,6 +60,10 @@ def test_every_step_leaves_outputs_and_a_report(finished: tuple[Path, dict]) -> 
     assert (out / "runs" / "cleaned" / "model.safetensors").exists()
     summary = json.loads((out / "runs" / "cleaned" / "train_summary.json").read_text())
     assert summary["samples"] < 480  # trained on the cleaned shards
+    evaluations = sorted(p.name.split(".")[0] for p in (out / "eval").glob("*.json"))
+    assert evaluations == ["baseline", "cleaned", "victim"]
+    for path in (out / "eval").glob("*.json"):  # each model learned from the attack's own dataset: no warning
+        assert json.loads(path.read_text())["warnings"] == []
 
 
 def test_rerun_resumes_from_the_markers(finished: tuple[Path, dict], tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model
+from poisonlab.shards.fingerprint import DatasetMismatchError
 from poisonlab.training.attack_eval import (
     AttackUnderTest,
     image_asr,
@@ -25,6 +26,7 @@ from poisonlab.training.attack_eval import (
 from poisonlab.training.eval_data import EvalError, EvalSplit, load_eval_split
 from poisonlab.training.features import image_features, predict, text_features, zero_shot_weights
 from poisonlab.training.image_codec import ImageFormat
+from poisonlab.training.lineage import check_attack_of_run
 from poisonlab.training.precision import pick_device
 from poisonlab.training.probe import linear_probe_accuracy
 from poisonlab.training.retrieval import recall_at_k
@@ -54,14 +56,30 @@ def _described(model: Path | ModelSpec) -> str:
     return str(model)
 
 
+def _attack_warnings(model: Path | ModelSpec, attack_from: Path | None, force: bool) -> list[str]:
+    """A run folder's attack must be of its own dataset (``training.lineage``); a model trained elsewhere
+    records no training data, so its attack is measured with a warning."""
+    if attack_from is None:
+        return []
+    if isinstance(model, ModelSpec):
+        return [f"{_described(model)} records no training data, so the attack is not checked against it"]
+    try:
+        return check_attack_of_run(Path(model), Path(attack_from), force)
+    except DatasetMismatchError as exc:
+        raise EvalError(str(exc)) from None
+
+
 def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | None = None,
-                 attack_id: str | None = None, device: str = "auto", probe_seed: int = 0) -> dict[str, Any]:
-    """Every metric the split allows; attack metrics only when ``attack_from`` names an attack.
+                 attack_id: str | None = None, device: str = "auto", probe_seed: int = 0,
+                 force: bool = False) -> dict[str, Any]:
+    """Every metric the split allows; attack metrics only when ``attack_from`` names an attack, which must
+    be an attack of the run's own dataset (``training.lineage``; ``force`` measures another's anyway).
 
     ``run_dir`` is a run folder or a ``ModelSpec`` (a model trained elsewhere, e.g. by open_clip_train)."""
     started = time.perf_counter()
     split = load_eval_split(Path(eval_dir))  # bad splits fail before the model is built
     attack = load_attack_under_test(attack_from, attack_id) if attack_from is not None else None
+    warnings = _attack_warnings(run_dir, attack_from, force)
     target = split.label_of(attack.target) if attack is not None else None
     dev = pick_device(device)
     loaded = load_run_model(run_dir if isinstance(run_dir, ModelSpec) else Path(run_dir), dev)
@@ -73,7 +91,7 @@ def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | 
     preds = predict(feats, weights)
     result: dict[str, Any] = {
         "run": _described(run_dir), "eval": str(eval_dir), "images": len(split), "classes": len(split.classnames),
-        "skipped": split.skipped,
+        "skipped": split.skipped, "warnings": warnings,
         "zero_shot": {"top1": float((preds == split.labels).mean()), "n": len(split)},
         "linear_probe": linear_probe_accuracy(feats.numpy(), split.labels, split.keys, seed=probe_seed),
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 import poisonlab.training.clip_objective  # noqa: F401  (registers the "clip" objective)
 from poisonlab.training.config import TrainSettings
 from poisonlab.training.data import open_shard_set
+from poisonlab.training.lineage import write_data_record
 from poisonlab.training.loop import run_loop
 from poisonlab.training.objectives import get_objective
 from poisonlab.training.precision import pick_device
@@ -34,6 +35,7 @@ def train(shards: Path, out: Path, settings: TrainSettings, resume: bool = False
     objective = get_objective(settings)  # an unknown objective or parameter fails before the folder exists
     folder = RunFolder(out, {**settings.model_dump(), "shards": str(shards.resolve())})
     folder.open(resume)
+    write_data_record(out, shards)  # what `evaluate --attack-from` checks the attack against
     done = folder.finished(settings.epochs)
     if done is not None:
         return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -14,11 +15,12 @@ from poisonlab.flows.cli import outputs
 from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
 from poisonlab.flows.cli.paths import absolute_if_file
 from poisonlab.pipelines.registry import RegistryError
+from poisonlab.shards.fingerprint import DatasetMismatchError
 
 # Raised while validating and planning, before any shard is written: reported as a one-line error
 # (CheckpointError, a refused or mismatched checkpoint, is a ValueError).
-INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, FileNotFoundError, FileExistsError, ValueError,
-                KeyError)
+INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, DatasetMismatchError, FileNotFoundError,
+                FileExistsError, ValueError, KeyError)
 
 ArchOpt = typer.Option(None, "--arch", help="open_clip architecture, a shipped config (poisonlab-tiny-32) or a JSON file")
 WeightsOpt = typer.Option(None, "--weights", help="open_clip pretrained tag, .safetensors or weights-only .pt file")
@@ -27,8 +29,21 @@ EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
 DetectorOpt = typer.Option(None, "--detector", help="[column=]name[:key=value,...], repeatable "
                            "(default: kdist, slof, dao, lid, clip_score); see `poisonlab components detector`")
+ForceOpt = typer.Option(False, "--force", help="combine outputs that describe different shard folders "
+                        "(by default refused: scores, manifests and exclusions record the fingerprint of their shards)")
 DecisionOpt = typer.Option(..., "--decision", help="name:key=value,... e.g. top_fraction:detector=kdist,fraction=0.02 "
                            "or threshold:detector=clip_score,value=0.8, or a JSON object / @file")
+
+
+class RocScale(str, Enum):
+    linear = "linear"
+    log = "log"
+
+
+def _warn(result: dict) -> None:
+    """Warnings a step returned (an old output without a fingerprint, a forced mix), one line each on stderr."""
+    for line in result.get("warnings") or []:
+        typer.echo(f"warning: {line}", err=True)
 
 
 @contextmanager
@@ -138,9 +153,13 @@ def clean(
     decision: str = DecisionOpt,
     out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and _run/exclusions.parquet"),
     excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
+    force: bool = ForceOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
-    """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table."""
+    """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table.
+
+    The scores must have been computed on SHARDS itself (the folder embedded and scanned: a poisoned copy
+    is another folder than its source); scores of another folder are refused unless --force."""
     from poisonlab.flows.sanitize import clean_folder
 
     outputs.guard(out, "cleaned", shards, scores, excluded_out)
@@ -148,7 +167,8 @@ def clean(
 
     with _input_errors():
         result = clean_folder(shards, scores, decision, out, options.runner,
-                              excluded_out)
+                              excluded_out, force)
+    _warn(result)
     outputs.done(out, "cleaned")
     outputs.done(excluded_out, "shards")
     options.emit(result, _clean_summary(result))
@@ -191,16 +211,27 @@ def sanitize(
 @app.command()
 def recall(
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
-    manifest: Path = typer.Option(..., "--manifest", help="poison manifest (POISONED/_run/manifest.parquet: key, attack, ...) or the poisoned folder"),
+    manifest: Path = typer.Option(..., "--manifest", help="the poisoned folder, or its manifest table "
+                                  "(POISONED/_run/manifest.parquet: key, attack_id, attack, ...)"),
     out: Path | None = typer.Option(None, "--out", help="folder for recall.md, recall.json and curves (default SCORES/recall)"),
+    budgets: str = typer.Option("0.001,0.01,0.02,0.05", "--budgets", help="removal budgets as fractions, "
+                                "comma-separated (0.02 is the 2% budget `clean` and the demo use)"),
+    roc_scale: RocScale = typer.Option(RocScale.linear, "--roc-scale", help="false positive rate axis of the ROC plots"),
+    force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Filter recall per detector and attack: AUROC, PR-AUC, FPR@95%TPR, recall/precision at 0.1%, 1%, 5%."""
-    from poisonlab.filters.metrics import markdown_summary, recall_report
+    """Filter recall per detector and per attack id of the recipe: AUROC, PR-AUC, FPR@95%TPR, recall and
+    precision at each removal budget.
+
+    The scores must have been computed on the poisoned folder the manifest was written for (the manifest
+    records its fingerprint); scores of another folder are refused unless --force."""
+    from poisonlab.filters.metrics import markdown_summary, parse_budgets, recall_report
 
     out = out or Path(scores) / "recall"
     outputs.guard(out, "recall", scores, manifest)
     with _input_errors():
-        result = recall_report(scores, manifest, out=out)
+        result = recall_report(scores, manifest, out=out, budgets=parse_budgets(budgets), force=force,
+                               roc_scale=roc_scale.value)
+    _warn(result)
     outputs.done(out, "recall")
     emit(result, as_json, markdown_summary(result) + f"\n\ncurves and tables in {Path(result['files']['json']).parent}")

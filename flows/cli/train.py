@@ -65,19 +65,26 @@ def evaluate(
     attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
     device: str = typer.Option("auto", "--device"),
     save: Path | None = typer.Option(None, "--save", help="also write the result as JSON here"),
+    force: bool = typer.Option(False, "--force", help="measure an attack of another dataset than the run's "
+                               "(by default refused: the run records the fingerprints of its training data)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Zero-shot accuracy, attack success (exact trigger), linear probe and retrieval recall of a run
-    (or of a model trained elsewhere: --arch with --weights)."""
+    (or of a model trained elsewhere: --arch with --weights).
+
+    --attack-from must be an attack of the run's dataset: the run trained on the poisoned folder, on its
+    source, or on a folder cleaned from it; another dataset's attack is refused unless --force."""
     import json
 
     from poisonlab.training.eval_data import EvalError
     from poisonlab.training.evaluation import evaluate_run, format_evaluation
 
     try:
-        result = evaluate_run(_evaluated(run, arch, weights), eval_split, attack_from, attack, device)
+        result = evaluate_run(_evaluated(run, arch, weights), eval_split, attack_from, attack, device, force=force)
     except EvalError as exc:
         fail(str(exc))
+    for line in result.get("warnings") or []:
+        typer.echo(f"warning: {line}", err=True)
     if save is not None:
         from poisonlab.shards.layout import atomic_write_text
 
