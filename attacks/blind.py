@@ -17,12 +17,14 @@ stats do not name the folder it came from: that folder holds the manifest.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from poisonlab.attacks.manifest import manifest_path, write_manifest
+from poisonlab.pipelines.accounting import ShardResult
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.dataset import read_policy_for
 from poisonlab.shards.fingerprint import dataset_fingerprint, table_fingerprints, with_fingerprints
@@ -49,6 +51,17 @@ class BlindSource:
             yield dataclasses.replace(sample, meta=meta, touched_by=())
 
 
+class BlindJob(FolderJob):
+    """The copy job; once every shard is written, the poisoned folder's manifest learns the copy's
+    fingerprint (``record_blind_copy``), whichever way the job was run."""
+
+    def finalize(self, results: Sequence[ShardResult]) -> dict[str, Any]:
+        totals = super().finalize(results)
+        assert self.derived_from is not None  # a blind copy is always derived from its poisoned folder
+        record_blind_copy(self.derived_from, self.dst)
+        return totals
+
+
 def blind_job(src: Path, dst: Path, overwrite: bool = False) -> FolderJob:
     """The blind copy of the shard folder ``src`` into ``dst`` as a job (``run_job_local`` or a flow runs it)."""
     src, dst = Path(src), Path(dst)
@@ -58,7 +71,7 @@ def blind_job(src: Path, dst: Path, overwrite: bool = False) -> FolderJob:
     if not shards:
         raise FileNotFoundError(f"no shards (NNNNN.tar) in {src}")
     source = BlindSource(str(src.resolve()), read_policy_for(src))
-    return FolderJob(source, tuple(shards), dst, (), source_name=None, derived_from=src, overwrite=overwrite)
+    return BlindJob(source, tuple(shards), dst, (), source_name=None, derived_from=src, overwrite=overwrite)
 
 
 def added_samples(poisoned: Path) -> int:

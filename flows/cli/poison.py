@@ -8,7 +8,7 @@ import typer
 
 from poisonlab.attacks import blind_job, prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
-from poisonlab.attacks.blind import added_samples, record_blind_copy
+from poisonlab.attacks.blind import added_samples
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
@@ -62,7 +62,6 @@ def _export_blind(src: Path, dst: Path, runner: RunnerSpec, overwrite: bool) -> 
     except (FileNotFoundError, ValueError, MarkerConflict) as exc:
         fail(str(exc))
     result = run_blind_job(job, runner)
-    record_blind_copy(src, dst)
     outputs.done(dst, "shards")
     return {**result, "out": str(dst), "poisoned": str(src), "added": added_samples(src)}
 
