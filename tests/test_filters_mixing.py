@@ -87,7 +87,7 @@ def test_clean_refuses_scores_of_another_folder_unless_forced(cli, world: dict[s
     assert report["excluded"] == 6 and report["warnings"] == []  # ceil(5% of 120)
     fp = dataset_fingerprint(world["poisoned"])
     assert report["dataset"]["fingerprint"] == fp
-    assert table_fingerprints(tmp_path / "clean" / "exclusions.parquet") == (fp,)
+    assert table_fingerprints(tmp_path / "clean" / "_run" / "exclusions.parquet") == (fp,)
 
 
 def test_recall_refuses_a_manifest_of_another_dataset_unless_forced(cli, world: dict[str, Path], tmp_path: Path) -> None:

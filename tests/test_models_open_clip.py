@@ -157,7 +157,7 @@ def test_open_clip_train_trains_a_poisonlab_model_that_evaluate_scores(cli, tiny
     base = ["--eval", str(eval_split), "--attack-from", str(poisoned), "--device", "cpu", "--json"]
     res = cli.invoke(app, ["evaluate", "--arch", ARCH, "--weights", str(checkpoint), *base])
     assert res.exit_code == 0, res.output
-    scored = json.loads(res.output)
+    scored = json.loads(res.stdout)
     assert scored["images"] == 48 and 0 <= scored["attack"]["asr"]["value"] <= 1
     # the same weights as safetensors, and as a folder open_clip and poisonlab both read
     res = cli.invoke(app, ["model-dir", f"local-dir:{tmp_path / 'tiny'}", "--out", str(tmp_path / "exported"),
@@ -169,4 +169,4 @@ def test_open_clip_train_trains_a_poisonlab_model_that_evaluate_scores(cli, tiny
                  ["--arch", ARCH, "--weights", str(tmp_path / "exported" / "model.safetensors")]):
         res = cli.invoke(app, ["evaluate", *args, *base])
         assert res.exit_code == 0, res.output
-        assert json.loads(res.output)["zero_shot"] == scored["zero_shot"]
+        assert json.loads(res.stdout)["zero_shot"] == scored["zero_shot"]

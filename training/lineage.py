@@ -59,8 +59,8 @@ def check_attack_of_run(run_dir: Path, attack_from: Path, force: bool = False) -
     run_lineage = set(raw.get("lineage") or [])
     family = set(lineage(folder))
     if not run_lineage or not family:
-        return [f"{run_dir if not run_lineage else attack_from}: no dataset fingerprint recorded (written by an "
-                "older poisonlab), so the attack is not checked against the run's training data"]
+        return [f"{run_dir if not run_lineage else attack_from}: no dataset fingerprint recorded (not written by "
+                "poisonlab train, or by an older version), so the attack is not checked against the run's training data"]
     if run_lineage & family:
         return []
     message = (f"the run {run_dir} was trained on other data (fingerprints {', '.join(sorted(f[:12] for f in run_lineage))}) "
