@@ -83,9 +83,17 @@ class DetectSpec(Params):
     embed_batch_size: int = Field(512, ge=1)
 
 
+ORACLE_DETECTOR = "best"  # chosen against the ground truth: an upper bound for reports, never a user's choice
+
+
 class CleanSpec(Params):
+    """How the experiment cleans: by a detector the recipe names (its first one by default), chosen without
+    the manifest, as a user without ground truth must. ``best`` (the highest AUROC against the manifest) is
+    an oracle: reports label it as one."""
+
     budget: float = Field(0.02, gt=0, lt=1, description="share of the dataset removed")
-    detector: str = Field("best", description="a detector label, or 'best' (highest AUROC against the manifest)")
+    detector: str | None = Field(None, description="a detector label of `detect` (default: the first listed), or "
+                                 "'best': the oracle, highest AUROC against the ground-truth manifest")
 
 
 class ExperimentSpec(Params):
@@ -109,7 +117,7 @@ class ExperimentSpec(Params):
     def _clean_needs_detect(self) -> ExperimentSpec:
         if self.clean is not None and self.detect is None:
             raise ValueError("'clean' needs 'detect' (the scores to clean by)")
-        if self.clean is not None and self.clean.detector != "best":
+        if self.clean is not None and self.clean.detector not in (None, ORACLE_DETECTOR):
             labels = [d.label for d in self.detect.detectors]  # type: ignore[union-attr]
             if self.clean.detector not in labels:
                 raise ValueError(f"clean.detector {self.clean.detector!r} is not one of the detectors {labels}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from poisonlab.attacks.manifest import manifest_path
 from poisonlab.flows.datasets import synth_dataset
-from poisonlab.flows.experiment import Experiment, ExperimentError
+from poisonlab.flows.experiment import ORACLE_DETECTOR, Experiment, ExperimentError
 from poisonlab.shards.synth import SynthSpec
 from poisonlab.training.data import DataError, open_shard_set
 from poisonlab.training.eval_data import EvalError, read_classes
@@ -83,7 +83,8 @@ def report(exp: Experiment) -> dict[str, Any]:
     budget = exp.spec.clean.budget if exp.spec.clean is not None else None
     if exp.spec.clean is not None:
         clean = exp.result("clean")
-        facts["cleaning"] = (f"{clean['detector']} at a {budget:.1%} budget: removed {clean['removed']} pairs, "
+        chosen = "oracle: chosen against the ground truth" if clean.get("oracle") else "named in the recipe"
+        facts["cleaning"] = (f"{clean['detector']} ({chosen}) at a {budget:.1%} budget: removed {clean['removed']} pairs, "
                              f"{clean['poisoned_removed']} of {clean['poisoned_total']} poisoned")
     paths = write_report(exp.report_dir, f"poisonlab experiment: {exp.spec.name}", models, detectors, facts, budget)
     table = [{"model": m.label, "zero_shot": m.zero_shot, "attack_success": m.attack_success,
@@ -169,6 +170,15 @@ def best_detector(detection: dict[str, Any]) -> str:
     return max(scored, key=lambda k: scored[k])
 
 
+def clean_detector(exp: Experiment) -> str:
+    """The recipe's cleaning detector: the one it names, its first, or (``best``) the oracle's choice."""
+    spec, detect = exp.spec.clean, exp.spec.detect
+    assert spec is not None and detect is not None
+    if spec.detector == ORACLE_DETECTOR:
+        return best_detector(exp.result("detect"))
+    return spec.detector or detect.detectors[0].label
+
+
 def clean(exp: Experiment) -> dict[str, Any]:
     """Remove the top-scoring share of pairs (the budget) by the chosen detector; keep the rest byte-identical."""
     import pyarrow.parquet as pq
@@ -177,12 +187,13 @@ def clean(exp: Experiment) -> dict[str, Any]:
 
     spec = exp.spec.clean
     assert spec is not None
-    detector = best_detector(exp.result("detect")) if spec.detector == "best" else spec.detector
+    detector = clean_detector(exp)
     report = clean_shards(exp.poisoned_dir, exp.scores_dir, {"name": "top_fraction", "detector": detector,
                                                               "fraction": spec.budget},
                           exp.cleaned_dir, run=_shard_runner(exp, "clean"))
     excluded = set(pq.read_table(report["exclusions"], columns=["key"]).column("key").to_pylist())
     poisoned = _manifest_keys(exp)
-    return {"detector": detector, "budget": spec.budget, "removed": report["excluded"],
+    return {"detector": detector, "oracle": spec.detector == ORACLE_DETECTOR, "budget": spec.budget,
+            "removed": report["excluded"],
             "poisoned_removed": len(excluded & poisoned), "poisoned_total": len(poisoned),
             "exclusions": report["exclusions"], "out": report["out"]}

@@ -46,14 +46,15 @@ def test_every_step_leaves_outputs_and_a_report(finished: tuple[Path, dict]) -> 
         assert (out / "steps" / f"{step}.json").exists()
     assert result["steps"]["poison"]["poisoned"] == 12
     clean = result["steps"]["clean"]
-    assert clean["removed"] == 24 and clean["detector"] in ("kdist_k8", "clip_score")  # 5% of 480
+    assert clean["removed"] == 24  # 5% of 480
+    assert clean["detector"] == "kdist_k8" and not clean["oracle"]  # the recipe's first detector: no manifest used
     assert 0 <= clean["poisoned_removed"] <= 12
     detection = result["steps"]["detect"]["detectors"]
     assert set(detection) == {"kdist_k8", "clip_score"} and all(0 <= d["auroc"] <= 1 for d in detection.values())
     models = {row["model"] for row in result["table"]}
     assert models == {"victim", "baseline", "cleaned"}
     md = (out / "report" / "report.md").read_text()
-    assert "| victim |" in md and "AUROC" in md and "NOT the target" in md
+    assert "| victim |" in md and "AUROC" in md and "NOT the target" in md and "named in the recipe" in md
     for png in ("roc.png", "attack_success.png", "loss_curves.png"):
         assert (out / "report" / png).stat().st_size > 1000
     assert "data:image/png;base64," in (out / "report" / "report.html").read_text()
