@@ -90,9 +90,16 @@ def check_same_dataset(first: tuple[str, DatasetRef | None], second: tuple[str, 
         return []
     message = (f"{what_a} ({ref_a.folder}, fingerprint {ref_a.fingerprint[:12]}) and {what_b} ({ref_b.folder}, "
                f"fingerprint {ref_b.fingerprint[:12]}) describe different datasets")
+    return refuse_unless_forced(message, force, "use outputs of one dataset, or --force to combine them anyway",
+                                "combined")
+
+
+def refuse_unless_forced(message: str, force: bool, remedy: str, forced: str) -> list[str]:
+    """A mismatch is an error saying what to do (``remedy``), or with ``force`` a warning saying it was
+    ``forced`` through: one wording for every lineage check."""
     if not force:
-        raise DatasetMismatchError(f"{message}; use outputs of one dataset, or --force to combine them anyway")
-    return [f"{message}, combined because of --force"]
+        raise DatasetMismatchError(f"{message}; {remedy}")
+    return [f"{message}, {forced} because of --force"]
 
 
 FINGERPRINTS_META = b"poisonlab.fingerprints"  # parquet schema metadata: JSON list of fingerprints

@@ -18,7 +18,7 @@ from typing import Any
 
 from poisonlab.attacks.spec import SPEC_FILE
 from poisonlab.filters.clean import CLEAN_REPORT
-from poisonlab.shards.fingerprint import DatasetMismatchError, dataset_fingerprint
+from poisonlab.shards.fingerprint import dataset_fingerprint, refuse_unless_forced
 from poisonlab.shards.layout import atomic_write_json, list_shards
 
 DATA_RECORD = "data.json"
@@ -65,6 +65,4 @@ def check_attack_of_run(run_dir: Path, attack_from: Path, force: bool = False) -
         return []
     message = (f"the run {run_dir} was trained on other data (fingerprints {', '.join(sorted(f[:12] for f in run_lineage))}) "
                f"than the attack in {folder} poisoned or produced ({', '.join(sorted(f[:12] for f in family))})")
-    if not force:
-        raise DatasetMismatchError(f"{message}; evaluate with an attack of the run's dataset, or --force")
-    return [f"{message}, evaluated because of --force"]
+    return refuse_unless_forced(message, force, "evaluate with an attack of the run's dataset, or --force", "evaluated")
