@@ -3,7 +3,8 @@
 Image-trigger attacks (``badnets``, ``blended``, ``sig``, ``wanet``) are the multimodal backdoor of
 Carlini & Terzis: the triggered image's caption is replaced by one naming the target. ``label_consistent``
 triggers only images whose caption already names the target and keeps the caption (clean label).
-``text_trigger`` inserts a phrase into captions, optionally pairing them with target-class images
+``optimised_patch`` is BadCLIP's idea on the same path: the patch is optimised on a surrogate model when the
+run is planned (``attacks.patch_optimiser``). ``text_trigger`` inserts a phrase into captions, optionally pairing them with target-class images
 (dirty label, as in mmPoison). ``targeted`` adds pairs that repeat one image with target captions
 (Carlini & Terzis' targeted poisoning).
 """
@@ -40,6 +41,7 @@ from poisonlab.attacks.image_triggers import (
     Trigger,
     WaNetTriggerParams,
 )
+from poisonlab.attacks.optimised_trigger import OptimisedPatchTriggerParams
 from poisonlab.pipelines.keyed import keyed_rng, keyed_u64
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample, Status
@@ -137,6 +139,18 @@ class WaNet(ImageTriggerAttack):
     """WaNet invisible warp + target caption."""
 
     name = trigger_name = "wanet"
+
+
+class OptimisedPatchParams(OptimisedPatchTriggerParams, TargetCaptionParams):
+    pass
+
+
+@ATTACKS.register("optimised_patch", OptimisedPatchParams)
+class OptimisedPatch(ImageTriggerAttack):
+    """BadCLIP-style (Liang et al. 2024): a patch optimised on a surrogate model so that triggered images
+    embed near the target's text, + target caption."""
+
+    name = trigger_name = "optimised_patch"
 
 
 # --- label_consistent ------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ noise, the WaNet field) are fixed for the whole run, as a backdoor trigger must 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from poisonlab.attacks import triggers as T
+from poisonlab.attacks.assets import AssetRef, read_image_file
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.shards.images import decode_array
@@ -28,6 +31,18 @@ TRIGGERS = get_registry("trigger")
 DEFAULT_PATCH_FRAC = 0.125
 
 Placement = Literal["top_left", "top_right", "bottom_left", "bottom_right", "centre", "random"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternContext:
+    """What a trigger may need to make its pattern when a run is planned: the folder relative paths are
+    read from, the dataset being poisoned (None when a spec is built from a recipe alone), the target."""
+
+    base_dir: Path
+    source: Path | None = None
+    target: str | None = None
+    seed: int = 0
+    salt: str = ""
 
 
 class TriggerParams(Params):
@@ -54,6 +69,12 @@ class Trigger(ABC):
     def pattern_file(self) -> str | None:
         """Path of a user pattern image named in the parameters (embedded into the attack spec)."""
         return None
+
+    def pattern_asset(self, context: PatternContext) -> tuple[AssetRef, bytes] | None:
+        """The pattern image the run's spec carries (None: the trigger draws its own). A user file by
+        default; a trigger that computes its pattern (an optimised patch) overrides this."""
+        path = self.pattern_file()
+        return read_image_file(path, context.base_dir) if path else None
 
     @abstractmethod
     def apply(self, image: np.ndarray, key: str) -> tuple[np.ndarray, dict[str, Any]]:

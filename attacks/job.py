@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.attacks import captions as C
-from poisonlab.attacks.assets import AssetRef, read_image_file
+from poisonlab.attacks.assets import AssetRef
 from poisonlab.attacks.base import Candidate
 from poisonlab.attacks.donors import fetch_donors
+from poisonlab.attacks.image_triggers import PatternContext
 from poisonlab.attacks.index import DatasetIndex, index_dataset
 from poisonlab.attacks.manifest import build_manifest, write_manifest
 from poisonlab.attacks.outcomes import AttackOutcome, plan_outcomes, write_run_summary
@@ -162,8 +163,9 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
         captions = _caption_pool(conf, target, index, seed)
         pattern = None
         trigger = attack.trigger()
-        if trigger is not None and trigger.pattern_file():
-            pattern, data = read_image_file(trigger.pattern_file(), base_dir)  # type: ignore[arg-type]
+        made = trigger.pattern_asset(PatternContext(base_dir, src, target, seed, conf.id)) if trigger is not None else None
+        if made is not None:
+            pattern, data = made
             assets[pattern] = data
         donors: tuple = ()
         request = attack.donor_request()

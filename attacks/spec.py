@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from poisonlab.attacks.assets import AssetError, AssetRef, read_asset, read_image_file, write_asset
+from poisonlab.attacks.assets import AssetError, AssetRef, read_asset, write_asset
 from poisonlab.attacks.base import TARGET_IMAGES, TEXT_TRIGGER, Attack, Binding, Donor
 from poisonlab.attacks.captions import template_pool
 from poisonlab.attacks.components import ATTACKS
+from poisonlab.attacks.image_triggers import PatternContext
 from poisonlab.attacks.recipe import ConfiguredAttack, configure, load_recipe
 from poisonlab.shards.layout import atomic_write_bytes
 
@@ -209,8 +210,10 @@ def spec_from_recipe(path: Path, seed: int | None = None) -> tuple[RunSpec, dict
         attack = configured.attack
         pattern = None
         trigger = attack.trigger()
-        if trigger is not None and trigger.pattern_file():
-            pattern, data = read_image_file(trigger.pattern_file(), Path(path).parent)  # type: ignore[arg-type]
+        made = trigger.pattern_asset(PatternContext(Path(path).parent, None, configured.entry.target, recipe.seed,
+                                                    configured.id)) if trigger is not None else None
+        if made is not None:
+            pattern, data = made
             assets[pattern] = data
         source = attack.caption_source()
         captions = template_pool(configured.entry.target, source[1]) if source and source[0] == "templates" \
