@@ -12,6 +12,7 @@ accepted without being listed), so the first column stays short.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from typing import Any, get_args
@@ -70,7 +71,7 @@ def help_row(param: Any, ctx: typer.Context) -> tuple[str, str] | None:
         return None
     column, aliases = _names(param, ctx)
     extras = _extras(param, ctx, aliases)
-    text = " ".join((param.help or "").split())
+    text = re.sub(r"\s*\n\s*", " ", (param.help or "").strip())  # a docstring's line breaks, not its spacing
     if extras:
         text = f"{text}  [{'; '.join(extras)}]".strip()
     return column, text

@@ -39,16 +39,16 @@ WeightsOpt = typer.Option(None, "--weights", "--pretrained", help="open_clip pre
 EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value,...] of a registered embedder "
                            "(default open_clip, which takes --arch/--weights/--run); see `poisonlab components embedder`")
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
-DetectorOpt = typer.Option(None, "--detector", metavar="SPEC", help="[column=]name[:key=value,...], one detector per "
-                           "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50. Values are YAML, "
-                           "a list is [a;b], a dotted key sets a nested parameter (index.kind=exact); a JSON object "
-                           "or @file.yaml works too. Default: kdist, slof, dao, lid, clip_score; see `poisonlab "
-                           "components detector`")
+DetectorOpt = typer.Option(None, "--detector", metavar="<spec>", help="[column=]name[:key=value,...], one detector per "
+                           "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50 --detector "
+                           "both=ensemble:detectors=[knn50;dao]. Values are YAML, a list is [a;b], a dotted key sets a "
+                           "nested parameter (index.kind=exact); a JSON object or @file.yaml works too. Default: "
+                           "kdist, slof, dao, lid, clip_score; see `poisonlab components detector`")
 ForceOpt = typer.Option(False, "--force", help="combine outputs that describe different shard folders "
                         "(by default refused: scores, manifests and exclusions record the fingerprint of their shards)")
-DecisionOpt = typer.Option(..., "--decision", metavar="SPEC", help="name:key=value,... e.g. "
-                           "top_fraction:detector=kdist,fraction=0.02, threshold:detector=clip_score,value=0.8 or "
-                           "ensemble:detectors=[kdist;dao],method=rank_max (a list is [a;b]), or a JSON object / @file")
+DecisionOpt = typer.Option(..., "--decision", metavar="<spec>", help="name:key=value,... as for --detector, e.g. "
+                           "top_fraction:detector=kdist,fraction=0.02 or threshold:detector=clip_score,value=0.8, "
+                           "or a JSON object / @file (rules); see `poisonlab components decision`")
 ExcludedOutOpt = typer.Option(None, "--excluded-out", help="also write the excluded samples here, as shards")
 StoreDtype = choice(STORE_DTYPES)
 RocScale = choice(ROC_SCALES)
