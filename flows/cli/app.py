@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from poisonlab.flows.cli import helptext
 from poisonlab.flows.cli.errors import reported as _reported
@@ -50,6 +50,13 @@ class _Command(TyperCommand):
         return pieces
 
 
+class _Group(TyperGroup):
+    """A group whose help lists each command's whole summary, wrapped at the terminal's width."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        helptext.format_commands(self, ctx, formatter)
+
+
 class _App(typer.Typer):
     """Commands report user-fixable errors (a full disk, a refused checkpoint) as one line: flows.cli.errors,
     and get their paths absolute (flows.cli.paths), so a cluster's workers see the folders the user meant."""
@@ -65,6 +72,7 @@ APP_SETTINGS: dict[str, Any] = {
     "add_completion": False,
     "pretty_exceptions_enable": False,
     "rich_markup_mode": None,  # plain help: rich markup ate `[column=]` and squeezed option names
+    "cls": _Group,
 }
 
 app = _App(name="poisonlab", help="Poison and sanitize web-scale image-text datasets stored as WebDataset shards.",

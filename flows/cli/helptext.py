@@ -12,6 +12,7 @@ accepted without being listed), so the first column stays short.
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from collections.abc import Sequence
@@ -99,3 +100,18 @@ def format_params(params: Sequence[Any], ctx: typer.Context, formatter: Any) -> 
         if rows:
             with formatter.section(title):
                 write_rows(formatter, rows)
+
+
+def command_summary(command: Any) -> str:
+    """A command's first paragraph, whole (click cut it to one line with ``...``)."""
+    text = command.short_help or inspect.cleandoc(command.help or "").split("\n\n")[0]
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def format_commands(group: Any, ctx: typer.Context, formatter: Any) -> None:
+    """The Commands section of a group's help: every visible command with its summary, wrapped."""
+    commands = [(name, group.get_command(ctx, name)) for name in group.list_commands(ctx)]
+    rows = [(name, command_summary(command)) for name, command in commands if command and not command.hidden]
+    if rows:
+        with formatter.section("Commands"):
+            write_rows(formatter, rows)
