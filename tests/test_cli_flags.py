@@ -211,8 +211,9 @@ def test_sanitize_writes_excluded_samples_as_clean_does(tmp_path: Path, monkeypa
     """One name for the excluded output: ``--excluded-out DIR`` on clean and sanitize; sanitize's old
     ``--keep-excluded`` (hidden) still means ``--excluded-out OUT/excluded``."""
     shards = make_synth(tmp_path / "shards", samples=60, per_shard=30)
-    args = ["sanitize", "--in", str(shards), "--arch", "poisonlab-tiny-32", "--detector", "kdist:k=4",
-            "--decision", "top_fraction:detector=kdist,fraction=0.1", "--executor", "local", "--json"]
+    args = ["sanitize", "--in", str(shards), "--arch", "poisonlab-tiny-32", "--detector", "knn=kdist:k=4",
+            "--detector", "dao:k=4", "--detector", "both=ensemble:detectors=[knn;dao],method=rank_max",  # as README
+            "--decision", "top_fraction:detector=both,fraction=0.1", "--executor", "local", "--json"]
     runner = CliRunner()
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--excluded-out", str(tmp_path / "excluded")])
     assert res.exit_code == 0, res.output
