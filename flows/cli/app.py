@@ -4,6 +4,10 @@ Options that several commands share come as one group (``option_group``): the co
 parameter (``options: RunOptions``) and typer sees the group's options in its place, so no command repeats
 ``--executor``, ``--dask-address``, ``--workers``, ``--json``, ``--quiet`` and ``--verbose``. A bad option
 value (``--executor dask``) is one ``error:`` line, like every other user error, not click's usage box.
+
+One spelling per thing across commands: a command's input folder comes from ``with_input`` (``--in``), an
+option with a fixed set of values is typed ``choice(CONSTANT)`` (the values come from where they are used
+and appear in ``--help``), and help is rendered by ``flows.cli.helptext`` (plain, 80 columns).
 """
 
 from __future__ import annotations
