@@ -43,7 +43,7 @@ def _names(param: Any, ctx: typer.Context) -> tuple[str, list[str]]:
     longs = [o for o in param.opts if o.startswith("--")]
     shorts = [o for o in param.opts if not o.startswith("--")]
     canonical = [*shorts, *longs[:1]] if param.param_type_name == "option" else [param.name]
-    aliases = [a for a in longs[1:] if a.replace("_", "-") not in (*longs[:1], *longs[1:]) or "_" not in a]
+    aliases = [a for a in longs[1:] if "_" not in a or a.replace("_", "-") not in longs]  # --url_list: implied
     column = ", ".join(canonical)
     if getattr(param, "secondary_opts", None):
         column += " / " + ", ".join(param.secondary_opts)
