@@ -29,6 +29,7 @@ from poisonlab.filters import open_clip_embedder as _open_clip  # noqa: F401  (r
 from poisonlab.filters.embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, resolve_params
 from poisonlab.filters.specs import parse_spec
 from poisonlab.filters.store import (
+    STORE_DTYPES,
     EmbeddingMismatchError,
     ShardEmbeddings,
     StoreInfo,
@@ -64,7 +65,7 @@ class EmbedConfig:
 
     model: ModelSpec | None = None
     batch_size: int = 256
-    dtype: Literal["float32", "float16"] = "float32"  # storage; computation is float32 on CPUs
+    dtype: Literal[STORE_DTYPES] = STORE_DTYPES[0]  # type: ignore[valid-type]  # storage; computed in float32 on CPUs
     device: str | None = None  # None: cuda when available, else cpu
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 autocast on CUDA, fp32 on CPU
     threads: int = 1  # torch CPU threads per worker: float results depend on it, so it is fixed

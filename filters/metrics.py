@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from poisonlab.attacks.manifest import manifest_path
 from poisonlab.filters.scores import ScoreTable, key_ranks, load_scores, ranking, scores_ref
@@ -57,6 +56,8 @@ def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndar
     if positives == 0 or positives == n:
         return {**result, "auroc": None, "pr_auc": None, "fpr_at_95_tpr": None, "budgets": {}}
     s = _finite(scores)
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve  # 4 s: not at CLI start-up
+
     fpr, tpr, _ = roc_curve(labels, s)
     result["auroc"] = float(roc_auc_score(labels, s))
     result["pr_auc"] = float(average_precision_score(labels, s))
@@ -220,6 +221,7 @@ def _roc_axes(ax: Any, labels: np.ndarray, scale: str, title: str) -> None:
 def plot_curves(out: Path, columns: dict[str, np.ndarray], labels: np.ndarray, suffix: str,
                 title: str, roc_scale: str = "linear") -> tuple[str, str]:
     import matplotlib
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

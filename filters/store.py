@@ -35,6 +35,7 @@ from poisonlab.shards.layout import atomic_path, atomic_write_json, tar_path
 MODEL_FILE = "model.json"
 STORE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+STORE_DTYPES = ("float32", "float16")  # how vectors may be stored (read back as float32); the first is the default
 _STRING_FIELDS = ("keys", "captions", "status", "reasons", "source_status", "hash_status")
 _INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised", "dataset")
 REEMBED = "re-embed the shards with `poisonlab embed` into a fresh folder"

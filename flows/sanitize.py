@@ -59,13 +59,16 @@ def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, A
 
 def sanitize(shards: Path, out: Path, model: ModelSpec | None, decision: Decision | Mapping[str, Any] | str,
              detectors: DetectorsArg = None, runner: RunnerSpec | None = None, keep_excluded: bool = False,
-             **embed_options: Any) -> dict[str, Any]:
-    """All three steps: ``out/emb/<model_id>``, ``out/scores``, ``out/clean`` (and ``out/excluded``)."""
+             *, excluded_out: Path | None = None, **embed_options: Any) -> dict[str, Any]:
+    """All three steps: ``out/emb/<model_id>``, ``out/scores``, ``out/clean``; the excluded samples go to
+    ``excluded_out`` when given (``keep_excluded``: to ``out/excluded``, as ``clean --excluded-out``)."""
     out = Path(out)
+    if keep_excluded and excluded_out is None:
+        excluded_out = out / "excluded"
     embedded = embed_folder(shards, out / "emb", model, runner, **embed_options)
     scanned = scan_folder(Path(embedded["store"]), detectors, out / "scores")
     cleaned = clean_folder(shards, out / "scores", decision, out / "clean", runner,
-                           out / "excluded" if keep_excluded else None)
+                           Path(excluded_out) if excluded_out is not None else None)
     return {"embed": embedded, "scan": scanned, "clean": cleaned}
 
 

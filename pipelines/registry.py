@@ -108,6 +108,11 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._items)
 
+    def loaded_names(self) -> list[str]:
+        """The components registered so far, without importing plugins (which may load torch): for help
+        text printed at start-up; ``names()`` is the full list."""
+        return sorted(self._items)
+
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items

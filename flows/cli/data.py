@@ -7,7 +7,17 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import JsonOpt, OverwriteOpt, RunOptions, app, emit, fail, with_run_options
+from poisonlab.flows.cli.app import (
+    NO_INPUT,
+    JsonOpt,
+    OverwriteOpt,
+    RunOptions,
+    app,
+    emit,
+    fail,
+    with_input,
+    with_run_options,
+)
 from poisonlab.flows.datasets import synth_dataset
 from poisonlab.pipelines.registry import list_registries
 from poisonlab.shards.markers import MarkerConflict
@@ -39,8 +49,9 @@ def synth(
 
 
 @app.command()
+@with_input("directory", "a shard folder")
 def stats(
-    directory: Path = typer.Argument(..., help="a shard folder"),
+    directory: Path = NO_INPUT,
     as_json: bool = JsonOpt,
     strict: bool = typer.Option(False, "--strict", help="exit 1 when any shard has a problem"),
     check_tars: bool = typer.Option(True, "--check-tars/--no-check-tars",

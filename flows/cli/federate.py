@@ -13,13 +13,11 @@ import typer
 from poisonlab.federated.partition import PartitionRecord, make_partition
 from poisonlab.federated.schemes import SCHEMES, PartitionError
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import JsonOpt, app, emit, fail
-from poisonlab.flows.cli.errors import describe, reported
+from poisonlab.flows.cli.app import JsonOpt, emit, fail, sub_app
+from poisonlab.flows.cli.errors import describe
 from poisonlab.pipelines.registry import RegistryError
 
-federate_app = typer.Typer(help="Federated learning over shared shards: clients as keyed partitions.",
-                           no_args_is_help=True)
-app.add_typer(federate_app, name="federate")
+federate_app = sub_app("federate", "Federated learning over shared shards: clients as keyed partitions.")
 
 
 def scheme_params(scheme: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -40,11 +38,11 @@ def _summary(record: PartitionRecord, out: Path) -> str:
 
 
 @federate_app.command("partition")
-@reported  # a sub-app is a plain Typer: unreadable input is a one-line error here too
 def partition_command(
     src: Path = typer.Option(..., "--in", help="shard folder to partition (it is only read)"),
     clients: int = typer.Option(..., "--clients", min=1, help="number of clients"),
-    scheme: str = typer.Option("iid", "--scheme", help="partition scheme (`poisonlab components partition_scheme`): iid, dirichlet, by_shard"),
+    scheme: str = typer.Option("iid", "--scheme", metavar=f"<{'|'.join(SCHEMES.loaded_names())}>",
+                               help="partition scheme (with plugins: `poisonlab components partition_scheme`)"),
     alpha: float | None = typer.Option(None, "--alpha", help="dirichlet: concentration (small = more skew)"),
     label_column: str | None = typer.Option(None, "--label-column", help="dirichlet: sidecar column of the class"),
     seed: int = typer.Option(0, "--seed"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import RunOptions, app, fail, option_group, with_run_options
+from poisonlab.flows.cli.app import RunOptions, app, choice, fail, option_group, sub_app, with_run_options
 from poisonlab.flows.ingest import import_folder, ingest, splitview_build, write_table
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.ingest import ENCODE_FORMATS, RESIZE_MODES, DownloadOptions, IngestSpec
@@ -22,13 +22,16 @@ from poisonlab.shards.parts import PlanError
 from poisonlab.shards.splitview import SplitViewSpec, SplitViewWeb, load_items
 from poisonlab.shards.urllists import HASH_LENGTHS, UrlColumns, UrlListError
 
-splitview_app = typer.Typer(help="The split-view poisoning testbed: a loopback web where some domains expired.",
-                            no_args_is_help=True)
-app.add_typer(splitview_app, name="splitview")
+splitview_app = sub_app("splitview", "The split-view poisoning testbed: a loopback web where some domains expired.")
 
+# img2dataset's own spellings (``img2dataset --url_list ... --output_folder ...``) are accepted as aliases
+# where an option means what img2dataset's does, so a command line can move from one tool to the other.
 MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="larger images are refused before decoding")
-PerShardOpt = typer.Option(10_000, "--samples-per-shard", min=1)
-HashTypeOpt = typer.Option("sha256", "--hash-type", help=f"{', '.join(HASH_LENGTHS)}")
+PerShardOpt = typer.Option(10_000, "--samples-per-shard", "--number-sample-per-shard", "--number_sample_per_shard", min=1)
+HashType = choice(HASH_LENGTHS)
+HashTypeOpt = typer.Option("sha256", "--hash-type", help="the hash in --hash-col")
+ResizeMode = choice(RESIZE_MODES)
+EncodeFormat = choice(ENCODE_FORMATS)
 VerifyOpt = typer.Option(True, "--verify/--no-verify",
                          help="with a hash column: refuse images whose downloaded bytes do not match it")
 
@@ -55,12 +58,13 @@ class DownloadArgs:
 
 
 with_download_options = option_group("download", DownloadArgs, {
-    "image_size": (int, typer.Option(256, "--image-size", min=8, help="img2dataset resizes to this size")),
-    "resize_mode": (str, typer.Option("border", "--resize-mode", help=f"img2dataset's resize mode: {', '.join(RESIZE_MODES)}")),
-    "encode_format": (str, typer.Option("jpg", "--encode-format", help=f"{', '.join(ENCODE_FORMATS)}")),
-    "processes": (int | None, typer.Option(None, "--processes", min=1,
+    "image_size": (int, typer.Option(256, "--image-size", "--image_size", min=8, help="img2dataset resizes to this size")),
+    "resize_mode": (ResizeMode, typer.Option("border", "--resize-mode", "--resize_mode", help="img2dataset's resize mode")),
+    "encode_format": (EncodeFormat, typer.Option("jpg", "--encode-format", "--encode_format", help="image format in the shards")),
+    "processes": (int | None, typer.Option(None, "--processes", "--processes-count", "--processes_count", min=1,
                                            help="img2dataset download processes (default: one per core)")),
-    "threads": (int, typer.Option(64, "--threads", min=1, help="download threads per process")),
+    "threads": (int, typer.Option(64, "--threads", "--thread-count", "--thread_count", min=1,
+                                  help="download threads per process")),
     "timeout": (float, typer.Option(10.0, "--timeout", min=0.1, help="seconds before a download is given up")),
     "samples_per_shard": (int, PerShardOpt),
 })
@@ -77,12 +81,13 @@ def _summary(result: dict) -> str:
 @with_run_options
 @with_download_options
 def ingest_command(
-    urls: Path = typer.Option(..., "--urls", help="URL list: parquet, csv, tsv, jsonl, json or txt (.gz too), or a folder of them"),
-    out: Path = typer.Option(..., "--out", help="folder for the shards"),
-    url_col: str = typer.Option("url", "--url-col"),
-    caption_col: str = typer.Option("caption", "--caption-col", help="'' for a list without captions"),
+    urls: Path = typer.Option(..., "--urls", "--url-list", "--url_list", help="URL list: parquet, csv, tsv, jsonl, json "
+                              "or txt (.gz too; the format is read from the name), or a folder of them"),
+    out: Path = typer.Option(..., "--out", "--output-folder", "--output_folder", help="folder for the shards"),
+    url_col: str = typer.Option("url", "--url-col", "--url_col"),
+    caption_col: str = typer.Option("caption", "--caption-col", "--caption_col", help="'' for a list without captions"),
     hash_col: str | None = typer.Option(None, "--hash-col", help="the curator's content hash of each image"),
-    hash_type: str = HashTypeOpt,
+    hash_type: HashType = HashTypeOpt,
     verify: bool = VerifyOpt,
     retries: int = typer.Option(0, "--retries", min=0),
     max_pixels: int = MaxPixelsOpt,
@@ -98,6 +103,9 @@ def ingest_command(
     except (UrlListError, PlanError, ValueError) as exc:
         fail(str(exc))
     outputs.done(out, "shards")
+    if not result["written"]:
+        fail(_nothing_written("ingest", result, out, "no image could be downloaded; --timeout and --retries give "
+                              "slow hosts more time"))
     options.emit(result, _summary(result))
 
 
@@ -124,16 +132,18 @@ def import_command(
         fail(str(exc))
     outputs.done(out, "shards")
     if not result["written"]:
-        fail(_nothing_imported(result, out))
+        fail(_nothing_written("import", result, out, "captions come from NAME.txt beside each image or a "
+                              "--captions table"))
     options.emit(result, _summary(result))
 
 
-def _nothing_imported(result: dict, out: Path) -> str:
-    """An import that wrote no sample is a failure (exit 2), said in one line with the commonest reasons."""
+def _nothing_written(command: str, result: dict, out: Path, hint: str) -> str:
+    """A command that brought in no sample failed (exit 2), whatever it wrote: said in one line with the
+    commonest reasons, so a script does not go on with an empty dataset."""
     reasons = sorted(result["reasons"].items(), key=lambda kv: -kv[1])[:3]
-    why = ", ".join(f"{n} {r.split(':', 1)[-1].strip()}" for r, n in reasons) or "no images found"
-    return (f"import wrote 0 of {result['samples']} rows ({why}); each row's reason is in {out}/*.parquet. "
-            "Captions come from NAME.txt beside each image or a --captions table")
+    why = ", ".join(f"{n} {r.split(':', 1)[-1].strip()}" for r, n in reasons) or "no rows"
+    return (f"{command} wrote 0 of {result['samples']} rows ({why}); each row's reason is in {out}/*.parquet. "
+            f"{hint[:1].upper()}{hint[1:]}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ def model_dir(
     arch: str = typer.Argument(..., help="architecture: a shipped config (poisonlab-tiny-32), an open_clip name, "
                                "a JSON config or local-dir:DIR"),
     out: Path = typer.Option(..., "--out", help="folder to write (open_clip_config.json [+ weights])"),
-    weights: str | None = typer.Option(None, "--weights", help="also write these weights (checked): a .safetensors "
+    weights: str | None = typer.Option(None, "--weights", "--pretrained", help="also write these weights (checked): a .safetensors "
                                        "or weights-only .pt file (open_clip_train's epoch_N.pt), a run folder or a "
                                        "pretrained tag"),
     as_json: bool = JsonOpt,

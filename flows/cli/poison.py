@@ -9,6 +9,7 @@ import typer
 from poisonlab.attacks import blind_job, prepare_eval_trigger, prepare_poisoning
 from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.blind import added_samples
+from poisonlab.attacks.components import ATTACKS
 from poisonlab.attacks.recipe import Recipe, RecipeError, load_recipe, recipe_from_options
 from poisonlab.attacks.spec import SpecError
 from poisonlab.flows.cli import outputs
@@ -71,7 +72,8 @@ def _export_blind(src: Path, dst: Path, runner: RunnerSpec, overwrite: bool) -> 
 def poison(
     src: Path = typer.Option(..., "--in", help="input shard folder"),
     dst: Path = typer.Option(..., "--out", help="output folder (fresh, or the same run to resume)"),
-    attack: str | None = typer.Option(None, "--attack", help="attack name, e.g. badnets, blended, sig, wanet"),
+    attack: str | None = typer.Option(None, "--attack", metavar=f"<{'|'.join(ATTACKS.loaded_names())}>",
+                                      help="attack (with plugins: `poisonlab components attack`)"),
     rate: float | None = typer.Option(None, "--rate", help="fraction of the dataset: round(rate x total)"),
     count: int | None = typer.Option(None, "--count", help="exact number of samples to poison (or add)"),
     target: str | None = typer.Option(None, "--target", help='target class, e.g. "red circle"'),

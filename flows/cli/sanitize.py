@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from poisonlab.filters.embedders import DEFAULT_EMBEDDER, needs_model
+from poisonlab.filters.metrics import BUDGETS, ROC_SCALES
 from poisonlab.filters.specs import SpecError
-from poisonlab.filters.store import EmbeddingMismatchError
+from poisonlab.filters.store import STORE_DTYPES, EmbeddingMismatchError
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
+from poisonlab.flows.cli.app import (
+    NO_INPUT,
+    JsonOpt,
+    RunOptions,
+    app,
+    choice,
+    emit,
+    fail,
+    with_input,
+    with_run_options,
+)
 from poisonlab.flows.cli.paths import absolute_if_file
 from poisonlab.pipelines.registry import RegistryError
 from poisonlab.shards.fingerprint import DatasetMismatchError
@@ -22,22 +32,26 @@ from poisonlab.shards.fingerprint import DatasetMismatchError
 INPUT_ERRORS = (RegistryError, SpecError, EmbeddingMismatchError, DatasetMismatchError, FileNotFoundError,
                 FileExistsError, ValueError, KeyError)
 
-ArchOpt = typer.Option(None, "--arch", help="open_clip architecture, a shipped config (poisonlab-tiny-32) or a JSON file")
-WeightsOpt = typer.Option(None, "--weights", help="open_clip pretrained tag, .safetensors or weights-only .pt file")
+ArchOpt = typer.Option(None, "--arch", "--model", help="open_clip architecture, a shipped config (poisonlab-tiny-32) "
+                       "or a JSON file")
+WeightsOpt = typer.Option(None, "--weights", "--pretrained", help="open_clip pretrained tag, .safetensors or "
+                          "weights-only .pt file")
 EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value,...] of a registered embedder "
                            "(default open_clip, which takes --arch/--weights/--run); see `poisonlab components embedder`")
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
-DetectorOpt = typer.Option(None, "--detector", help="[column=]name[:key=value,...], repeatable "
-                           "(default: kdist, slof, dao, lid, clip_score); see `poisonlab components detector`")
+DetectorOpt = typer.Option(None, "--detector", metavar="<spec>", help="[column=]name[:key=value,...], one detector per "
+                           "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50 --detector "
+                           "both=ensemble:detectors=[knn50;dao]. Values are YAML, a list is [a;b], a dotted key sets a "
+                           "nested parameter (index.kind=exact); a JSON object or @file.yaml works too. Default: "
+                           "kdist, slof, dao, lid, clip_score; see `poisonlab components detector`")
 ForceOpt = typer.Option(False, "--force", help="combine outputs that describe different shard folders "
                         "(by default refused: scores, manifests and exclusions record the fingerprint of their shards)")
-DecisionOpt = typer.Option(..., "--decision", help="name:key=value,... e.g. top_fraction:detector=kdist,fraction=0.02 "
-                           "or threshold:detector=clip_score,value=0.8, or a JSON object / @file")
-
-
-class RocScale(str, Enum):
-    linear = "linear"
-    log = "log"
+DecisionOpt = typer.Option(..., "--decision", metavar="<spec>", help="name:key=value,... as for --detector, e.g. "
+                           "top_fraction:detector=kdist,fraction=0.02 or threshold:detector=clip_score,value=0.8, "
+                           "or a JSON object / @file (rules); see `poisonlab components decision`")
+ExcludedOutOpt = typer.Option(None, "--excluded-out", help="also write the excluded samples here, as shards")
+StoreDtype = choice(STORE_DTYPES)
+RocScale = choice(ROC_SCALES)
 
 
 def _warn(result: dict) -> None:
@@ -85,15 +99,16 @@ def _stores(primary: Path, extra: list[str]) -> dict[str, Path] | Path:
 
 @app.command()
 @with_run_options
+@with_input("shards", "shard folder")
 def embed(
-    shards: Path = typer.Argument(..., help="shard folder"),
+    shards: Path = NO_INPUT,
     out: Path = typer.Option(..., "--out", help="embedding root: the store goes to OUT/<model_id>"),
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
     embedder: str = EmbedderOpt,
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    dtype: str = typer.Option("float32", "--dtype", help="storage: float32 or float16"),
+    dtype: StoreDtype = typer.Option("float32", "--dtype", help="storage dtype of the embeddings"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
     seed: int = typer.Option(0, "--seed", help="initialisation of random weights"),
     options: RunOptions = RunOptions(),
@@ -103,9 +118,6 @@ def embed(
     from poisonlab.flows.sanitize import embed_folder
 
     outputs.guard(out, "embeddings", shards)
-
-    if dtype not in ("float32", "float16"):
-        fail("--dtype must be float32 or float16")
     with _input_errors():
         result = embed_folder(shards, out, _model(arch, weights, run, embedder), options.runner,
                               batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
@@ -115,8 +127,9 @@ def embed(
 
 
 @app.command()
+@with_input("store", "embedding store (OUT/<model_id> of `poisonlab embed`)")
 def scan(
-    store: Path = typer.Argument(..., help="embedding store (OUT/<model_id> of `poisonlab embed`)"),
+    store: Path = NO_INPUT,
     out: Path = typer.Option(..., "--out", help="folder for the score tables"),
     detector: list[str] | None = DetectorOpt,
     embeddings: list[str] | None = typer.Option(
@@ -124,7 +137,10 @@ def scan(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a scan with other settings in OUT"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Score every sample with detectors over the whole dataset (one FAISS index); one table per shard."""
+    """Score every sample with detectors over the whole dataset (one FAISS index); one table per shard.
+
+    Scoring runs in this process (a kNN index sees every sample at once), so scan takes no executor
+    options. Example: poisonlab scan --in emb/MODEL --out scores --detector kdist:k=50 --detector dao"""
     from poisonlab.flows.sanitize import scan_folder
 
     outputs.guard(out, "scores", store, *[Path(e.partition("=")[2]) for e in embeddings or []])
@@ -147,18 +163,19 @@ def _clean_summary(result: dict) -> str:
 
 @app.command()
 @with_run_options
+@with_input("shards", "the shard folder that was embedded and scanned")
 def clean(
-    shards: Path = typer.Argument(..., help="the shard folder that was embedded and scanned"),
+    shards: Path = NO_INPUT,
     scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
     decision: str = DecisionOpt,
     out: Path = typer.Option(..., "--out", help="folder for the cleaned shards and _run/exclusions.parquet"),
-    excluded_out: Path | None = typer.Option(None, "--excluded-out", help="also write the excluded samples here"),
+    excluded_out: Path | None = ExcludedOutOpt,
     force: bool = ForceOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
     """Apply a decision to the scores: cleaned shards (kept samples byte-identical) and an exclusion table.
 
-    The scores must have been computed on SHARDS itself (the folder embedded and scanned: a poisoned copy
+    The scores must have been computed on the --in folder itself (the folder embedded and scanned: a poisoned copy
     is another folder than its source); scores of another folder are refused unless --force."""
     from poisonlab.flows.sanitize import clean_folder
 
@@ -176,34 +193,42 @@ def clean(
 
 @app.command()
 @with_run_options
+@with_input("shards", "shard folder")
 def sanitize(
-    shards: Path = typer.Argument(..., help="shard folder"),
-    out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean (and OUT/excluded)"),
+    shards: Path = NO_INPUT,
+    out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean"),
     decision: str = DecisionOpt,
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
     embedder: str = EmbedderOpt,
     detector: list[str] | None = DetectorOpt,
-    keep_excluded: bool = typer.Option(False, "--keep-excluded", help="write the excluded samples to OUT/excluded"),
+    excluded_out: Path | None = ExcludedOutOpt,
+    keep_excluded: bool = typer.Option(False, "--keep-excluded", hidden=True,
+                                       help="the old spelling of --excluded-out OUT/excluded"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     options: RunOptions = RunOptions(),
 ) -> None:
     """Embed, scan and clean in one go."""
     from poisonlab.flows.sanitize import sanitize as run_sanitize
 
+    if keep_excluded and excluded_out is not None:
+        fail("--keep-excluded is the old spelling of --excluded-out OUT/excluded; give one")
+    excluded_out = out / "excluded" if keep_excluded else excluded_out
     outputs.guard(out, "sanitize", shards)
-    parts = {"emb": "embeddings", "scores": "scores", "clean": "cleaned", "excluded": "shards"}
-    for name, kind in parts.items():
-        outputs.guard(out / name, kind, shards)
+    parts = {out / "emb": "embeddings", out / "scores": "scores", out / "clean": "cleaned"}
+    for folder, kind in parts.items():
+        outputs.guard(folder, kind, shards)
+    outputs.guard(excluded_out, "shards", shards, out / "clean")
     out.mkdir(parents=True, exist_ok=True)
     outputs.done(out, "sanitize")  # a folder of folders: recorded first, so a killed run resumes
 
     with _input_errors():
         result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
-                              options.runner, keep_excluded, batch_size=batch_size, embedder=embedder)
-    for name, kind in parts.items():
-        outputs.done(out / name, kind)
+                              options.runner, excluded_out=excluded_out, batch_size=batch_size, embedder=embedder)
+    for folder, kind in parts.items():
+        outputs.done(folder, kind)
+    outputs.done(excluded_out, "shards")
     options.emit(result, f"embeddings: {result['embed']['store']}\nscores: {result['scan']['out']}\n"
                           + _clean_summary(result["clean"]))
 
@@ -214,9 +239,10 @@ def recall(
     manifest: Path = typer.Option(..., "--manifest", help="the poisoned folder, or its manifest table "
                                   "(POISONED/_run/manifest.parquet: key, attack_id, attack, ...)"),
     out: Path | None = typer.Option(None, "--out", help="folder for recall.md, recall.json and curves (default SCORES/recall)"),
-    budgets: str = typer.Option("0.001,0.01,0.02,0.05", "--budgets", help="removal budgets as fractions, "
+    budgets: str = typer.Option(",".join(map(str, BUDGETS)), "--budgets", help="removal budgets as fractions, "
                                 "comma-separated (0.02 is the 2% budget `clean` and the demo use)"),
-    roc_scale: RocScale = typer.Option(RocScale.linear, "--roc-scale", help="false positive rate axis of the ROC plots"),
+    roc_scale: RocScale = typer.Option(ROC_SCALES[0], "--roc-scale", help="false positive rate axis of the ROC plots "
+                                       "(log shows the low rates that removal budgets live in)"),
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -231,7 +257,7 @@ def recall(
     outputs.guard(out, "recall", scores, manifest)
     with _input_errors():
         result = recall_report(scores, manifest, out=out, budgets=parse_budgets(budgets), force=force,
-                               roc_scale=roc_scale.value)
+                               roc_scale=roc_scale)
     _warn(result)
     outputs.done(out, "recall")
     emit(result, as_json, markdown_summary(result) + f"\n\ncurves and tables in {Path(result['files']['json']).parent}")

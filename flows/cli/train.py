@@ -7,25 +7,34 @@ from pathlib import Path
 import typer
 
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, emit, fail, with_run_options
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, choice, emit, fail, with_run_options
 from poisonlab.flows.cli.paths import absolute
+
+# TrainSettings.precision's values. poisonlab.training loads torch (seconds), so the command line cannot
+# read them at start-up; tests/test_cli_flags.py checks that the two lists agree.
+PRECISIONS = ("auto", "fp32", "amp")
+Precision = choice(PRECISIONS)
+
+# open_clip_train's spellings are accepted as aliases where an option means what open_clip_train's does
+# (--wd, --warmup, --workers: DataLoader workers), so a command line can move from one tool to the other.
 
 
 @app.command()
 def train(
     shards: Path = typer.Option(..., "--in", help="shard folder (NNNNN.tar + sidecars)"),
-    model: str = typer.Option("poisonlab-tiny-32", "--model", help="open_clip architecture name or JSON config"),
+    model: str = typer.Option("poisonlab-tiny-32", "--model", "--arch", help="open_clip architecture name or JSON config"),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(128, "--batch-size", min=2),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
     out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics, loss plot)"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", min=0.0),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0, help="default: 5% of all steps"),
-    data_workers: int = typer.Option(1, "--data-workers", min=0, help="DataLoader worker processes (0: in this process)"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", "--wd", min=0.0),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", "--warmup", min=0, help="default: 5% of all steps"),
+    data_workers: int = typer.Option(1, "--data-workers", "--workers", min=0,
+                                     help="DataLoader worker processes (0: in this process)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
-    precision: str = typer.Option("auto", "--precision", help="auto (mixed on CUDA), fp32, amp"),
+    precision: Precision = typer.Option("auto", "--precision", help="auto: mixed (amp) on CUDA, else fp32"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pretrain a CLIP model on shards with open_clip (read through poisonlab's shard reader)."""
@@ -56,14 +65,14 @@ def train(
 def evaluate(
     run: Path | None = typer.Option(None, "--run", help="a run folder (`poisonlab train`) or an open_clip local-dir "
                                     "folder (open_clip_config.json + weights)"),
-    arch: str | None = typer.Option(None, "--arch", help="instead of --run: open_clip architecture, shipped config, "
-                                    "JSON file or local-dir:DIR"),
-    weights: str | None = typer.Option(None, "--weights", help="with --arch: open_clip_train's epoch_N.pt, a "
+    arch: str | None = typer.Option(None, "--arch", "--model", help="instead of --run: open_clip architecture, "
+                                    "shipped config, JSON file or local-dir:DIR"),
+    weights: str | None = typer.Option(None, "--weights", "--pretrained", help="with --arch: open_clip_train's epoch_N.pt, a "
                                        ".safetensors or weights-only .pt file, or a pretrained tag"),
     eval_split: Path = typer.Option(..., "--eval", help="labelled split with classes.json (e.g. DATA/eval)"),
     attack_from: Path | None = typer.Option(None, "--attack-from", help="poisoned folder, its attack.json, or a recipe"),
     attack: str | None = typer.Option(None, "--attack", help="attack id when the run has several"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
     save: Path | None = typer.Option(None, "--save", help="also write the result as JSON here"),
     force: bool = typer.Option(False, "--force", help="measure an attack of another dataset than the run's "
                                "(by default refused: the run records the fingerprints of its training data)"),
