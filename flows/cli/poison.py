@@ -72,8 +72,9 @@ def _export_blind(src: Path, dst: Path, runner: RunnerSpec, overwrite: bool) -> 
 def poison(
     src: Path = typer.Option(..., "--in", help="input shard folder"),
     dst: Path = typer.Option(..., "--out", help="output folder (fresh, or the same run to resume)"),
-    attack: str | None = typer.Option(None, "--attack", metavar=f"<{'|'.join(ATTACKS.loaded_names())}>",
-                                      help="attack (with plugins: `poisonlab components attack`)"),
+    attack: str | None = typer.Option(None, "--attack", metavar="<name>",
+                                      help=f"attack: {', '.join(ATTACKS.loaded_names())} (with plugins: "
+                                      "`poisonlab components attack`)"),
     rate: float | None = typer.Option(None, "--rate", help="fraction of the dataset: round(rate x total)"),
     count: int | None = typer.Option(None, "--count", help="exact number of samples to poison (or add)"),
     target: str | None = typer.Option(None, "--target", help='target class, e.g. "red circle"'),
