@@ -79,4 +79,5 @@ def test_poison_command_reports_bad_input_before_work(cli, tiny_shards, tmp_path
 def test_components_lists_every_attack(cli):
     res = cli.invoke(app, ["components", "attack", "--json"])
     names = {c["name"] for c in json.loads(res.output)["attack"]}
-    assert names == {"badnets", "blended", "sig", "wanet", "text_trigger", "targeted", "label_consistent"}
+    assert names == {"badnets", "blended", "sig", "wanet", "text_trigger", "targeted", "label_consistent",
+                     "optimised_patch"}
