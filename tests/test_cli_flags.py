@@ -117,6 +117,21 @@ def _training_precisions() -> tuple[str, ...]:
     return get_args(TrainSettings.model_fields["precision"].annotation)
 
 
+def test_train_defaults_are_the_training_settings_defaults() -> None:
+    """A user who names no hyperparameter gets what TrainSettings (and so a recipe without them) gets."""
+    import typer
+
+    from poisonlab.training.config import TrainSettings
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    fields = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+              "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "data_workers": "workers",
+              "device": "device", "precision": "precision"}
+    defaults = {p.name: p.default for p in command.params}
+    for option, field in fields.items():
+        assert defaults[option] == TrainSettings.model_fields[field].default, option
+
+
 def _choices(module: str, name: str) -> tuple[str, ...]:
     return tuple(importlib.import_module(module).__dict__[name])
 

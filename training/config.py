@@ -21,7 +21,9 @@ class TrainSettings(Params):
     model: str = Field("poisonlab-tiny-32", description="the model the objective builds (CLIP: open_clip "
                        "architecture name or JSON config file)")
     epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=2, description="pairs per step (the contrastive loss needs >= 2)")
+    # batch 64 at lr 1e-3: on the built-in 20,000 pairs 6 epochs reach zero-shot 0.87 (badnets ASR 0.95);
+    # batch 128 reached 0.71, and at lr 2e-3 the model learned colour only (recipes/badnets.yaml)
+    batch_size: int = Field(64, ge=2, description="pairs per step (the contrastive loss needs >= 2)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps (default: 5% of all steps)")

@@ -11,7 +11,7 @@ from poisonlab.flows.cli.app import JsonOpt, RunOptions, app, choice, emit, fail
 from poisonlab.flows.cli.paths import absolute
 
 # TrainSettings.precision's values. poisonlab.training loads torch (seconds), so the command line cannot
-# read them at start-up; tests/test_cli_flags.py checks that the two lists agree.
+# read them (or TrainSettings' defaults) at start-up; tests/test_cli_flags.py checks that both agree.
 PRECISIONS = ("auto", "fp32", "amp")
 Precision = choice(PRECISIONS)
 
@@ -24,7 +24,7 @@ def train(
     shards: Path = typer.Option(..., "--in", help="shard folder (NNNNN.tar + sidecars)"),
     model: str = typer.Option("poisonlab-tiny-32", "--model", "--arch", help="open_clip architecture name or JSON config"),
     epochs: int = typer.Option(5, "--epochs", min=1),
-    batch_size: int = typer.Option(128, "--batch-size", min=2),
+    batch_size: int = typer.Option(64, "--batch-size", min=2),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
     out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics, loss plot)"),
     seed: int = typer.Option(0, "--seed"),
