@@ -1,0 +1,132 @@
+"""One index shard: the codes of a contiguous row range, searched one query block at a time.
+
+A shard reads only its own rows to build (in chunks), and returns, for a block of queries, its own k
+nearest rows as global row ids with Euclidean distances, sorted by (distance, row id). Compressed codes
+(an IVF over a PCA projection, SQ8 or PQ entries, L2 metric: translation-invariant, so PCA's centring does
+not change rankings) propose ``refine x k`` candidates that are re-ranked on exact vectors: the shard's
+own copy when the plan keeps one, else the rows read back from the vector source. Every random choice
+(training sample, k-means seed) is keyed by the seed and the shard's row range, so a shard built on any
+worker is the same shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import faiss
+import numpy as np
+
+from poisonlab.filters.budget import CODES, IndexPlan, auto_nlist_for
+from poisonlab.filters.knn_merge import MISSING, merge_topk
+from poisonlab.filters.vectors import VectorSource
+from poisonlab.pipelines.keyed import keyed_rng
+
+REFINE_BLOCK = 1024  # queries re-ranked at once (bounds the candidates' exact vectors held)
+PQ_TRAIN = 256 * 16  # PQ codebooks (256 centroids each) want a few thousand training points
+PQ_ITERATIONS = 15  # k-means iterations per sub-quantiser (faiss's 25 gain little on refined search)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """What one worker needs to build its shard: rows start..end-1 under the plan's codes."""
+
+    start: int
+    end: int
+    plan: IndexPlan
+    nprobe: int = 0  # 0: 8 lists up to 200k rows per shard, 4 above
+    refine: float = 2.0  # candidates re-ranked exactly, as a multiple of k (times the codes' factor)
+    train_per_list: int = 32
+    seed: int = 0
+    chunk: int = 32_768  # rows added per call
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+
+def shard_specs(plan: IndexPlan, nprobe: int = 0, refine: float = 2.0, train_per_list: int = 32, seed: int = 0,
+                chunk: int = 32_768) -> list[ShardSpec]:
+    return [ShardSpec(s, e, plan, nprobe, refine, train_per_list, seed, chunk) for s, e in plan.shards]
+
+
+def _factory(spec: ShardSpec, nlist: int) -> str:
+    plan = spec.plan
+    proj = f"PCA{plan.code_dim}," if plan.code_dim != plan.dim else ""
+    return proj + CODES[plan.codes].factory(nlist, plan.pq_m)
+
+
+def _quiet_training(index: faiss.Index, seed: int) -> None:
+    """Small keyed training samples are intended: no k-means warnings, a keyed seed."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.min_points_per_centroid = 1
+    ivf.cp.seed = seed
+    inner = faiss.downcast_index(ivf)
+    if hasattr(inner, "pq"):
+        inner.pq.cp.min_points_per_centroid = 1
+        inner.pq.cp.seed = seed
+        inner.pq.cp.niter = PQ_ITERATIONS
+        inner.do_polysemous_training = False  # Hamming-ordered codes: minutes of annealing, unused here
+
+
+class IndexShard:
+    """The codes of rows ``spec.start..spec.end-1`` of ``source``; searched by query row range."""
+
+    def __init__(self, source: VectorSource, spec: ShardSpec) -> None:
+        self.source, self.spec = source, spec
+        self.compressed = CODES[spec.plan.codes].compressed
+        self.exact: np.ndarray | None = None
+        self.index = self._build_compressed() if self.compressed else self._build_flat()
+        if self.compressed and spec.plan.refine == "memory":
+            self.exact = source.rows(spec.start, spec.end)
+
+    def _add(self, index: faiss.Index) -> None:
+        for s in range(self.spec.start, self.spec.end, self.spec.chunk):
+            index.add(self.source.rows(s, min(self.spec.end, s + self.spec.chunk)))
+
+    def _build_flat(self) -> faiss.Index:
+        index = faiss.IndexFlatIP(self.spec.plan.dim)
+        self._add(index)
+        return index
+
+    def _build_compressed(self) -> faiss.Index:
+        spec = self.spec
+        nlist = auto_nlist_for(spec.rows)
+        index = faiss.index_factory(spec.plan.dim, _factory(spec, nlist), faiss.METRIC_L2)
+        seed = int(keyed_rng(spec.seed, "filters/index_shard", f"kmeans-{spec.start}-{spec.end}").integers(2**31))
+        _quiet_training(index, seed)
+        wanted = max(nlist * spec.train_per_list, PQ_TRAIN if spec.plan.codes == "pq" else 0)
+        rng = keyed_rng(spec.seed, "filters/index_shard", f"train-{spec.start}-{spec.end}")
+        sample = np.arange(spec.rows) if wanted >= spec.rows else np.sort(rng.choice(spec.rows, wanted, replace=False))
+        index.train(np.ascontiguousarray(self.source.take(sample + spec.start)))
+        self._add(index)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(nlist, spec.nprobe or (8 if spec.rows <= 200_000 else 4))
+        return index
+
+    def search(self, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's k nearest rows to queries start..end-1: (distances, global row ids), each (m, k),
+        sorted by (distance, id); padded with (inf, -1) when the shard holds fewer than k rows."""
+        queries = self.source.rows(start, end)
+        take = min(k, self.spec.rows)
+        if self.compressed:
+            wanted = math.ceil(self.spec.refine * CODES[self.spec.plan.codes].refine_factor * take)
+            _, local = self.index.search(queries, min(self.spec.rows, max(take, wanted)))
+            dist, local = self._refine(queries, local, take)
+        else:
+            sims, local = self.index.search(queries, take)
+            dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
+        ids = np.where(local >= 0, local + self.spec.start, MISSING)
+        return merge_topk([dist], [ids], k)
+
+    def _refine(self, queries: np.ndarray, local: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the candidates (own copy or read back from the source); the k nearest."""
+        dist = np.full(local.shape, np.inf, np.float32)
+        for s in range(0, len(local), REFINE_BLOCK):
+            cand = local[s:s + REFINE_BLOCK]
+            safe = np.maximum(cand, 0)
+            vecs = self.exact[safe] if self.exact is not None else self.source.take(safe + self.spec.start)
+            sims = np.einsum("md,mcd->mc", queries[s:s + REFINE_BLOCK], vecs)
+            part = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
+            dist[s:s + REFINE_BLOCK] = np.where(cand >= 0, part, np.inf)
+        return merge_topk([dist], [local], k)
