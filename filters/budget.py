@@ -167,16 +167,13 @@ def choose_plan(n: int, dim: int, budget: int, codes: str = "auto", pca_dim: int
     if codes != "auto" and codes not in CODES:
         raise ValueError(f"unknown codes {codes!r}; use auto or one of {', '.join(CODES)}")
     kinds = CODE_ORDER if codes == "auto" else (codes,)
-    for kind in kinds:
-        for name, code_dim, pq_m in _candidates(kind, dim, pca_dim):
-            plan = _plan(name, n, dim, code_dim, pq_m, budget, 1)
+    whole = [c for kind in kinds for c in _candidates(kind, dim, pca_dim)]
+    split = _candidates(fallback if codes == "auto" else codes, dim, pca_dim)
+    most = max(1, n // MIN_SHARD_ROWS)
+    for shards, options in [(1, whole), *((s, split) for s in range(2, most + 1))]:
+        for name, code_dim, pq_m in options:  # the fewest shards, then the best recall
+            plan = _plan(name, n, dim, code_dim, pq_m, budget, shards)
             if plan is not None:
                 return plan
-    name, code_dim, pq_m = _candidates(fallback if codes == "auto" else codes, dim, pca_dim)[0]
-    most = max(1, n // MIN_SHARD_ROWS)
-    for shards in range(2, most + 1):
-        plan = _plan(name, n, dim, code_dim, pq_m, budget, shards)
-        if plan is not None:
-            return plan
     raise ValueError(f"{n} x {dim} vectors do not fit a budget of {format_bytes(budget)} per worker even in {most} "
-                     f"index shards of {name} codes; raise the index memory")
+                     f"index shards of {split[-1][0]} codes; raise the index memory")
