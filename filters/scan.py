@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from poisonlab.filters.budget import parse_bytes
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
@@ -102,6 +103,7 @@ def with_index_memory(specs: list[DetectorSpec], memory: str | None) -> list[Det
     (recorded in its parameters, so ``scan.json`` says which budget produced the scores)."""
     if memory is None:
         return specs
+    parse_bytes(memory)  # a one-line error before any work
     out = []
     for spec in specs:
         index = getattr(spec.params, "index", None)

@@ -232,3 +232,18 @@ def test_scan_on_dask_records_the_plan_and_recall_and_scores_as_in_process(dask_
         assert (tmp_path / "local" / f"{shard}.parquet").read_bytes() == (tmp_path / "remote" / f"{shard}.parquet").read_bytes()
     assert local["graphs"] == remote["graphs"] or all(
         a["plan"] == b["plan"] for a, b in zip(local["graphs"].values(), remote["graphs"].values(), strict=True))
+
+
+def test_cli_scan_takes_an_index_memory(cli, vectors, tmp_path) -> None:
+    from conftest import one_line_error
+
+    from poisonlab.flows.cli import app
+
+    store = vector_store(tmp_path, vectors)
+    res = cli.invoke(app, ["scan", str(store), "--out", str(tmp_path / "scores"), "--index-memory", "300KiB",
+                           "--detector", "kdist:k=10,index.codes=flat", "--json"])
+    assert res.exit_code == 0, res.output
+    (graph,) = json.loads(res.stdout)["graphs"].values()
+    assert graph["plan"]["codes"] == "flat" and graph["plan"]["shards"] >= 2 and graph["index"] == "flat"
+    bad = cli.invoke(app, ["scan", str(store), "--out", str(tmp_path / "bad"), "--index-memory", "lots"])
+    one_line_error(bad, "memory size")
