@@ -35,6 +35,14 @@ BUDGET_FRACTION = 0.6  # of the one-shard SQ8 estimate: two index shards
 
 
 def _peak_mib() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would carry over the parent's peak, which
+    Linux keeps across fork and exec: the runner's generated vectors would be counted in every child)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -92,8 +100,7 @@ def _sharded(path: str, workers: int) -> dict:
         result = budget_knn(source, K, params, runner=DaskShards(client))
         _scores(result.dist, result.ids)
         seconds = time.perf_counter() - start
-        worker_mib = [v / 1024 for v in client.run(
-            lambda: __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss).values()]
+        worker_mib = list(client.run(_peak_mib).values())
     return {"seconds": seconds, "driver_mib": _peak_mib(), "worker_mib": worker_mib, "plan": result.plan,
             "recall": _recall(path, result.ids)}
 
@@ -139,7 +146,7 @@ def rows_of(n: int, results: dict[str, dict]) -> list:
         Row(f"knn shards: {label} x 512 largest process peak RSS, 2 Dask workers", largest, "MiB",
             single["driver_mib"], "single index process", higher_is_better=False,
             note=f"driver {dask['driver_mib']:,.0f} MiB, workers " + ", ".join(f"{w:,.0f}" for w in dask["worker_mib"])
-            + " MiB (ru_maxrss); the driver never loads the vectors"),
+            + " MiB (VmHWM); the driver never loads the vectors"),
         Row(f"knn shards: {label} x 512 wall, shards in-process vs single index", seq["seconds"], "s",
             single["seconds"], f"single {single['index']} index", higher_is_better=False,
             note=f"peak RSS {seq['driver_mib']:,.0f} MiB vs {single['driver_mib']:,.0f} MiB; recall@16 {seq['recall']:.3f}"),

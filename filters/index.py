@@ -29,6 +29,7 @@ from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, s
 from pydantic import Field, field_validator
 
 from poisonlab.filters.budget import parse_bytes
+from poisonlab.filters.index_shard import ShardSettings
 from poisonlab.filters.sharded_knn import ShardRunner, needs_recall_check, plan_for, sharded_self_knn
 from poisonlab.filters.sharded_knn import sampled_recall as source_recall
 from poisonlab.filters.vectors import ArraySource, VectorSource
@@ -165,8 +166,7 @@ def budget_knn(source: VectorSource, k: int, params: IndexParams, partner: np.nd
     """``self_knn`` under ``params.memory``: codes chosen to fit one worker, index shards searched by
     ``runner`` (in this process, one after another, by default) and merged exactly."""
     plan = plan_for(len(source), source.dim, params.memory or 0, params.codes, params.pca_dim)
-    settings = {"nprobe": params.nprobe, "refine": params.refine, "train_per_list": params.train_per_list,
-                "seed": params.seed, "chunk": params.chunk}
+    settings = ShardSettings(params.nprobe, params.refine, params.train_per_list, params.seed, params.chunk)
     dist, ids, seconds = sharded_self_knn(source, k, plan, settings, partner, runner)
     estimate = None
     if needs_recall_check(plan) and params.check_queries > 0:

@@ -22,9 +22,19 @@ from poisonlab.filters.knn_merge import MISSING, merge_topk
 from poisonlab.filters.vectors import VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
 
-REFINE_BLOCK = 256  # queries re-ranked at once: their candidates' exact vectors are k x refine x 2 KiB each
 PQ_TRAIN = 256 * 16  # PQ codebooks (256 centroids each) want a few thousand training points
 PQ_ITERATIONS = 15  # k-means iterations per sub-quantiser (faiss's 25 gain little on refined search)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """How every shard of one index searches (the same for all shards, from ``IndexParams``)."""
+
+    nprobe: int = 0  # 0: 8 lists up to 200k rows per shard, 4 above
+    refine: float = 2.0  # candidates re-ranked exactly, as a multiple of k (times the codes' factor)
+    train_per_list: int = 32
+    seed: int = 0
+    chunk: int = 32_768  # rows added per call, and queries per search block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,20 +44,16 @@ class ShardSpec:
     start: int
     end: int
     plan: IndexPlan
-    nprobe: int = 0  # 0: 8 lists up to 200k rows per shard, 4 above
-    refine: float = 2.0  # candidates re-ranked exactly, as a multiple of k (times the codes' factor)
-    train_per_list: int = 32
-    seed: int = 0
-    chunk: int = 32_768  # rows added per call
+    settings: ShardSettings = ShardSettings()
 
     @property
     def rows(self) -> int:
         return self.end - self.start
 
 
-def shard_specs(plan: IndexPlan, nprobe: int = 0, refine: float = 2.0, train_per_list: int = 32, seed: int = 0,
-                chunk: int = 32_768) -> list[ShardSpec]:
-    return [ShardSpec(s, e, plan, nprobe, refine, train_per_list, seed, chunk) for s, e in plan.shards]
+def shard_specs(plan: IndexPlan, settings: ShardSettings) -> list[ShardSpec]:
+    """One spec per index shard of the plan, in row order."""
+    return [ShardSpec(s, e, plan, settings) for s, e in plan.shards]
 
 
 def _factory(spec: ShardSpec, nlist: int) -> str:
@@ -81,8 +87,8 @@ class IndexShard:
             self.exact = source.rows(spec.start, spec.end)
 
     def _add(self, index: faiss.Index) -> None:
-        for s in range(self.spec.start, self.spec.end, self.spec.chunk):
-            index.add(self.source.rows(s, min(self.spec.end, s + self.spec.chunk)))
+        for s in range(self.spec.start, self.spec.end, self.spec.settings.chunk):
+            index.add(self.source.rows(s, min(self.spec.end, s + self.spec.settings.chunk)))
 
     def _build_flat(self) -> faiss.Index:
         index = faiss.IndexFlatIP(self.spec.plan.dim)
@@ -93,15 +99,15 @@ class IndexShard:
         spec = self.spec
         nlist = auto_nlist_for(spec.rows)
         index = faiss.index_factory(spec.plan.dim, _factory(spec, nlist), faiss.METRIC_L2)
-        seed = int(keyed_rng(spec.seed, "filters/index_shard", f"kmeans-{spec.start}-{spec.end}").integers(2**31))
+        seed = int(keyed_rng(spec.settings.seed, "filters/index_shard", f"kmeans-{spec.start}-{spec.end}").integers(2**31))
         _quiet_training(index, seed)
-        wanted = max(nlist * spec.train_per_list, PQ_TRAIN if spec.plan.codes == "pq" else 0)
-        rng = keyed_rng(spec.seed, "filters/index_shard", f"train-{spec.start}-{spec.end}")
+        wanted = max(nlist * spec.settings.train_per_list, PQ_TRAIN if spec.plan.codes == "pq" else 0)
+        rng = keyed_rng(spec.settings.seed, "filters/index_shard", f"train-{spec.start}-{spec.end}")
         sample = np.arange(spec.rows) if wanted >= spec.rows else np.sort(rng.choice(spec.rows, wanted, replace=False))
         index.train(np.ascontiguousarray(self.source.take(sample + spec.start)))
         self._add(index)
         ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = min(nlist, spec.nprobe or (8 if spec.rows <= 200_000 else 4))
+        ivf.nprobe = min(nlist, spec.settings.nprobe or (8 if spec.rows <= 200_000 else 4))
         return index
 
     def search(self, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +116,7 @@ class IndexShard:
         queries = self.source.rows(start, end)
         take = min(k, self.spec.rows)
         if self.compressed:
-            wanted = math.ceil(self.spec.refine * CODES[self.spec.plan.codes].refine_factor * take)
+            wanted = math.ceil(self.spec.settings.refine * CODES[self.spec.plan.codes].refine_factor * take)
             _, local = self.index.search(queries, min(self.spec.rows, max(take, wanted)))
             dist, local = self._refine(queries, local, take)
         else:
@@ -120,13 +126,15 @@ class IndexShard:
         return merge_topk([dist], [ids], k)
 
     def _refine(self, queries: np.ndarray, local: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact distances of the candidates (own copy or read back from the source); the k nearest."""
-        dist = np.full(local.shape, np.inf, np.float32)
-        for s in range(0, len(local), REFINE_BLOCK):
-            cand = local[s:s + REFINE_BLOCK]
-            safe = np.maximum(cand, 0)
-            vecs = self.exact[safe] if self.exact is not None else self.source.take(safe + self.spec.start)
-            sims = np.matmul(vecs, queries[s:s + REFINE_BLOCK, :, None])[:, :, 0]  # batched: BLAS, unlike einsum
-            part = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
-            dist[s:s + REFINE_BLOCK] = np.where(cand >= 0, part, np.inf)
-        return merge_topk([dist], [local], k)
+        """Exact distances of the candidates, read in place (the shard's own copy, or the source's rows:
+        in memory or memory-mapped) by FAISS; the k nearest, as shard-local ids."""
+        base, offset = (self.exact, 0) if self.exact is not None else (self.source.array(), self.spec.start)
+        cand = np.ascontiguousarray(np.where(local >= 0, local + offset, MISSING), dtype=np.int64)
+        m, width = cand.shape
+        sims, ids = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(cand), self.spec.plan.dim, m, len(base),
+            width, k, faiss.swig_ptr(sims), faiss.swig_ptr(ids), width)
+        dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
+        found = ids >= 0
+        return merge_topk([np.where(found, dist, np.inf)], [np.where(found, ids - offset, MISSING)], k)

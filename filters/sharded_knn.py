@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from poisonlab.filters.budget import CODES, IndexPlan, choose_plan, parse_bytes
-from poisonlab.filters.index_shard import IndexShard, ShardSpec, shard_specs
+from poisonlab.filters.index_shard import IndexShard, ShardSettings, ShardSpec, shard_specs
 from poisonlab.filters.knn_merge import drop_excluded, empty_result, merge_topk
 from poisonlab.filters.vectors import VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
@@ -97,18 +97,18 @@ def sampled_recall(source: VectorSource, ids: np.ndarray, queries: int, seed: in
     return float((truth[:, :, None] == ids[rows][:, None, :]).any(axis=2).mean())
 
 
-def sharded_self_knn(source: VectorSource, k: int, plan: IndexPlan, specs_of: dict, partner: np.ndarray | None,
+def sharded_self_knn(source: VectorSource, k: int, plan: IndexPlan, settings: ShardSettings,
+                     partner: np.ndarray | None = None,
                      runner: ShardRunner | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """The k nearest *other* rows of every row (not itself, nor ``partner[i]``) through the plan's shards:
-    (distances, ids, seconds). ``specs_of`` holds the shard settings (nprobe, refine, seed, chunk, ...)."""
+    (distances, ids, seconds)."""
     n = len(source)
     extra = 1 + (partner is not None)
     if n <= k + extra - 1:
         raise ValueError(f"{n} vectors cannot each have k={k} neighbours")
-    chunk = int(specs_of.get("chunk", 32_768))
-    specs = shard_specs(plan, **specs_of)
+    specs = shard_specs(plan, settings)
     started = time.perf_counter()
-    best_d, best_i = merged_neighbours(source, specs, k + extra, chunk, runner or SequentialShards())
+    best_d, best_i = merged_neighbours(source, specs, k + extra, settings.chunk, runner or SequentialShards())
     dist, ids, short = drop_excluded(best_d, best_i, np.arange(n), partner, k)
     del best_d, best_i
     if short.any():  # probed lists too short in every shard: exact search for those rows

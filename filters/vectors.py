@@ -30,6 +30,11 @@ class VectorSource(Protocol):
         """The rows with these ids (any shape), stacked: ``ids.shape + (dim,)``."""
         ...
 
+    def array(self) -> np.ndarray:
+        """All rows as one C-contiguous float32 array (in memory or memory-mapped: never a copy), for
+        FAISS routines that read candidates in place."""
+        ...
+
 
 class ArraySource:
     """An in-memory (n, d) array; reading never copies more than the rows asked for."""
@@ -37,7 +42,7 @@ class ArraySource:
     def __init__(self, x: np.ndarray) -> None:
         if x.ndim != 2:
             raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
-        self.x = x
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
 
     def __len__(self) -> int:
         return len(self.x)
@@ -51,6 +56,9 @@ class ArraySource:
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.x[ids], dtype=np.float32)
+
+    def array(self) -> np.ndarray:
+        return self.x
 
 
 class NpySource:
@@ -87,6 +95,11 @@ class NpySource:
         out = np.empty((len(flat), self.dim), np.float32)
         out[order] = self.x[flat[order]]
         return out.reshape(*ids.shape, self.dim)
+
+    def array(self) -> np.ndarray:
+        if self.x.dtype != np.float32 or not self.x.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{self.path} must hold C-ordered float32 vectors")
+        return self.x
 
 
 def save_source(x: np.ndarray, path: Path) -> NpySource:
