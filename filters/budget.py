@@ -109,11 +109,18 @@ class IndexPlan:
                 "budget_text": format_bytes(self.budget)}
 
 
-def auto_nlist_for(rows: int) -> int:
-    """Inverted lists for a shard of ``rows``: about sqrt(4 rows), a power of two, at least 39 points each."""
-    target = math.sqrt(max(1, 4 * rows))
+def auto_nlist_for(rows: int, total: int | None = None) -> int:
+    """Inverted lists for a shard of ``rows`` out of ``total``: about sqrt(4 total), a power of two, at most
+    one per 39 rows of the shard. Lists sized by the whole set keep each shard's lists as dense in space as
+    one index's would be, so probing the same number of lists per shard scans the same share of each."""
+    target = math.sqrt(max(1, 4 * (total or rows)))
     nlist = 2 ** round(math.log2(max(16.0, target)))
     return int(max(1, min(nlist, rows // 39)))
+
+
+def auto_nprobe_for(total: int) -> int:
+    """Lists probed per query and shard: 8 up to 200k vectors in all, 4 above (as the single index)."""
+    return 8 if total <= 200_000 else 4
 
 
 def pq_choices(code_dim: int) -> list[int]:
@@ -121,10 +128,12 @@ def pq_choices(code_dim: int) -> list[int]:
     return [m for m in (64, 48, 32, 24, 16, 8, 4) if 2 * m <= code_dim and code_dim % m == 0]
 
 
-def estimate_bytes(codes: str, rows: int, dim: int, code_dim: int, pq_m: int, refine_in_memory: bool) -> int:
-    """Memory one index shard of ``rows`` vectors holds (codes, lists, centroids, exact copies for refining)."""
+def estimate_bytes(codes: str, rows: int, dim: int, code_dim: int, pq_m: int, refine_in_memory: bool,
+                   total: int | None = None) -> int:
+    """Memory one index shard of ``rows`` vectors (of ``total``) holds: codes, lists, centroids, projection,
+    exact copies for refining."""
     spec = CODES[codes]
-    nlist = auto_nlist_for(rows) if spec.compressed else 0
+    nlist = auto_nlist_for(rows, total) if spec.compressed else 0
     total = rows * spec.bytes_per_vector(code_dim, pq_m) + spec.fixed_bytes(code_dim, nlist, pq_m)
     if spec.compressed and code_dim != dim:
         total += dim * code_dim * 4  # the projection matrix
@@ -144,7 +153,7 @@ def _plan(codes: str, n: int, dim: int, code_dim: int, pq_m: int, budget: int, s
     rows = math.ceil(n / shards)
     compressed = CODES[codes].compressed
     for in_memory in ((True, False) if compressed else (False,)):
-        size = estimate_bytes(codes, rows, dim, code_dim, pq_m, in_memory)
+        size = estimate_bytes(codes, rows, dim, code_dim, pq_m, in_memory, n)
         if size <= budget:
             refine = ("memory" if in_memory else "source") if compressed else "none"
             return IndexPlan(codes, dim, code_dim if compressed else dim, pq_m, split_rows(n, shards), refine,

@@ -17,7 +17,7 @@ import math
 import faiss
 import numpy as np
 
-from poisonlab.filters.budget import CODES, IndexPlan, auto_nlist_for
+from poisonlab.filters.budget import CODES, IndexPlan, auto_nlist_for, auto_nprobe_for
 from poisonlab.filters.knn_merge import MISSING, merge_topk
 from poisonlab.filters.vectors import VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
@@ -30,7 +30,7 @@ PQ_ITERATIONS = 15  # k-means iterations per sub-quantiser (faiss's 25 gain litt
 class ShardSettings:
     """How every shard of one index searches (the same for all shards, from ``IndexParams``)."""
 
-    nprobe: int = 0  # 0: 8 lists up to 200k rows per shard, 4 above
+    nprobe: int = 0  # 0: 8 lists up to 200k rows in all, 4 above
     refine: float = 2.0  # candidates re-ranked exactly, as a multiple of k (times the codes' factor)
     train_per_list: int = 32
     seed: int = 0
@@ -49,6 +49,11 @@ class ShardSpec:
     @property
     def rows(self) -> int:
         return self.end - self.start
+
+    @property
+    def total(self) -> int:
+        """Rows of the whole index (all shards)."""
+        return self.plan.shards[-1][1]
 
 
 def shard_specs(plan: IndexPlan, settings: ShardSettings) -> list[ShardSpec]:
@@ -85,6 +90,7 @@ class IndexShard:
         self.index = self._build_compressed() if self.compressed else self._build_flat()
         if self.compressed and spec.plan.refine == "memory":
             self.exact = source.rows(spec.start, spec.end)
+        source.release()
 
     def _add(self, index: faiss.Index) -> None:
         for s in range(self.spec.start, self.spec.end, self.spec.settings.chunk):
@@ -97,7 +103,7 @@ class IndexShard:
 
     def _build_compressed(self) -> faiss.Index:
         spec = self.spec
-        nlist = auto_nlist_for(spec.rows)
+        nlist = auto_nlist_for(spec.rows, spec.total)
         index = faiss.index_factory(spec.plan.dim, _factory(spec, nlist), faiss.METRIC_L2)
         seed = int(keyed_rng(spec.settings.seed, "filters/index_shard", f"kmeans-{spec.start}-{spec.end}").integers(2**31))
         _quiet_training(index, seed)
@@ -107,7 +113,7 @@ class IndexShard:
         index.train(np.ascontiguousarray(self.source.take(sample + spec.start)))
         self._add(index)
         ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = min(nlist, spec.settings.nprobe or (8 if spec.rows <= 200_000 else 4))
+        ivf.nprobe = min(nlist, spec.settings.nprobe or auto_nprobe_for(spec.total))
         return index
 
     def search(self, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +129,7 @@ class IndexShard:
             sims, local = self.index.search(queries, take)
             dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
         ids = np.where(local >= 0, local + self.spec.start, MISSING)
+        self.source.release()
         return merge_topk([dist], [ids], k)
 
     def _refine(self, queries: np.ndarray, local: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

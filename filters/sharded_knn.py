@@ -81,6 +81,7 @@ def exact_rows(source: VectorSource, rows: np.ndarray, k: int,
         part = np.argpartition(-sims, take - 1, axis=1)[:, :take]
         dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.take_along_axis(sims, part, axis=1), dtype=np.float32))
         best_d, best_i = merge_topk([best_d, dist.astype(np.float32)], [best_i, part + start], k + extra)
+        source.release()
     dist, ids, short = drop_excluded(best_d, best_i, rows, partner, k)
     if short.any():
         raise ValueError(f"{len(source)} vectors cannot each have k={k} neighbours")

@@ -8,6 +8,7 @@ each Dask worker reads only the pages it touches and the handle it is sent is a 
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,10 @@ class VectorSource(Protocol):
         FAISS routines that read candidates in place."""
         ...
 
+    def release(self) -> None:
+        """Drop what was read so far from this process's resident memory (memory maps; else nothing)."""
+        ...
+
 
 class ArraySource:
     """An in-memory (n, d) array; reading never copies more than the rows asked for."""
@@ -59,6 +64,9 @@ class ArraySource:
 
     def array(self) -> np.ndarray:
         return self.x
+
+    def release(self) -> None:
+        """An array in memory stays there."""
 
 
 class NpySource:
@@ -100,6 +108,13 @@ class NpySource:
         if self.x.dtype != np.float32 or not self.x.flags["C_CONTIGUOUS"]:
             raise ValueError(f"{self.path} must hold C-ordered float32 vectors")
         return self.x
+
+    def release(self) -> None:
+        """Unmap the pages touched so far (the page cache keeps them; the next read maps them again), so a
+        worker that reads every query block does not end up with the whole file in its resident memory."""
+        mapped = getattr(self._x, "_mmap", None)
+        if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def save_source(x: np.ndarray, path: Path) -> NpySource:

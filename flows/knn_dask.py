@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,9 @@ class ShardActor:
 
 
 class DaskShards:
-    """A ``ShardRunner`` on a ``distributed.Client``: one shard per worker, all searched at once."""
+    """A ``ShardRunner`` on a ``distributed.Client``: one shard per worker, all searched at once. Vectors
+    held in memory are written for the workers under ``scratch`` (a folder every worker sees; a temporary
+    folder of this machine by default) and removed afterwards."""
 
     def __init__(self, client: Any, scratch: Path | None = None) -> None:
         self.client = client
@@ -60,10 +63,13 @@ class DaskShards:
             return source
         if not isinstance(source, ArraySource):
             return source  # any other picklable source is sent as it is
-        folder = self.scratch or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poisonlab-index-")))
-        path = folder / f"vectors-{uuid.uuid4().hex}.npy"
-        stack.callback(lambda: path.unlink(missing_ok=True))
-        return save_source(source.x, path)
+        if self.scratch is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poisonlab-index-")))
+        else:
+            folder = self.scratch / f".index-{uuid.uuid4().hex}"
+            folder.mkdir(parents=True)
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        return save_source(source.x, folder / "vectors.npy")
 
     def _actors(self, count: int) -> list[Any]:
         workers = sorted(self.client.scheduler_info()["workers"])[:count]

@@ -52,7 +52,7 @@ def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Pa
         return scan(emb, detectors, Path(out), overwrite=overwrite, index_memory=index_memory)
     from poisonlab.flows.knn_dask import shard_runner
 
-    with shard_runner(runner) as shards:
+    with shard_runner(runner, scratch=Path(out).resolve()) as shards:  # a folder the workers are told to write to
         return scan(emb, detectors, Path(out), overwrite=overwrite, index_memory=index_memory, shard_runner=shards)
 
 
