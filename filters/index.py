@@ -36,6 +36,8 @@ from poisonlab.filters.vectors import ArraySource, VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params
 
+SHARD_BLOCK = 8_192  # queries per block under a memory budget: bounds what each shard reads and returns per call
+
 
 class IndexParams(Params):
     """How neighbours are found; ``auto`` is exact up to ``exact_max`` vectors, IVF above."""
@@ -166,7 +168,8 @@ def budget_knn(source: VectorSource, k: int, params: IndexParams, partner: np.nd
     """``self_knn`` under ``params.memory``: codes chosen to fit one worker, index shards searched by
     ``runner`` (in this process, one after another, by default) and merged exactly."""
     plan = plan_for(len(source), source.dim, params.memory or 0, params.codes, params.pca_dim)
-    settings = ShardSettings(params.nprobe, params.refine, params.train_per_list, params.seed, params.chunk)
+    settings = ShardSettings(params.nprobe, params.refine, params.train_per_list, params.seed,
+                             min(params.chunk, SHARD_BLOCK))
     dist, ids, seconds = sharded_self_knn(source, k, plan, settings, partner, runner)
     estimate = None
     if needs_recall_check(plan) and params.check_queries > 0:

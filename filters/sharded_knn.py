@@ -110,7 +110,11 @@ def sharded_self_knn(source: VectorSource, k: int, plan: IndexPlan, settings: Sh
     specs = shard_specs(plan, settings)
     started = time.perf_counter()
     best_d, best_i = merged_neighbours(source, specs, k + extra, settings.chunk, runner or SequentialShards())
-    dist, ids, short = drop_excluded(best_d, best_i, np.arange(n), partner, k)
+    dist, ids = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    short = np.zeros(n, bool)
+    for start, end in query_blocks(n, settings.chunk):  # block by block: no (n, k) temporaries
+        rows = np.arange(start, end)
+        dist[rows], ids[rows], short[rows] = drop_excluded(best_d[rows], best_i[rows], rows, partner, k)
     del best_d, best_i
     if short.any():  # probed lists too short in every shard: exact search for those rows
         rows = np.flatnonzero(short)
