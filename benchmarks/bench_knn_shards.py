@@ -46,6 +46,11 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _scores(dist: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
     from poisonlab.filters.outliers import dao, k_distance, lid_mle, slof
 
@@ -69,11 +74,12 @@ def _budget(n: int, dim: int) -> int:
 def _single(path: str) -> dict:
     from poisonlab.filters.index import IndexParams, self_knn
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = self_knn(np.load(path), K, IndexParams(check_queries=0))
     _scores(result.dist, result.ids)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "driver_mib": _peak_mib(), "index": result.kind, "recall": _recall(path, result.ids)}
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    return {"seconds": seconds, "cpu": cpu, "driver_mib": _peak_mib(), "index": result.kind,
+            "recall": _recall(path, result.ids)}
 
 
 def _sharded(path: str, workers: int) -> dict:
@@ -83,11 +89,11 @@ def _sharded(path: str, workers: int) -> dict:
     source = NpySource(path)
     params = IndexParams(memory=str(_budget(len(source), source.dim)), codes="sq8", check_queries=0)
     if workers == 0:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         result = budget_knn(source, K, params)
         _scores(result.dist, result.ids)
-        return {"seconds": time.perf_counter() - start, "driver_mib": _peak_mib(), "plan": result.plan,
-                "recall": _recall(path, result.ids)}
+        return {"seconds": time.perf_counter() - start, "cpu": _cpu_seconds() - cpu, "driver_mib": _peak_mib(),
+                "plan": result.plan, "recall": _recall(path, result.ids)}
     from distributed import Client, LocalCluster
 
     from poisonlab.flows.knn_dask import DaskShards
@@ -96,13 +102,15 @@ def _sharded(path: str, workers: int) -> dict:
                       scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster, \
             Client(cluster) as client:
         client.run(lambda: __import__("poisonlab.filters.index_shard"))  # imports before the clock starts
+        before = sum(client.run(_cpu_seconds).values()) + _cpu_seconds()
         start = time.perf_counter()
         result = budget_knn(source, K, params, runner=DaskShards(client))
         _scores(result.dist, result.ids)
         seconds = time.perf_counter() - start
+        cpu = sum(client.run(_cpu_seconds).values()) + _cpu_seconds() - before
         worker_mib = list(client.run(_peak_mib).values())
-    return {"seconds": seconds, "driver_mib": _peak_mib(), "worker_mib": worker_mib, "plan": result.plan,
-            "recall": _recall(path, result.ids)}
+    return {"seconds": seconds, "cpu": cpu, "driver_mib": _peak_mib(), "worker_mib": worker_mib,
+            "plan": result.plan, "recall": _recall(path, result.ids)}
 
 
 def child(mode: str, path: str) -> dict:
@@ -142,14 +150,16 @@ def rows_of(n: int, results: dict[str, dict]) -> list:
     return [
         Row(f"knn shards: {label} x 512 wall, 2 Dask workers vs single index", dask["seconds"], "s", single["seconds"],
             f"single {single['index']} index", higher_is_better=False,
-            note=f"{where}; recall@16 {dask['recall']:.3f} vs {single['recall']:.3f}"),
+            note=f"{where}; recall@16 {dask['recall']:.3f} vs {single['recall']:.3f}; "
+                 f"CPU-s {dask['cpu']:.0f} (driver + workers) vs {single['cpu']:.0f}"),
         Row(f"knn shards: {label} x 512 largest process peak RSS, 2 Dask workers", largest, "MiB",
             single["driver_mib"], "single index process", higher_is_better=False,
             note=f"driver {dask['driver_mib']:,.0f} MiB, workers " + ", ".join(f"{w:,.0f}" for w in dask["worker_mib"])
             + " MiB (VmHWM); the driver never loads the vectors"),
         Row(f"knn shards: {label} x 512 wall, shards in-process vs single index", seq["seconds"], "s",
             single["seconds"], f"single {single['index']} index", higher_is_better=False,
-            note=f"peak RSS {seq['driver_mib']:,.0f} MiB vs {single['driver_mib']:,.0f} MiB; recall@16 {seq['recall']:.3f}"),
+            note=f"peak RSS {seq['driver_mib']:,.0f} MiB vs {single['driver_mib']:,.0f} MiB; recall@16 {seq['recall']:.3f}; "
+                 f"CPU-s {seq['cpu']:.0f} vs {single['cpu']:.0f}"),
     ]
 
 

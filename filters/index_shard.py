@@ -95,6 +95,7 @@ class IndexShard:
     def _add(self, index: faiss.Index) -> None:
         for s in range(self.spec.start, self.spec.end, self.spec.settings.chunk):
             index.add(self.source.rows(s, min(self.spec.end, s + self.spec.settings.chunk)))
+            self.source.release()  # a memory map would otherwise keep the whole range resident
 
     def _build_flat(self) -> faiss.Index:
         index = faiss.IndexFlatIP(self.spec.plan.dim)
