@@ -22,6 +22,7 @@ from poisonlab.filters.knn_merge import MISSING, merge_topk
 from poisonlab.filters.vectors import VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
 
+REFINE_BLOCK = 512  # queries re-ranked per FAISS call: bounds the candidate pages mapped at once
 PQ_TRAIN = 256 * 16  # PQ codebooks (256 centroids each) want a few thousand training points
 PQ_ITERATIONS = 15  # k-means iterations per sub-quantiser (faiss's 25 gain little on refined search)
 
@@ -140,9 +141,12 @@ class IndexShard:
         cand = np.ascontiguousarray(np.where(local >= 0, local + offset, MISSING), dtype=np.int64)
         m, width = cand.shape
         sims, ids = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
-        faiss.knn_inner_products_by_idx(
-            faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(cand), self.spec.plan.dim, m, len(base),
-            width, k, faiss.swig_ptr(sims), faiss.swig_ptr(ids), width)
+        for s in range(0, m, REFINE_BLOCK):  # a memory map's pages read for a sub-block are unmapped after it
+            e = min(m, s + REFINE_BLOCK)
+            faiss.knn_inner_products_by_idx(
+                faiss.swig_ptr(queries[s:e]), faiss.swig_ptr(base), faiss.swig_ptr(cand[s:e]), self.spec.plan.dim,
+                e - s, len(base), width, k, faiss.swig_ptr(sims[s:e]), faiss.swig_ptr(ids[s:e]), width)
+            self.source.release()
         dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims, dtype=np.float32)).astype(np.float32)
         found = ids >= 0
         return merge_topk([np.where(found, dist, np.inf)], [np.where(found, ids - offset, MISSING)], k)

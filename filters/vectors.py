@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+TAKE_BLOCK = 4_096  # rows read by id before their pages are unmapped again
+
 
 class VectorSource(Protocol):
     """Row-addressable float32 vectors."""
@@ -101,7 +103,10 @@ class NpySource:
         flat = ids.reshape(-1)
         order = np.argsort(flat, kind="stable")  # ascending reads touch each page once
         out = np.empty((len(flat), self.dim), np.float32)
-        out[order] = self.x[flat[order]]
+        for s in range(0, len(order), TAKE_BLOCK):  # scattered rows map many pages: unmapped block by block
+            part = order[s:s + TAKE_BLOCK]
+            out[part] = self.x[flat[part]]
+            self.release()
         return out.reshape(*ids.shape, self.dim)
 
     def array(self) -> np.ndarray:
