@@ -13,6 +13,9 @@ distance Huang et al.'s detectors use. The index is chosen by size or by paramet
   lists it probes.
 * ``hnsw`` — a graph index on the full vectors, for when an IVF's training is unwanted.
 
+With ``memory`` (a per-worker budget, e.g. ``4GiB``) ``kind`` is not used: ``budget_knn`` chooses codes that
+fit it and splits the index into shards when they do not (``budget``, ``index_shard``, ``sharded_knn``).
+
 Every random choice (training samples, k-means seeds) comes from keyed randomness and ``seed``.
 """
 
