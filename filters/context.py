@@ -18,6 +18,7 @@ from poisonlab.filters.corpus import Corpus
 from poisonlab.filters.index import IndexParams
 from poisonlab.filters.neighbours import NeighbourGraph, batch_local_graph, global_graph, reference_set
 from poisonlab.filters.outliers import LID_ESTIMATORS, k_distance
+from poisonlab.filters.sharded_knn import ShardRunner
 
 RECALL_WARNING = 0.9  # below this sampled recall@k, a scan warns that its neighbourhoods are unreliable
 
@@ -33,8 +34,12 @@ class NeighbourhoodKey:
 
 
 class ScanContext:
-    def __init__(self, corpus: Corpus) -> None:
+    """``shard_runner`` searches the index shards of graphs built under a memory budget (``index.memory``):
+    in this process, one after another, unless the caller hands a Dask one (``poisonlab.flows.knn_dask``)."""
+
+    def __init__(self, corpus: Corpus, shard_runner: ShardRunner | None = None) -> None:
         self.corpus = corpus
+        self.shard_runner = shard_runner
         self.columns: dict[str, np.ndarray] = {}
         self.timings: dict[str, float] = {}
         self.graph_info: dict[str, dict] = {}
@@ -59,7 +64,7 @@ class ScanContext:
         start = time.perf_counter()
         refs = reference_set(self.corpus.model(key.model), key.space)
         if key.mode == "global":
-            graph = global_graph(refs, want, key.index or IndexParams())
+            graph = global_graph(refs, want, key.index or IndexParams(), self.shard_runner)
         elif key.mode == "batch_local":
             graph = batch_local_graph(refs, self.corpus.keys, want, key.batch_size, key.seed)
         else:
@@ -68,6 +73,8 @@ class ScanContext:
         self.graph_info[_describe(key)] = {"k": want, "references": len(refs.rows), "queries": refs.queries,
                                            "index": graph.source, "recall_estimate": graph.recall_estimate,
                                            "seconds": round(time.perf_counter() - start, 3), "phases": graph.seconds}
+        if graph.plan is not None:
+            self.graph_info[_describe(key)]["plan"] = graph.plan
         if graph.recall_estimate is not None and graph.recall_estimate < RECALL_WARNING:
             warnings.warn(f"the {graph.source} index found only {graph.recall_estimate:.1%} of the true {want} nearest "
                           f"neighbours on a sample of queries ({_describe(key)}); raise index.nprobe or use "

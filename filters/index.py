@@ -13,6 +13,9 @@ distance Huang et al.'s detectors use. The index is chosen by size or by paramet
   lists it probes.
 * ``hnsw`` — a graph index on the full vectors, for when an IVF's training is unwanted.
 
+With ``memory`` (a per-worker budget, e.g. ``4GiB``) ``kind`` is not used: ``budget_knn`` chooses codes that
+fit it and splits the index into shards when they do not (``budget``, ``index_shard``, ``sharded_knn``).
+
 Every random choice (training samples, k-means seeds) comes from keyed randomness and ``seed``.
 """
 
@@ -26,10 +29,17 @@ from typing import Literal
 import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, search_preassigned
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from poisonlab.filters.budget import parse_bytes
+from poisonlab.filters.index_shard import ShardSettings
+from poisonlab.filters.sharded_knn import ShardRunner, needs_recall_check, plan_for, sharded_self_knn
+from poisonlab.filters.sharded_knn import sampled_recall as source_recall
+from poisonlab.filters.vectors import ArraySource, VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params
+
+SHARD_BLOCK = 8_192  # queries per block under a memory budget: bounds what each shard reads and returns per call
 
 
 class IndexParams(Params):
@@ -53,6 +63,16 @@ class IndexParams(Params):
     chunk: int = Field(32_768, ge=256, description="queries per search call (bounds temporary memory)")
     check_queries: int = Field(100, ge=0, description="approximate kinds: queries checked by brute force to "
                                "estimate recall@k, reported with the scores (0: no check)")
+    memory: str | None = Field(None, description="memory budget of one worker's index (e.g. 4GiB): codes chosen to "
+                               "fit it, and index shards when they do not (kind is then ignored; see filters/budget.py)")
+    codes: Literal["auto", "flat", "sq8", "pq"] = Field("auto", description="with memory: flat, sq8 or pq codes "
+                                                        "(auto: the best that fits one worker)")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_is_a_size(cls, value: str | None) -> str | None:
+        parse_bytes(value)  # refused at validation, before any work
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +84,7 @@ class KnnResult:
     kind: str
     recall_estimate: float | None = None  # approximate kinds: recall@k on a keyed sample of queries
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # build, search, recall_check
+    plan: dict | None = None  # with a memory budget: codes, index shards, memory per shard
 
 
 def gpu_count() -> int:
@@ -145,11 +166,31 @@ def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | 
     return out_ids, out_sims
 
 
+def budget_knn(source: VectorSource, k: int, params: IndexParams, partner: np.ndarray | None = None,
+               runner: ShardRunner | None = None) -> KnnResult:
+    """``self_knn`` under ``params.memory``: codes chosen to fit one worker, index shards searched by
+    ``runner`` (in this process, one after another, by default) and merged exactly."""
+    plan = plan_for(len(source), source.dim, params.memory or 0, params.codes, params.pca_dim)
+    settings = ShardSettings(params.nprobe, params.refine, params.train_per_list, params.seed,
+                             min(params.chunk, SHARD_BLOCK))
+    dist, ids, seconds = sharded_self_knn(source, k, plan, settings, partner, runner)
+    estimate = None
+    if needs_recall_check(plan) and params.check_queries > 0:
+        started = time.perf_counter()
+        estimate = source_recall(source, ids, params.check_queries, params.seed, partner)
+        seconds["recall_check"] = round(time.perf_counter() - started, 3)
+    return KnnResult(dist=dist, ids=ids, kind=plan.label, recall_estimate=estimate, seconds=seconds,
+                     plan=plan.describe())
+
+
 def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
-             partner: np.ndarray | None = None) -> KnnResult:
-    """The k nearest *other* vectors of every vector (not itself, nor ``partner[i]`` when given)."""
+             partner: np.ndarray | None = None, runner: ShardRunner | None = None) -> KnnResult:
+    """The k nearest *other* vectors of every vector (not itself, nor ``partner[i]`` when given).
+    With ``params.memory``, through index shards that each fit it (``budget_knn``)."""
     params = params or IndexParams()
     x = _check(x)
+    if params.memory is not None:
+        return budget_knn(ArraySource(x), k, params, partner, runner)
     n = len(x)
     extra = 1 + (partner is not None)
     if n <= k + extra - 1:

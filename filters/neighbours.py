@@ -19,6 +19,7 @@ import numpy as np
 
 from poisonlab.filters.corpus import ModelView
 from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
+from poisonlab.filters.sharded_knn import ShardRunner
 from poisonlab.pipelines.keyed import keyed_u64
 
 CROSS: dict[str, tuple[str, str]] = {"cross": ("image", "text")}  # query space, then the other references
@@ -72,15 +73,18 @@ class NeighbourGraph:
     source: str  # index kind, or "batch_local"
     recall_estimate: float | None = None  # approximate indexes: recall@k measured on a sample of queries
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    plan: dict | None = None  # with a memory budget: codes, index shards, memory per shard
 
     @property
     def k(self) -> int:
         return int(self.dist.shape[1])
 
 
-def global_graph(refs: RefSet, k: int, params: IndexParams) -> NeighbourGraph:
-    result = self_knn(refs.vectors, k, params, refs.partner)
-    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate, result.seconds)
+def global_graph(refs: RefSet, k: int, params: IndexParams, runner: ShardRunner | None = None) -> NeighbourGraph:
+    """Neighbours over the whole dataset; ``runner`` searches the index shards of a memory budget."""
+    result = self_knn(refs.vectors, k, params, refs.partner, runner)
+    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate, result.seconds,
+                          result.plan)
 
 
 def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:

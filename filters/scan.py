@@ -1,9 +1,11 @@
 """Run detectors over an embedding store and write the score tables.
 
-The global step happens once, in this process: all embeddings are loaded, each neighbour graph is built
-with one index over the whole dataset (FAISS parallelises its search over the machine's cores), and then
-the tables are written shard by shard. Holding one index in one process is the point: spreading the
-search over worker processes on one machine would copy the index into each of them.
+The global step happens once: all embeddings are loaded, each neighbour graph is built with one index over
+the whole dataset (FAISS parallelises its search over the machine's cores), and then the tables are written
+shard by shard. With an index memory budget (``index_memory``, or ``index.memory`` per detector) the index
+is chosen to fit it and, when it does not fit one worker, split into index shards: searched one after
+another in this process, or one per Dask worker when a shard runner is given (``flows/knn_dask.py``); the
+chosen codes, shards, memory estimate and sampled recall@k go into ``scan.json`` under ``graphs``.
 
 Detector specs map a column name to parameters; two keys are reserved: ``detector`` (the registered
 name, when the column is named otherwise, e.g. ``{"kdist_k5": {"detector": "kdist", "k": 5}}``) and
@@ -29,9 +31,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from poisonlab.filters.budget import parse_bytes
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
+from poisonlab.filters.index import IndexParams
 from poisonlab.filters.scores import (
     EMBEDDED_PREFIX,
     SCAN_FILE,
@@ -40,6 +44,7 @@ from poisonlab.filters.scores import (
     score_path,
     write_score_shard,
 )
+from poisonlab.filters.sharded_knn import ShardRunner
 from poisonlab.filters.specs import parse_spec
 from poisonlab.filters.store import StoreInfo, read_info
 from poisonlab.pipelines.registry import RegistryError
@@ -91,6 +96,22 @@ def detector_specs(detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[
         if missing:
             raise RegistryError(f"{spec.name} {spec.column!r} combines {missing}, which this scan does not compute")
     return specs
+
+
+def with_index_memory(specs: list[DetectorSpec], memory: str | None) -> list[DetectorSpec]:
+    """Give every detector with index settings and no budget of its own the scan's ``index_memory``
+    (recorded in its parameters, so ``scan.json`` says which budget produced the scores)."""
+    if memory is None:
+        return specs
+    parse_bytes(memory)  # a one-line error before any work
+    out = []
+    for spec in specs:
+        index = getattr(spec.params, "index", None)
+        if isinstance(index, IndexParams) and index.memory is None:
+            spec = dataclasses.replace(spec, params=spec.params.model_copy(
+                update={"index": IndexParams.model_validate({**index.model_dump(), "memory": memory})}))
+        out.append(spec)
+    return out
 
 
 def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> None:
@@ -145,10 +166,13 @@ def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec
 
 
 def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None,
-         out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Score every sample with every detector; write ``out/{shard}.parquet`` and ``out/scan.json``."""
+         out: Path, overwrite: bool = False, index_memory: str | None = None,
+         shard_runner: ShardRunner | None = None) -> dict[str, Any]:
+    """Score every sample with every detector; write ``out/{shard}.parquet`` and ``out/scan.json``.
+    ``index_memory`` (e.g. ``"4GiB"``) bounds each neighbour index (see ``filters/budget.py``);
+    ``shard_runner`` is where its index shards are searched (this process by default)."""
     out = Path(out)
-    specs = detector_specs(DEFAULT_DETECTORS if detectors is None else detectors)
+    specs = with_index_memory(detector_specs(DEFAULT_DETECTORS if detectors is None else detectors), index_memory)
     stores = {"model": Path(emb)} if isinstance(emb, (str, Path)) else {k: Path(v) for k, v in emb.items()}
     for spec in specs:
         if spec.embeddings is not None and spec.embeddings not in stores:
@@ -173,7 +197,7 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     elif out.exists() and (list_score_shards(out) or any(out.glob("*.tar"))):
         raise FileExistsError(f"{out} holds other data (NNNNN.parquet or tars) and no scan; use an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    ctx = ScanContext(corpus)
+    ctx = ScanContext(corpus, shard_runner)
     created = {s.column: s.create() for s in specs}
     for spec in specs:
         created[spec.column].plan(ctx, spec.embeddings or corpus.primary)

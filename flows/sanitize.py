@@ -8,7 +8,8 @@ The Python API the CLI and experiments share::
     clean_folder(shards, "scores", {"name": "top_fraction", "detector": "kdist", "fraction": 0.02}, "clean", runner)
     recall_report("scores", "poisoned", out="recall")  # the folder, or poisoned/_run/manifest.parquet
 
-Scanning runs in this process: one index over the whole dataset, searched with all the machine's cores.
+Scanning runs in this process: one index over the whole dataset, searched with all the machine's cores;
+under an index memory budget its index shards may instead be held by Dask workers (``flows/knn_dask.py``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,18 @@ def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: Runne
 
 
 def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Path,
-                overwrite: bool = False) -> dict[str, Any]:
-    """Detectors (None: kdist, slof, dao, lid, clip_score) over one store or ``{name: store}``; tables into ``out``."""
-    return scan(emb, detectors, Path(out), overwrite=overwrite)
+                overwrite: bool = False, index_memory: str | None = None,
+                runner: RunnerSpec | None = None) -> dict[str, Any]:
+    """Detectors (None: kdist, slof, dao, lid, clip_score) over one store or ``{name: store}``; tables into ``out``.
+
+    ``index_memory`` bounds each neighbour index per worker; when a cluster is asked for (``runner`` with a
+    Dask address or workers) its index shards are held by the Dask workers, else searched in this process."""
+    if index_memory is None or runner is None or not (runner.dask_address or runner.workers):
+        return scan(emb, detectors, Path(out), overwrite=overwrite, index_memory=index_memory)
+    from poisonlab.flows.knn_dask import shard_runner
+
+    with shard_runner(runner, scratch=Path(out).resolve()) as shards:  # a folder the workers are told to write to
+        return scan(emb, detectors, Path(out), overwrite=overwrite, index_memory=index_memory, shard_runner=shards)
 
 
 def clean_folder(shards: Path, scores: Path, decision: Decision | Mapping[str, Any] | str, out: Path,

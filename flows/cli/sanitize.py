@@ -20,6 +20,7 @@ from poisonlab.flows.cli.app import (
     choice,
     emit,
     fail,
+    runner_spec,
     with_input,
     with_run_options,
 )
@@ -135,18 +136,28 @@ def scan(
     embeddings: list[str] | None = typer.Option(
         None, "--embeddings", help="NAME=STORE: another model's store for detectors with embeddings=NAME"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a scan with other settings in OUT"),
+    index_memory: str | None = typer.Option(
+        None, "--index-memory", help="memory budget of one worker's neighbour index (e.g. 4GiB): codes chosen to fit "
+        "it (flat, SQ8, PQ), split into index shards when they do not"),
+    dask_address: str | None = typer.Option(
+        None, "--dask-address", help="with --index-memory: index shards held by this Dask cluster's workers"),
+    dask_scheduler_file: Path | None = typer.Option(None, "--dask-scheduler-file", help="as --dask-address, by file"),
+    workers: int | None = typer.Option(None, "--workers", help="with --index-memory: index shards on local Dask workers"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Score every sample with detectors over the whole dataset (one FAISS index); one table per shard.
+    """Score every sample with detectors over the whole dataset (one FAISS index, or index shards under
+    --index-memory); one table per shard.
 
-    Scoring runs in this process (a kNN index sees every sample at once), so scan takes no executor
-    options. Example: poisonlab scan --in emb/MODEL --out scores --detector kdist:k=50 --detector dao"""
+    Scoring runs in this process (a kNN index sees every sample at once), so scan takes no executor; only
+    index shards (--index-memory) may be held by Dask workers. Example:
+    poisonlab scan --in emb/MODEL --out scores --detector kdist:k=50 --detector dao"""
     from poisonlab.flows.sanitize import scan_folder
 
     outputs.guard(out, "scores", store, *[Path(e.partition("=")[2]) for e in embeddings or []])
-
+    runner = runner_spec("auto", dask_address, workers, progress=False, dask_scheduler_file=dask_scheduler_file)
     with _input_errors():
-        result = scan_folder(_stores(store, embeddings or []), detector or None, out, overwrite=overwrite)
+        result = scan_folder(_stores(store, embeddings or []), detector or None, out, overwrite=overwrite,
+                             index_memory=index_memory, runner=runner)
     outputs.done(out, "scores")
     lines = [f"scored {result['samples']} samples ({result['live']} live) in {result['shards']} shards -> {out}"
              + (" (already done)" if result.get("skipped") else "")]

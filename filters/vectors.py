@@ -1,0 +1,130 @@
+"""Where an index shard reads vectors from: rows by range (building, query blocks) and by id (refinement).
+
+An index shard never needs every vector at once: it reads its own row range to build its codes, one query
+block at a time to search, and the few candidates of a block to re-rank them exactly. ``ArraySource``
+serves an array already in memory (no copy); ``NpySource`` serves a ``.npy`` file through a memory map, so
+each Dask worker reads only the pages it touches and the handle it is sent is a path, not the data.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+TAKE_BLOCK = 4_096  # rows read by id before their pages are unmapped again
+
+
+class VectorSource(Protocol):
+    """Row-addressable float32 vectors."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def rows(self, start: int, end: int) -> np.ndarray:
+        """Rows start..end-1 as a C-contiguous float32 array."""
+        ...
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The rows with these ids (any shape), stacked: ``ids.shape + (dim,)``."""
+        ...
+
+    def array(self) -> np.ndarray:
+        """All rows as one C-contiguous float32 array (in memory or memory-mapped: never a copy), for
+        FAISS routines that read candidates in place."""
+        ...
+
+    def release(self) -> None:
+        """Drop what was read so far from this process's resident memory (memory maps; else nothing)."""
+        ...
+
+
+class ArraySource:
+    """An in-memory (n, d) array; reading never copies more than the rows asked for."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def rows(self, start: int, end: int) -> np.ndarray:
+        return np.ascontiguousarray(self.x[start:end], dtype=np.float32)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.x[ids], dtype=np.float32)
+
+    def array(self) -> np.ndarray:
+        return self.x
+
+    def release(self) -> None:
+        """An array in memory stays there."""
+
+
+class NpySource:
+    """A ``.npy`` file of (n, d) vectors, memory-mapped on first use (pickles as its path)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).resolve()
+        self._x: np.ndarray | None = None
+
+    @property
+    def x(self) -> np.ndarray:
+        if self._x is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"vector file {self.path} is not visible here (give a folder every worker sees)")
+            self._x = np.load(self.path, mmap_mode="r")
+        return self._x
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_x": None}
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def rows(self, start: int, end: int) -> np.ndarray:
+        return np.ascontiguousarray(self.x[start:end], dtype=np.float32)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        flat = ids.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # ascending reads touch each page once
+        out = np.empty((len(flat), self.dim), np.float32)
+        for s in range(0, len(order), TAKE_BLOCK):  # scattered rows map many pages: unmapped block by block
+            part = order[s:s + TAKE_BLOCK]
+            out[part] = self.x[flat[part]]
+            self.release()
+        return out.reshape(*ids.shape, self.dim)
+
+    def array(self) -> np.ndarray:
+        if self.x.dtype != np.float32 or not self.x.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{self.path} must hold C-ordered float32 vectors")
+        return self.x
+
+    def release(self) -> None:
+        """Unmap the pages touched so far (the page cache keeps them; the next read maps them again), so a
+        worker that reads every query block does not end up with the whole file in its resident memory."""
+        mapped = getattr(self._x, "_mmap", None)
+        if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def save_source(x: np.ndarray, path: Path) -> NpySource:
+    """Write vectors to ``path`` (a ``.npy``) for workers to memory-map."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(x, dtype=np.float32))
+    return NpySource(path)
