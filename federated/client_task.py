@@ -23,6 +23,7 @@ from typing import Any
 from poisonlab.federated.client_data import client_shard_set
 from poisonlab.federated.malicious import model_replacement
 from poisonlab.federated.probe import embed_probe
+from poisonlab.federated.reuse import reused_objective
 from poisonlab.federated.store import (
     PROBE_FILE,
     client_file,
@@ -32,7 +33,6 @@ from poisonlab.federated.store import (
     save_tensors,
 )
 from poisonlab.federated.updates import apply_delta, model_delta
-from poisonlab.models.zoo import quiet_random_init
 from poisonlab.pipelines.accounting import ShardResult, ShardStats, StageCounts
 from poisonlab.pipelines.executor import ShardTask
 from poisonlab.pipelines.keyed import keyed_u64
@@ -111,8 +111,9 @@ def train_client(spec: ClientRound, client: int) -> dict[str, Any]:
     run = Path(spec.run)
     start = load_tensors(global_before(run, spec.round))
     data = client_shard_set(Path(spec.shards), Path(spec.partition), client)
-    with quiet_random_init():  # the model is built, then the global weights are loaded into it
-        state, stats = local_update(TrainState(weights=start), data, local_settings(spec, client), steps=spec.steps)
+    settings = local_settings(spec, client)
+    state, stats = local_update(TrainState(weights=start), data, settings, steps=spec.steps,
+                                objective=reused_objective(settings))
     delta = model_delta(state.weights, start)
     boosted = client in spec.malicious and spec.boost is not None
     if boosted:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from poisonlab.models.zoo import ModelSpec, load_model, quiet_random_init
+from poisonlab.federated.reuse import inference_model
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.training.eval_data import load_eval_split
 from poisonlab.training.features import image_features
@@ -35,8 +35,7 @@ def probe_images(eval_dir: Path, count: int, seed: int) -> torch.Tensor:
 
 def embed_probe(weights: dict[str, torch.Tensor], arch: str, images: torch.Tensor) -> torch.Tensor:
     """Unit-norm image embeddings of the probe by the model ``arch`` with ``weights`` (CPU, eval mode)."""
-    with quiet_random_init():
-        loaded = load_model(ModelSpec(arch), "cpu")
+    loaded = inference_model(arch)
     loaded.model.load_state_dict(weights)
     model = loaded.model.eval()
     fmt = ImageFormat.for_model(model, loaded.image_size)
