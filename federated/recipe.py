@@ -19,7 +19,7 @@ compares them side by side.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -86,7 +86,7 @@ class InspectionSpec(_Strict):
     """Exclude flagged clients before aggregating: a client is flagged when its ``score`` exceeds
     ``ratio`` times the median score of the round's clients (no oracle: the manifest is never read)."""
 
-    score: str = Field("eminspector", description="norm, cosine or eminspector")
+    score: Literal["norm", "cosine", "eminspector"] = "eminspector"
     ratio: float = Field(2.0, gt=1.0)
 
 
@@ -100,6 +100,18 @@ class AggregatorSpec(_Strict):
     @property
     def label(self) -> str:
         return self.id or self.name
+
+    @model_validator(mode="after")
+    def _registered(self) -> AggregatorSpec:
+        # the rule and its parameters, checked up front
+        from poisonlab.federated.aggregators import AGGREGATORS
+        from poisonlab.pipelines.registry import RegistryError
+
+        try:
+            AGGREGATORS.get(self.name).parse(self.params)
+        except RegistryError as exc:
+            raise ValueError(" ".join(str(exc).split())) from None
+        return self
 
 
 class ProbeSpec(_Strict):
