@@ -81,3 +81,22 @@ def test_rate_is_within_each_partition_and_bad_inputs_are_one_line(tiny_shards: 
         prepare_client_poisoning(tiny_shards, tmp_path / "x", part, (9,), _recipe(count=1))
     with pytest.raises(RecipeError, match="client-0001"):
         prepare_client_poisoning(tiny_shards, tmp_path / "y", part, (1,), _recipe(count=1000))
+
+
+def test_federate_poison_command(tiny_shards: Path, poisoned: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    import poisonlab.flows.cli.federate  # noqa: F401  (registers the sub-app)
+    from poisonlab.flows.cli.app import app
+
+    part, _ = poisoned
+    args = ["federate", "poison", "--in", str(tiny_shards), "--partition", str(part), "--malicious", "1,3",
+            "--attack", "badnets", "--count", "5", "--target", "red circle", "--executor", "local"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["poisoned_per_client"] == {"1": 5, "3": 5}
+    bad = CliRunner().invoke(app, [*args[:7], "7", *args[8:], "--out", str(tmp_path / "q")])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1 and "not in the partition" in lines[0], bad.output

@@ -61,3 +61,37 @@ def test_bad_recipe_is_one_line(tiny_shards: Path, eval_split: Path, tmp_path: P
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "clients_per_round" in lines[0]
     result = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(tmp_path / "o"), "--set", "rounds"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_a_sigkilled_run_resumes_to_the_same_weights(tiny_shards: Path, eval_split: Path, tmp_path: Path) -> None:
+    """A real kill (SIGKILL of the command's process) in the middle of round 1; the rerun finishes the run
+    and its final global weights are those of an uninterrupted run, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from poisonlab.federated.store import finished_rounds
+
+    recipe = _write(tmp_path, tiny_shards, eval_split, rounds=3, aggregators=[{"name": "fedavg"}])
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    command = [sys.executable, "-c", "from poisonlab.flows.cli import main; main()", "federate", "train", str(recipe), "--executor", "local",
+               "-q", "--out"]
+    proc = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    round_1 = killed / "runs" / "fedavg" / "rounds" / "0001" / "clients"
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and not list(round_1.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert finished_rounds(killed / "runs" / "fedavg") < 3
+    for out in (killed, whole):
+        result = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(out), "--executor", "local", "-q"])
+        assert result.exit_code == 0, result.output
+    final = Path("runs") / "fedavg" / "rounds" / "0002" / "global.safetensors"
+    a, b = load_file(str(killed / final)), load_file(str(whole / final))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -106,3 +106,38 @@ def train_command(
         fail(describe(exc))
     outputs.done(out, "federated")
     options.emit(result, _train_summary(result))
+
+
+@federate_app.command("poison")
+@reported
+@with_run_options
+def poison_command(
+    src: Path = typer.Option(..., "--in", help="clean shard folder the partition was made from"),
+    partition: Path = typer.Option(..., "--partition", help="partition folder (federate partition --out)"),
+    malicious: str = typer.Option(..., "--malicious", help="malicious clients, comma-separated (e.g. 0,1)"),
+    dst: Path = typer.Option(..., "--out", help="poisoned copy (the same keys: the partition serves it)"),
+    attack: str | None = typer.Option(None, "--attack", help="attack name (`poisonlab components attack`)"),
+    rate: float | None = typer.Option(None, "--rate", help="fraction of EACH malicious client's partition"),
+    count: int | None = typer.Option(None, "--count", help="exact samples poisoned in EACH malicious partition"),
+    target: str | None = typer.Option(None, "--target", help='target class, e.g. "red circle"'),
+    seed: int | None = typer.Option(None, "--seed"),
+    param: list[str] = typer.Option([], "--param", help="attack parameter NAME=VALUE; repeatable"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="YAML attack recipe instead of --attack ..."),
+    options: RunOptions = RunOptions(),
+) -> None:
+    """Poison only the malicious clients' partitions (exact --count/--rate within each); the manifest names the client."""
+    from poisonlab.federated.poisoning import prepare_client_poisoning
+    from poisonlab.flows.cli.poison import INPUT_ERRORS, _recipe, _summary
+    from poisonlab.flows.runtime import run_job
+
+    src, partition, dst = absolute(src), absolute(partition), absolute(dst)
+    outputs.guard(dst, "poisoned", src, partition)
+    try:
+        clients = [int(c) for c in malicious.split(",") if c.strip()]
+        loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
+        job = prepare_client_poisoning(src, dst, partition, clients, loaded, base_dir)
+    except (*INPUT_ERRORS, PartitionError) as exc:
+        fail(describe(exc))
+    outputs.done(dst, "poisoned")
+    result = run_job(job, options.runner, "poison")
+    options.emit(result, _summary(result) + f"\n  per malicious client: {result['poisoned_per_client']}")
