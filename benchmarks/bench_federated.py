@@ -64,12 +64,10 @@ def _central(exp) -> float:  # type: ignore[no-untyped-def]
 
 
 def _round(exp, label: str, runner) -> float:  # type: ignore[no-untyped-def]
-    import dataclasses
-
     from poisonlab.federated.experiment import prepare_run
     from poisonlab.federated.rounds import RoundJob
 
-    spec = dataclasses.replace(exp.recipe.aggregators[0], id=label)
+    spec = exp.recipe.aggregators[0].model_copy(update={"id": label})
     fr = prepare_run(exp, spec)
     began = time.perf_counter()
     runner(RoundJob(fr, 0))
