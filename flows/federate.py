@@ -53,7 +53,7 @@ def experiment_folders(recipe: FederatedRecipe, out: Path, base_dir: Path, runne
         spec = SynthSpec(samples=data.synth.samples, seed=recipe.seed, image_size=data.synth.image_size,
                          samples_per_shard=data.synth.samples_per_shard)
         if not (shards / "eval" / "classes.json").is_file():
-            synth_dataset(shards, spec, data.synth.eval_per_class, dataclasses.replace(runner, executor="local"))
+            synth_dataset(shards, spec, data.synth.eval_per_class, runner)
         eval_dir = shards / "eval"
     else:
         shards = Path(data.shards) if Path(data.shards).is_absolute() else base_dir / data.shards  # type: ignore[arg-type]
@@ -67,7 +67,7 @@ def run_federated(recipe: FederatedRecipe, out: Path, runner: RunnerSpec, base_d
     """Every step of the recipe; a rerun resumes each aggregator at its last finished round."""
     exp = experiment_folders(recipe, out, base_dir, runner)
     ensure_partition(exp)
-    poisoned = ensure_poisoned(exp, job_runner(dataclasses.replace(runner, executor="local"), "poison"))
+    poisoned = ensure_poisoned(exp, job_runner(runner, "poison"))
     write_roles(exp)
     attack_id = recipe.malicious.attack.id or recipe.malicious.attack.attack if recipe.malicious.attack else None
     evaluator = GlobalEvaluator.open(exp.eval_dir, recipe.train.model, exp.poisoned, attack_id)
