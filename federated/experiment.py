@@ -44,10 +44,14 @@ from poisonlab.federated.store import (
 from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model
 from poisonlab.pipelines.job import JobRunner
 from poisonlab.shards.layout import atomic_path, atomic_write_json
+from poisonlab.training.config import RUNTIME_ONLY
 from poisonlab.training.loop import init_state
 
 EVAL_FILE = "eval.json"
 ROLES_FILE = "clients.json"
+RECIPE_FILE = "federated.json"
+# What a rerun may change: more rounds, other or more aggregators, evaluation frequency; and how fast it runs.
+MAY_CHANGE = frozenset({"name", "rounds", "aggregators", "evaluate_every"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,22 @@ class FederatedExperiment:
 
     def run_dir(self, label: str) -> Path:
         return self.out / "runs" / label
+
+
+def check_recipe(recipe: FederatedRecipe, out: Path) -> None:
+    """Record the recipe in ``OUT/federated.json``; refuse a rerun whose data, clients or training differ
+    (its rounds would continue weights made another way). Rounds and aggregators may be added."""
+    path = Path(out) / RECIPE_FILE
+    current = recipe.model_dump(mode="json")
+    current["train"] = {k: v for k, v in current["train"].items() if k not in RUNTIME_ONLY}
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(saved) | set(current) if k not in MAY_CHANGE and saved.get(k) != current.get(k))
+        if changed:
+            raise FederatedRecipeError(f"{out} was run with another recipe ({', '.join(changed)} differ); "
+                                       "use another --out")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, current)
 
 
 def ensure_partition(exp: FederatedExperiment) -> None:

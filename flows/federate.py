@@ -16,6 +16,7 @@ from typing import Any
 
 from poisonlab.federated.experiment import (
     FederatedExperiment,
+    check_recipe,
     ensure_partition,
     ensure_poisoned,
     prepare_run,
@@ -65,6 +66,7 @@ def experiment_folders(recipe: FederatedRecipe, out: Path, base_dir: Path, runne
 def run_federated(recipe: FederatedRecipe, out: Path, runner: RunnerSpec, base_dir: Path,
                   on_round: Callable[[str, dict[str, Any]], None] = lambda label, row: None) -> dict[str, Any]:
     """Every step of the recipe; a rerun resumes each aggregator at its last finished round."""
+    check_recipe(recipe, Path(out).resolve())
     exp = experiment_folders(recipe, out, base_dir, runner)
     ensure_partition(exp)
     poisoned = ensure_poisoned(exp, job_runner(runner, "poison"))

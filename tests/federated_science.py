@@ -32,7 +32,7 @@ def clean_model(root: Path, cfg: dict[str, Any]) -> Path:
 
     data = make_synth(root / "clean_data", samples=cfg["clean_samples"], seed=1, per_shard=1000)
     settings = TrainSettings(epochs=cfg["clean_epochs"], batch_size=64, lr=cfg["clean_lr"], warmup_steps=50,
-                             workers=0, device="cpu", log_every=50)
+                             workers=0, device="cpu", log_every=50, threads=cfg["threads"])
     train(data, root / "clean_run", settings, resume=True, progress=False)
     return root / "clean_run"
 

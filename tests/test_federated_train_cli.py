@@ -52,6 +52,8 @@ def test_federate_train_runs_rounds_and_writes_the_report(tiny_shards: Path, eva
     again = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(out), "--executor", "local", "-q"])
     assert again.exit_code == 0, again.output
     assert (out / "runs" / "median" / "rounds" / "0001" / "global.safetensors").stat().st_mtime_ns == before
+    other = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(out), "--set", "local_steps=2"])
+    assert other.exit_code == 2 and "local_steps differ" in other.output, other.output
 
 
 def test_bad_recipe_is_one_line(tiny_shards: Path, eval_split: Path, tmp_path: Path) -> None:
