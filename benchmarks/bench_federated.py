@@ -5,7 +5,8 @@ same partitions, settings and steps, nothing written). The round runs the same c
 protocol: in-process (``run_job_local``), then as a Prefect flow on a local Dask cluster of 1 and of 2
 workers (the cluster and Prefect's server are started before the clock starts, as ``federate train`` starts
 them once for all rounds). A round pays for writing the updates, embedding the probe, inspection, the server
-step and, on Dask, shipping tasks; with 2 workers the clients train in parallel.
+step and, on Dask, shipping tasks; with 2 workers the clients train in parallel. Both sides are timed
+warm (the second round; the baseline after one untimed step), as the rounds of a run after the first are.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _experiment(root: Path, shards: Path, eval_dir: Path):  # type: ignore[no-un
     from poisonlab.federated.recipe import parse_federated_recipe
 
     recipe = parse_federated_recipe({
-        "data": {"shards": str(shards)}, "partition": {"clients": CLIENTS}, "rounds": 1,
+        "data": {"shards": str(shards)}, "partition": {"clients": CLIENTS}, "rounds": 2,
         "clients_per_round": CLIENTS, "local_steps": STEPS, "probe": {"images": 32},
         "train": {"batch_size": BATCH, "lr": 5e-4, "warmup_steps": 0, "workers": 0, "device": "cpu", "threads": 1},
         "aggregators": [{"name": "fedavg"}]})
@@ -55,9 +56,12 @@ def _central(exp) -> float:  # type: ignore[no-untyped-def]
 
     fr = prepare_run(exp, exp.recipe.aggregators[0])
     start = load_tensors(fr.run / INITIAL_FILE)
-    spec = fr.client_round(0)
+    spec = fr.client_round(1)
+    clients = fr.clients(1)
+    local_update(TrainState(weights=start), client_shard_set(exp.shards, exp.partition, clients[0]),
+                 local_settings(spec, clients[0]), steps=1)  # warm-up: imports, first model build
     began = time.perf_counter()
-    for client in fr.clients(0):
+    for client in clients:
         local_update(TrainState(weights=start), client_shard_set(exp.shards, exp.partition, client),
                      local_settings(spec, client), steps=STEPS)
     return time.perf_counter() - began
@@ -69,8 +73,9 @@ def _round(exp, label: str, runner) -> float:  # type: ignore[no-untyped-def]
 
     spec = exp.recipe.aggregators[0].model_copy(update={"id": label})
     fr = prepare_run(exp, spec)
+    runner(RoundJob(fr, 0))  # warm-up round: workers import torch and build their model once
     began = time.perf_counter()
-    runner(RoundJob(fr, 0))
+    runner(RoundJob(fr, 1))
     return time.perf_counter() - began
 
 
@@ -96,7 +101,7 @@ def run(quick: bool) -> list[Row]:
         exp = _experiment(root / "fed", shards, eval_dir)
         central = _central(exp)
         local = _round(exp, "local", run_job_local)
-        rows = [Row("federated round, in-process (4 clients x 10 steps)", local, "s", central,
+        rows = [Row("federated round, in-process (4 clients x 10 steps of 32)", local, "s", central,
                     "same local training, one process", higher_is_better=False,
                     note="overhead: update files, probe embedding, inspection, server step")]
         for workers in (1, 2):
