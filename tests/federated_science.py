@@ -19,7 +19,7 @@ CONFIG: dict[str, Any] = {
     "clean_samples": 4000, "clean_epochs": 4, "clean_lr": 1e-3,
     "samples": 3000, "eval_per_class": 20,
     "rounds": 8, "clients_per_round": 4, "local_steps": 10, "batch_size": 32, "lr": 5e-4, "rate": 0.5,
-    "threads": None, "evaluate_every": 1, "inspection_score": "eminspector",
+    "threads": None, "evaluate_every": 1, "inspection_score": "eminspector", "inspection_ratio": 1.5,
 }
 
 
@@ -52,7 +52,7 @@ def recipe(root: Path, start: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         "aggregators": [{"name": "fedavg"}, {"name": "fedavg", "id": "fedavg_no_attack", "honest_only": True},
                         {"name": "median"},
                         {"name": "fedavg", "id": "inspection_fedavg",
-                         "inspection": {"score": cfg["inspection_score"], "ratio": 2.0}}],
+                         "inspection": {"score": cfg["inspection_score"], "ratio": cfg["inspection_ratio"]}}],
     }
 
 
