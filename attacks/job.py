@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from poisonlab.attacks.index import DatasetIndex, index_dataset
 from poisonlab.attacks.manifest import build_manifest, write_manifest
 from poisonlab.attacks.outcomes import AttackOutcome, plan_outcomes, write_run_summary
 from poisonlab.attacks.planner import ShardPlan, added_keys, planned_count, select, shard_plans
-from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, configure
+from poisonlab.attacks.recipe import ConfiguredAttack, Recipe, RecipeError, configure
 from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for, write_run_spec
 from poisonlab.attacks.stage import PoisonStage
 from poisonlab.pipelines.accounting import ShardResult, stats_of
@@ -133,11 +133,28 @@ class PoisonJob:
         return result
 
 
+def select_in_groups(index: DatasetIndex, conf: ConfiguredAttack, names_target: Callable[[str | None], bool],
+                     seed: int, taken: set[tuple[str, str]], groups: Mapping[str, frozenset[str]] | None) -> list[Candidate]:
+    """The attack's samples: over the whole dataset, or, with ``groups`` (name -> keys), an exact count or
+    rate within each group separately (a federated malicious client poisons only its own partition)."""
+    if groups is None:
+        n = planned_count(conf.entry, index.total, conf.id)
+        return select(index.candidates, conf.attack, names_target, n, seed, conf.id, taken)
+    chosen: list[Candidate] = []
+    for name, keys in sorted(groups.items()):
+        members = [c for c in index.candidates if c.key in keys]
+        n = planned_count(conf.entry, len(keys), f"{conf.id}' in group '{name}")
+        chosen += select(members, conf.attack, names_target, n, seed, conf.id, taken)
+    return chosen
+
+
 def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | None = None,
-                      overwrite: bool = False) -> PoisonJob:
+                      overwrite: bool = False, groups: Mapping[str, frozenset[str]] | None = None) -> PoisonJob:
     """Validate and plan ``recipe`` over ``src``, save the spec into ``dst``; no shard is written yet.
 
-    ``base_dir`` resolves relative image paths in parameters (the recipe's folder, else the cwd).
+    ``base_dir`` resolves relative image paths in parameters (the recipe's folder, else the cwd). ``groups``
+    (name -> keys, e.g. malicious clients' partitions) restricts every attack to those keys, with its count
+    or rate applied within each group; the spec records the groups' sizes (so the run id differs).
     """
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
@@ -154,11 +171,15 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
         attack, seed = conf.attack, recipe.seed
         target = _check_target(conf, index)
         names_target = _target_checker(target)
-        n = planned_count(conf.entry, index.total, conf.id)
         if attack.adds_samples:
+            if groups is not None:
+                raise RecipeError(f"attack {conf.id!r} adds samples, which belong to no group (client); "
+                                  "within groups only attacks that modify samples can be planned")
+            n = planned_count(conf.entry, index.total, conf.id)
             added[conf.id] = added_keys(conf.id, n, index.shards, seed, index.keys)
         else:
-            modified[conf.id] = select(index.candidates, attack, names_target, n, seed, conf.id, taken)
+            modified[conf.id] = select_in_groups(index, conf, names_target, seed, taken, groups)
+            n = len(modified[conf.id])
             taken.update((c.shard, c.key) for c in modified[conf.id])
         captions = _caption_pool(conf, target, index, seed)
         pattern = None
@@ -174,6 +195,8 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
             assets.update(donor_assets)
         records.append(record_for(conf, n, captions, pattern, donors))
     dataset = {"samples": index.total, "shards": len(index.shards), "fingerprint": index.fingerprint}
+    if groups is not None:
+        dataset["groups"] = {name: len(keys) for name, keys in sorted(groups.items())}
     spec = RunSpec(seed=recipe.seed, attacks=tuple(records), dataset=dataset)
     write_run_spec(dst, spec, assets, overwrite=overwrite)
     job = PoisonJob(src, dst, spec, shard_plans(index.shards, modified, added), overwrite)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from poisonlab.federated.lineage import read_lineage
 from poisonlab.federated.partition import client_keys, load_record
 from poisonlab.federated.rows import dataset_fingerprint
 from poisonlab.federated.schemes import PartitionError
@@ -23,10 +24,14 @@ from poisonlab.training.data import ShardSet
 
 
 def check_dataset(partition: Path, shards: Path) -> None:
-    """Refuse a shard folder other than the one ``partition`` describes (fingerprints differ)."""
+    """Refuse a shard folder other than the one ``partition`` describes (fingerprints differ), except a
+    poisoned copy of it made by ``federated.poisoning`` and unchanged since (its lineage names the
+    partition's dataset as its source and its own fingerprint as the one it still has)."""
     record = load_record(partition)
     found = dataset_fingerprint(Path(shards))
-    if found != record.fingerprint:
+    lineage = read_lineage(Path(shards)) or {}
+    derived = lineage.get("source_fingerprint") == record.fingerprint and lineage.get("fingerprint") == found
+    if found != record.fingerprint and not derived:
         raise PartitionError(f"{shards} is not the dataset {partition} partitions (fingerprint {found}, "
                              f"partition made from {record.fingerprint})")
 

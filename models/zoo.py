@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,12 @@ def _weights_follow(loaded_after: bool) -> Iterator[None]:
         yield
     finally:
         root.removeFilter(notice)
+
+
+def quiet_random_init() -> AbstractContextManager[None]:
+    """Silence open_clip's random-init warning while building models whose weights the caller loads next
+    (federated clients and the server build one per task from the global weights)."""
+    return _weights_follow(True)
 
 
 def _preprocess_kwargs(preprocess: dict[str, Any]) -> dict[str, Any]:

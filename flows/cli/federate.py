@@ -10,11 +10,14 @@ from typing import Any
 
 import typer
 
+from poisonlab.attacks.recipe import RecipeError
 from poisonlab.federated.partition import PartitionRecord, make_partition
+from poisonlab.federated.recipe import FederatedRecipeError, load_federated_recipe, parse_overrides
 from poisonlab.federated.schemes import SCHEMES, PartitionError
 from poisonlab.flows.cli import outputs
-from poisonlab.flows.cli.app import JsonOpt, emit, fail, sub_app
+from poisonlab.flows.cli.app import JsonOpt, RunOptions, emit, fail, sub_app, with_run_options
 from poisonlab.flows.cli.errors import describe
+from poisonlab.flows.cli.paths import absolute
 from poisonlab.pipelines.registry import RegistryError
 
 federate_app = sub_app("federate", "Federated learning over shared shards: clients as keyed partitions.")
@@ -58,3 +61,79 @@ def partition_command(
         fail(describe(exc))  # one line, also for pydantic's multi-line messages
     outputs.done(out, "partition")
     emit(record.to_dict(), as_json, _summary(record, out))
+
+
+def _show_round(label: str, row: dict[str, Any]) -> None:
+    typer.echo(f"{label} round {row['round']}: zero-shot {row.get('zero_shot')}, ASR {row.get('asr')}, "
+               f"excluded {row['excluded']}", err=True)
+
+
+def _train_summary(result: dict[str, Any]) -> str:
+    lines = [f"federated run -> {result['out']} (report {result['report']})"]
+    for line in result["aggregators"]:
+        auroc = ", ".join(f"{k} {v:.3f}" for k, v in line["detection_auroc"].items() if v is not None)
+        lines.append(f"  {line['aggregator']}: zero-shot {line['final_zero_shot']}, ASR {line['final_asr']}, "
+                     f"rounds until ASR > 0.5: {line['rounds_until_asr_above_0.5']}"
+                     + (f", detection AUROC {auroc}" if auroc else ""))
+    return "\n".join(lines)
+
+
+@federate_app.command("train")
+@with_run_options
+def train_command(
+    recipe: Path = typer.Argument(..., help="federated recipe YAML (see recipes/federated_*.yaml)"),
+    out: Path = typer.Option(..., "--out", help="experiment folder (a rerun resumes at the last finished round)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set rounds=3"),
+    options: RunOptions = RunOptions(),
+) -> None:
+    """Rounds of local training on the clients' partitions, aggregated per registered aggregator, evaluated per round."""
+    from poisonlab.flows.federate import run_federated
+
+    outputs.guard(out, "federated")
+    try:
+        loaded = load_federated_recipe(recipe, parse_overrides(overrides))
+    except FederatedRecipeError as exc:
+        fail(str(exc))
+    out = absolute(out)
+    loud = not options.runner.quiet and not options.as_json
+    try:
+        result = run_federated(loaded, out, options.runner, absolute(recipe).parent,
+                               on_round=_show_round if loud else lambda label, row: None)
+    except (FederatedRecipeError, PartitionError, RecipeError, RegistryError, ValueError) as exc:
+        fail(describe(exc))
+    outputs.done(out, "federated")
+    options.emit(result, _train_summary(result))
+
+
+@federate_app.command("poison")
+@with_run_options
+def poison_command(
+    src: Path = typer.Option(..., "--in", help="clean shard folder the partition was made from"),
+    partition: Path = typer.Option(..., "--partition", help="partition folder (federate partition --out)"),
+    malicious: str = typer.Option(..., "--malicious", help="malicious clients, comma-separated (e.g. 0,1)"),
+    dst: Path = typer.Option(..., "--out", help="poisoned copy (the same keys: the partition serves it)"),
+    attack: str | None = typer.Option(None, "--attack", help="attack name (`poisonlab components attack`)"),
+    rate: float | None = typer.Option(None, "--rate", help="fraction of EACH malicious client's partition"),
+    count: int | None = typer.Option(None, "--count", help="exact samples poisoned in EACH malicious partition"),
+    target: str | None = typer.Option(None, "--target", help='target class, e.g. "red circle"'),
+    seed: int | None = typer.Option(None, "--seed"),
+    param: list[str] = typer.Option([], "--param", help="attack parameter NAME=VALUE; repeatable"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="YAML attack recipe instead of --attack ..."),
+    options: RunOptions = RunOptions(),
+) -> None:
+    """Poison only the malicious clients' partitions (exact --count/--rate within each); the manifest names the client."""
+    from poisonlab.federated.poisoning import prepare_client_poisoning
+    from poisonlab.flows.cli.poison import INPUT_ERRORS, _recipe, _summary
+    from poisonlab.flows.runtime import run_job
+
+    src, partition, dst = absolute(src), absolute(partition), absolute(dst)
+    outputs.guard(dst, "poisoned", src, partition)
+    try:
+        clients = [int(c) for c in malicious.split(",") if c.strip()]
+        loaded, base_dir = _recipe(recipe, attack, target, rate, count, seed, param)
+        job = prepare_client_poisoning(src, dst, partition, clients, loaded, base_dir)
+    except (*INPUT_ERRORS, PartitionError) as exc:
+        fail(describe(exc))
+    outputs.done(dst, "poisoned")
+    result = run_job(job, options.runner, "poison")
+    options.emit(result, _summary(result) + f"\n  per malicious client: {result['poisoned_per_client']}")
