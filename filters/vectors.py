@@ -43,16 +43,13 @@ class VectorSource(Protocol):
         ...
 
 
-class ArraySource:
-    """An in-memory (n, d) array; reading never copies more than the rows asked for."""
+class _RowsOfX:
+    """Length, width and row ranges of a source whose vectors are ``self.x`` (an array or a memory map)."""
 
-    def __init__(self, x: np.ndarray) -> None:
-        if x.ndim != 2:
-            raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
-        self.x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
+    x: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.x)
+        return int(self.x.shape[0])
 
     @property
     def dim(self) -> int:
@@ -60,6 +57,15 @@ class ArraySource:
 
     def rows(self, start: int, end: int) -> np.ndarray:
         return np.ascontiguousarray(self.x[start:end], dtype=np.float32)
+
+
+class ArraySource(_RowsOfX):
+    """An in-memory (n, d) array; reading never copies more than the rows asked for."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.x[ids], dtype=np.float32)
@@ -71,7 +77,7 @@ class ArraySource:
         """An array in memory stays there."""
 
 
-class NpySource:
+class NpySource(_RowsOfX):
     """A ``.npy`` file of (n, d) vectors, memory-mapped on first use (pickles as its path)."""
 
     def __init__(self, path: Path | str) -> None:
@@ -88,16 +94,6 @@ class NpySource:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "_x": None}
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.x.shape[1])
-
-    def rows(self, start: int, end: int) -> np.ndarray:
-        return np.ascontiguousarray(self.x[start:end], dtype=np.float32)
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         flat = ids.reshape(-1)
