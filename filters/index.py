@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 
 from poisonlab.filters.budget import parse_bytes
 from poisonlab.filters.index_shard import ShardSettings
+from poisonlab.filters.knn_merge import drop_excluded
 from poisonlab.filters.sharded_knn import ShardRunner, needs_recall_check, plan_for, sharded_self_knn
 from poisonlab.filters.sharded_knn import sampled_recall as source_recall
 from poisonlab.filters.vectors import ArraySource, VectorSource
@@ -126,18 +127,6 @@ def _check(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _drop_self(ids: np.ndarray, sims: np.ndarray, rows: np.ndarray, partner: np.ndarray | None,
-               k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Remove each row itself (and its partner) from its candidates; the first k others, and rows short of k."""
-    ids = ids.astype(np.int64, copy=False)
-    bad = (ids == rows[:, None]) | (ids < 0)
-    if partner is not None:
-        bad |= ids == partner[rows][:, None]
-    order = np.argsort(bad, axis=1, kind="stable")[:, :k]
-    short = np.take_along_axis(bad, order, axis=1).any(axis=1)
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sims, order, axis=1), short
-
-
 def _top_inner_products(queries: np.ndarray, x: np.ndarray, k: int, block: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of a few queries over all of ``x`` by blocked matrix products (no index copy)."""
     k = min(k, len(x))
@@ -159,7 +148,7 @@ def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | 
     for start in range(0, len(rows), 1024):
         chunk = rows[start:start + 1024]
         sims, found = _top_inner_products(np.ascontiguousarray(x[chunk]), x, k + extra)
-        ids, sims, short = _drop_self(found, sims, chunk, partner, k)
+        sims, ids, short = drop_excluded(sims, found.astype(np.int64, copy=False), chunk, partner, k)
         if short.any():
             raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
         out_ids[start:start + len(chunk)], out_sims[start:start + len(chunk)] = ids, sims
@@ -203,7 +192,7 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
     started = time.perf_counter()
     for start, cand_ids, cand_sims in search(x, min(n, k + extra), params, seconds):
         rows = np.arange(start, start + len(cand_ids))
-        kept_ids, kept_sims, short = _drop_self(cand_ids, cand_sims, rows, partner, k)
+        kept_sims, kept_ids, short = drop_excluded(cand_sims, cand_ids.astype(np.int64, copy=False), rows, partner, k)
         if short.any():  # a query whose probed lists hold fewer than k others: brute force for it
             kept_ids[short], kept_sims[short] = _brute_force(x, rows[short], k, partner)
         ids[rows] = kept_ids

@@ -23,6 +23,7 @@ CONFIG: dict[str, Any] = {
     "samples": 3000, "eval_per_class": 20,
     "rounds": 5, "clients_per_round": 4, "local_steps": 10, "batch_size": 32, "lr": 5e-4, "rate": 0.5,
     "threads": 1, "evaluate_every": 1, "inspection_score": "eminspector", "inspection_ratio": 1.5,
+    "start": "",
 }
 
 
@@ -66,7 +67,7 @@ def run_science(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     from poisonlab.flows.runtime import RunnerSpec
 
     began = time.perf_counter()
-    start = clean_model(root, cfg)
+    start = Path(cfg["start"]) if cfg.get("start") else clean_model(root, cfg)
     clean_seconds = time.perf_counter() - began
     spec = parse_federated_recipe(recipe(root, start, cfg))
     run_federated(spec, root / "fed", RunnerSpec(executor="local", progress=False, quiet=True), root)
