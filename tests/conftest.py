@@ -111,3 +111,17 @@ def one_line_error(res: object, *words: str) -> str:
     for word in words:
         assert word in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def badnets_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shipped ``recipes/badnets.yaml`` run once per session (about 21 minutes on 2 cores): its victim,
+    clean baseline and cleaned model serve every science check that needs a trained tiny CLIP (the
+    federated check continues its clean baseline). Returns the experiment's result plus ``root``."""
+    from poisonlab.flows.experiment import load_experiment, run_experiment
+    from poisonlab.flows.runtime import RunnerSpec
+
+    spec, base = load_experiment(Path(__file__).parents[1] / "recipes" / "badnets.yaml")
+    root = tmp_path_factory.mktemp("science") / "badnets"
+    result = run_experiment(spec, root, RunnerSpec(executor="local", progress=False), base)
+    return {**result, "root": root, "spec": spec}

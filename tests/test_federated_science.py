@@ -24,9 +24,11 @@ DEFENSES = ("median", "inspection_fedavg")
 
 
 @pytest.fixture(scope="module")
-def science(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def science(tmp_path_factory: pytest.TempPathFactory, badnets_experiment: dict[str, Any]) -> dict[str, Any]:
+    """Continues the session's clean baseline (trained on 20,000 pairs by the badnets science run)."""
     root = tmp_path_factory.mktemp("fedscience")
-    result = run_science(root, CONFIG)
+    start = badnets_experiment["root"] / "runs" / "baseline"
+    result = run_science(root, {**CONFIG, "start": str(start)})
     result["root"] = root
     print(f"federated science: clean model {result['clean_seconds']} s, everything {result['seconds']} s")
     return result

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 import poisonlab.flows.cli.federate  # noqa: F401  (registers the sub-app)
+import poisonlab.flows.cli.sanitize  # noqa: F401  (registers recall)
 from poisonlab.flows.cli.app import app
 
 runner = CliRunner()
@@ -48,12 +49,32 @@ def test_federate_train_runs_rounds_and_writes_the_report(tiny_shards: Path, eva
     manifest = pq.read_table(out / "poisoned" / "_run" / "manifest.parquet")
     assert set(manifest.column("client").to_pylist()) == {1} and manifest.num_rows == 20
     assert {p.name for p in (out / "report").iterdir()} >= {"comparison.json", "report.md", "rounds.png"}
+    _recall_measures_client_inspection(out, summary)
     before = (out / "runs" / "median" / "rounds" / "0001" / "global.safetensors").stat().st_mtime_ns
     again = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(out), "--executor", "local", "-q"])
     assert again.exit_code == 0, again.output
     assert (out / "runs" / "median" / "rounds" / "0001" / "global.safetensors").stat().st_mtime_ns == before
     other = runner.invoke(app, ["federate", "train", str(recipe), "--out", str(out), "--set", "local_steps=2"])
     assert other.exit_code == 2 and "local_steps differ" in other.output, other.output
+
+
+def _recall_measures_client_inspection(out: Path, summary: dict) -> None:
+    """`poisonlab recall` on a federated run: one row per (client, round), positives from clients.json."""
+    run = out / "runs" / "inspected"
+    result = runner.invoke(app, ["recall", "--scores", str(run), "--manifest", str(out), "--out",
+                                 str(out / "inspection_recall"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    clients = [c for r in ("0000", "0001")
+               for c in pq.read_table(run / "rounds" / r / "inspection.parquet").column("client").to_pylist()]
+    assert report["samples"] == len(clients) == 4 and report["positives"] == clients.count(1)
+    assert set(report["detectors"]) == {"norm", "cosine", "eminspector"}
+    line = next(a for a in summary["aggregators"] if a["aggregator"] == "inspected")
+    for score, auroc in line["detection_auroc"].items():
+        assert report["detectors"][score]["all"]["auroc"] == auroc or auroc is None, (score, auroc)
+    stranger = runner.invoke(app, ["recall", "--scores", str(run), "--manifest", str(out / "elsewhere.json"),
+                                   "--out", str(out / "stranger")])
+    assert stranger.exit_code == 2 and "clients.json" in stranger.output, stranger.output
 
 
 def test_bad_recipe_is_one_line(tiny_shards: Path, eval_split: Path, tmp_path: Path) -> None:

@@ -8,21 +8,16 @@ the same settings, evaluation of all three. About 21 minutes on 2 cores (three t
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from poisonlab.flows.experiment import load_experiment, run_experiment
-from poisonlab.flows.runtime import RunnerSpec
-
-RECIPE = Path(__file__).parents[1] / "recipes" / "badnets.yaml"
-
 
 @pytest.mark.slow
-def test_badnets_is_learned_then_removed_by_cleaning(tmp_path: Path) -> None:
-    spec, base = load_experiment(RECIPE)
-    assert spec.data.synth is not None and spec.data.synth.samples >= 20_000
-    result = run_experiment(spec, tmp_path / "badnets", RunnerSpec(executor="local", progress=False), base)
+def test_badnets_is_learned_then_removed_by_cleaning(badnets_experiment: dict[str, Any]) -> None:
+    """The session's run of ``recipes/badnets.yaml`` (the ``badnets_experiment`` fixture)."""
+    result = badnets_experiment
+    assert result["spec"].data.synth is not None and result["spec"].data.synth.samples >= 20_000
     print("\n" + result["summary"])
     steps = result["steps"]
     assert steps["poison"]["poisoned"] == 100  # 0.5% of 20,000
@@ -48,4 +43,4 @@ def test_badnets_is_learned_then_removed_by_cleaning(tmp_path: Path) -> None:
     assert clean["removed"] == 400
     assert cleaned["attack_success"] <= 0.05
     assert abs(cleaned["zero_shot"] - victim["zero_shot"]) <= 0.03
-    assert (tmp_path / "badnets" / "report" / "report.html").exists()
+    assert (result["root"] / "report" / "report.html").exists()

@@ -246,9 +246,11 @@ def sanitize(
 
 @app.command()
 def recall(
-    scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`"),
+    scores: Path = typer.Option(..., "--scores", help="score tables of `poisonlab scan`, or a federated run "
+                                "(OUT/runs/AGGREGATOR) for its client inspection"),
     manifest: Path = typer.Option(..., "--manifest", help="the poisoned folder, or its manifest table "
-                                  "(POISONED/_run/manifest.parquet: key, attack_id, attack, ...)"),
+                                  "(POISONED/_run/manifest.parquet: key, attack_id, attack, ...); for a "
+                                  "federated run, the experiment's clients.json (or OUT)"),
     out: Path | None = typer.Option(None, "--out", help="folder for recall.md, recall.json and curves (default SCORES/recall)"),
     budgets: str = typer.Option(",".join(map(str, BUDGETS)), "--budgets", help="removal budgets as fractions, "
                                 "comma-separated (0.02 is the 2% budget `clean` and the demo use)"),
@@ -261,14 +263,19 @@ def recall(
     precision at each removal budget.
 
     The scores must have been computed on the poisoned folder the manifest was written for (the manifest
-    records its fingerprint); scores of another folder are refused unless --force."""
+    records its fingerprint); scores of another folder are refused unless --force.
+
+    A federated run (OUT/runs/AGGREGATOR of `federate train`) with the experiment's malicious-client
+    manifest (OUT/clients.json) measures client inspection instead: one row per (client, round)."""
+    from poisonlab.federated.inspection_scores import inspection_recall, is_inspected_run
     from poisonlab.filters.metrics import markdown_summary, parse_budgets, recall_report
 
     out = out or Path(scores) / "recall"
     outputs.guard(out, "recall", scores, manifest)
+    measure = inspection_recall if is_inspected_run(scores) else recall_report
     with _input_errors():
-        result = recall_report(scores, manifest, out=out, budgets=parse_budgets(budgets), force=force,
-                               roc_scale=roc_scale)
+        result = measure(scores, manifest, out=out, budgets=parse_budgets(budgets), force=force,
+                         roc_scale=roc_scale)
     _warn(result)
     outputs.done(out, "recall")
     emit(result, as_json, markdown_summary(result) + f"\n\ncurves and tables in {Path(result['files']['json']).parent}")
