@@ -23,7 +23,7 @@ CONFIG: dict[str, Any] = {
     "samples": 3000, "eval_per_class": 20,
     "rounds": 5, "clients_per_round": 4, "local_steps": 10, "batch_size": 32, "lr": 5e-4, "rate": 0.5,
     "threads": 1, "evaluate_every": 1, "inspection_score": "eminspector", "inspection_ratio": 1.5,
-    "start": "",
+    "start": "", "boost": 0.0,
 }
 
 
@@ -49,7 +49,8 @@ def recipe(root: Path, start: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         "data": {"synth": {"samples": cfg["samples"], "samples_per_shard": 500, "eval_per_class": cfg["eval_per_class"]}},
         "partition": {"clients": 10, "scheme": "iid"},
         "malicious": {"clients": [0, 1], "attack": {"attack": "badnets", "target": "red circle", "rate": cfg["rate"],
-                                                    "params": {"pattern": "checkerboard", "placement": "bottom_right"}}},
+                                                    "params": {"pattern": "checkerboard", "placement": "bottom_right"}},
+                      "boost": cfg["boost"] or None},
         "start": str(start), "rounds": cfg["rounds"], "clients_per_round": cfg["clients_per_round"],
         "local_steps": cfg["local_steps"], "train": train, "probe": {"images": 64},
         "evaluate_every": cfg["evaluate_every"],
