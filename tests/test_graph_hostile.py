@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from hostile import malicious_pickle
 
+from poisonlab.attacks import apply_trigger_to_eval
 from poisonlab.flows.cli import app
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.dataset import read_policy_for, write_dataset_record
@@ -86,4 +87,7 @@ def test_poison_accounts_hostile_graphs_as_errors(cli, hostile_graphs: tuple[Pat
         assert rows[key]["status"] == "error" and reason in rows[key]["reason"]
     stats = json.loads((out / "00000_stats.json").read_text())
     assert stats["by_status"]["error"] == len(reasons) and stats["written"] == 12 - len(reasons)
+    # the same folder as an evaluation split: the eval-trigger job reads it with the same checks
+    ev = apply_trigger_to_eval(src, out, tmp_path / "ev")
+    assert ev["by_status"]["error"] == len(reasons) and sum(ev["by_status"].values()) == 12
     assert not marker.exists()
