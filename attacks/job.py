@@ -59,12 +59,15 @@ def _check_target(configured: ConfiguredAttack, index: DatasetIndex) -> str | No
     return target
 
 
-def _check_modality(configured: ConfiguredAttack, modality: str) -> None:
-    """An attack declares the modalities it works on; any other dataset is refused before any work."""
-    allowed = configured.attack.modalities
-    if modality not in allowed:
-        raise RecipeError(f"attack {configured.id!r} ({configured.entry.attack}) works on {' or '.join(sorted(allowed))} "
-                          f"datasets, but this dataset holds {modality} samples (its dataset.json)")
+def _check_modalities(configured: Sequence[ConfiguredAttack], src: Path) -> None:
+    """Attacks declare the modalities they work on; a dataset of another (``dataset.json``) is refused
+    before any work, whatever the attack's name."""
+    modality = read_dataset_record(src).modality
+    for conf in configured:
+        allowed = conf.attack.modalities
+        if modality not in allowed:
+            raise RecipeError(f"attack {conf.id!r} ({conf.entry.attack}) works on {' or '.join(sorted(allowed))} "
+                              f"datasets, but this dataset holds {modality} samples (its dataset.json)")
 
 
 def _caption_pool(configured: ConfiguredAttack, target: str | None, index: DatasetIndex, seed: int) -> tuple[str, ...]:
@@ -169,9 +172,7 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
         raise ValueError("input and output folders must differ: shards are never rewritten in place")
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     configured = configure(recipe)
-    modality = read_dataset_record(src).modality
-    for conf in configured:
-        _check_modality(conf, modality)
+    _check_modalities(configured, src)
     index = index_dataset(src)
     records: list[AttackRecord] = []
     assets: dict[AssetRef, bytes] = {}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import one_line_error
 
-from poisonlab.attacks import apply_trigger_to_eval, poison_local, read_manifest
+from poisonlab.attacks import apply_trigger_to_eval, load_attack, poison_local, read_manifest
 from poisonlab.attacks.base import PAYLOAD_TRIGGER, attack_capabilities
 from poisonlab.attacks.graph_attacks import trigger_pairs
 from poisonlab.attacks.graph_triggers import TRIGGER_GRAPHS
@@ -125,8 +125,25 @@ def test_the_eval_split_gets_the_same_trigger(graph_shards: Path, subgraph_run: 
         assert row["new_caption"] == row["original_caption"] == clean[row["key"]][1]
 
 
+def test_a_loaded_attack_triggers_a_sample_as_the_eval_split_was(graph_shards: Path, subgraph_run: Path,
+                                                                  tmp_path: Path) -> None:
+    from poisonlab.pipelines.sample import Sample
+    from poisonlab.shards.graph_synth import GraphSynthSpec, make_graph_sample
+
+    spec = load_attack(subgraph_run)
+    assert spec.has_payload_trigger and not spec.is_image_trigger and not spec.has_text_trigger
+    sample = make_graph_sample(GraphSynthSpec(samples=1, seed=99), 0)
+    once, twice = spec.apply_sample(sample), spec.apply_sample(sample)
+    assert once.payload == twice.payload and once.text == sample.text and once.meta["nodes"] == sample.meta["nodes"] + 5
+    assert isinstance(once, Sample) and once.status == "changed"
+
+
 def test_capabilities_and_modalities_are_declared() -> None:
     assert attack_capabilities("subgraph_trigger") == {PAYLOAD_TRIGGER} == attack_capabilities("feature_trigger")
+    from poisonlab.attacks.components import ATTACKS
+
+    assert ATTACKS.get("subgraph_trigger").factory.modalities == {"graph"} == ATTACKS.get("feature_trigger").factory.modalities
+    assert all(ATTACKS.get(name).factory.modalities == {"image"} for name in ("badnets", "text_trigger", "targeted"))
 
 
 def test_the_modality_comes_from_the_dataset_record(cli, graph_shards: Path, tmp_path: Path) -> None:
