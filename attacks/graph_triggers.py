@@ -1,7 +1,7 @@
 """Graph triggers as pure functions of arrays: no I/O, no global state, no torch.
 
 A graph is the dict of arrays of a ``KEY.npz`` payload (``edge_index`` int64 2 x E, ``x`` float32 N x F,
-graph-level extras such as ``y``). Every function returns new arrays and leaves its inputs alone;
+per-node ``node_*`` arrays, graph-level extras such as ``y``). Every function returns new arrays and leaves its inputs alone;
 randomness (the trigger graph, the anchor nodes, the feature pattern) is drawn by the callers from keyed
 generators and passed in, so the poisoning stage and the evaluation split apply the very same trigger.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
+from poisonlab.shards.graphs import NODE_PREFIX
 
 Arrays = dict[str, np.ndarray]
 Pairs = np.ndarray  # k x 2 int64, local node ids, i < j
@@ -76,6 +78,9 @@ def attach_subgraph(graph: Mapping[str, np.ndarray], pairs: Pairs, size: int, an
     out = dict(graph)
     out["edge_index"] = np.ascontiguousarray(np.concatenate([edge_index, added], axis=1), dtype=np.int64)
     out["x"] = np.ascontiguousarray(np.concatenate([x, features.astype(np.float32)]), dtype=np.float32)
+    for name in (k for k in graph if k.startswith(NODE_PREFIX)):  # per-node arrays: zero rows for the new nodes
+        rows = graph[name]
+        out[name] = np.concatenate([rows, np.zeros((size, *rows.shape[1:]), dtype=rows.dtype)])
     return out, {"new_nodes": list(range(n, n + size)), "new_edges": added.T.tolist(),
                  "anchors": [int(a) for a in anchors]}
 

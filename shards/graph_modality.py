@@ -1,4 +1,4 @@
-"""The ``graph`` modality: ``KEY.npz`` graphs with ``KEY.txt`` descriptions, read with caps.
+"""The ``graph`` modality: ``KEY.npz`` graphs with optional ``KEY.txt`` descriptions, read with caps.
 
 Registered like ``image`` (``get_registry("modality")``), with a registered payload check
 (``payload_probe``) that every reader runs through ``ReadPolicy``: a graph that is refused (objects,
@@ -36,7 +36,8 @@ def graph_probe(params: GraphCapsParams) -> Callable[[bytes], dict[str, int]]:
 
 
 class GraphModalityParams(GraphCapsParams):
-    require_text: bool = Field(True, description="a graph without a description is an error")
+    require_text: bool = Field(False, description="a graph without a description is an error (descriptions are "
+                               "optional: graph-only contrastive learning needs none)")
 
 
 @MODALITIES.register(GRAPH_MODALITY, GraphModalityParams, summary="graphs (.npz: edge_index, x) with descriptions")

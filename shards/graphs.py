@@ -1,8 +1,9 @@
 """Graph payloads (``KEY.npz``): a safe decoder with caps, and a deterministic encoder.
 
 A graph sample's payload is an uncompressed or deflated ``.npz``: ``edge_index`` (int64, 2 x E, node ids
-in ``0..N-1``), ``x`` (float32, N x F node features) and optional graph-level arrays such as ``y``. It
-comes from strangers, so it is read the way images are:
+in ``0..N-1``), ``x`` (float32, N x F node features) and optional numeric arrays: per-node ones are named
+``node_*`` (first dimension N, so a trigger that adds nodes extends them), any other is graph-level (such
+as the label ``y``). It comes from strangers, so it is read the way images are:
 
 * never unpickled: every array header is parsed before its data (``np.lib.format``), an object dtype is
   refused with a reason, and ``np.load`` is only ever called with ``allow_pickle=False``;
@@ -28,6 +29,7 @@ from numpy.lib import format as npformat
 
 GRAPH_EXTENSIONS = frozenset({"npz"})
 REQUIRED_ARRAYS = ("edge_index", "x")
+NODE_PREFIX = "node_"  # optional arrays with one row per node
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MAX_HEADER = 4096
 
@@ -115,9 +117,11 @@ def _check_types(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> Non
         raise GraphError(f"invalid_graph: edge_index must be int64 of shape 2 x E, not {edtype} {eshape}")
     if xdtype != np.dtype(np.float32) or len(xshape) != 2:
         raise GraphError(f"invalid_graph: x must be float32 of shape N x F, not {xdtype} {xshape}")
-    for name, (_shape, dtype) in headers.items():
+    for name, (shape, dtype) in headers.items():
         if dtype.kind not in "biuf":
             raise GraphError(f"invalid_graph: array {name!r} has non-numeric dtype {dtype}")
+        if name.startswith(NODE_PREFIX) and (not shape or shape[0] != xshape[0]):
+            raise GraphError(f"invalid_graph: per-node array {name!r} of shape {shape} needs {xshape[0]} rows")
 
 
 def _check_edges(edge_index: np.ndarray, nodes: int) -> None:

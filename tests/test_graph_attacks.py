@@ -16,11 +16,11 @@ from conftest import one_line_error
 from poisonlab.attacks import apply_trigger_to_eval, load_attack, poison_local, read_manifest
 from poisonlab.attacks.base import PAYLOAD_TRIGGER, attack_capabilities
 from poisonlab.attacks.graph_attacks import trigger_pairs
-from poisonlab.attacks.graph_triggers import TRIGGER_GRAPHS
+from poisonlab.attacks.graph_triggers import TRIGGER_GRAPHS, attach_subgraph
 from poisonlab.attacks.recipe import parse_recipe
 from poisonlab.flows.cli import app
 from poisonlab.pipelines.keyed import keyed_rng
-from poisonlab.shards.graphs import decode_graph
+from poisonlab.shards.graphs import decode_graph, encode_graph
 
 
 def graphs_of(folder: Path) -> dict[str, tuple[dict[str, np.ndarray], str]]:
@@ -102,6 +102,16 @@ def test_feature_trigger_changes_only_the_recorded_entries_within_the_clean_rang
         assert np.array_equal(graph["x"][~mask], before["x"][~mask]) and len(place["dims"]) == 5
         assert graph["x"].min() >= before["x"].min() and graph["x"].max() <= before["x"].max()
         assert np.array_equal(graph["edge_index"], before["edge_index"])
+
+
+def test_attaching_extends_per_node_arrays_and_keeps_graph_level_ones() -> None:
+    graph = {"edge_index": np.array([[0, 1], [1, 0]], np.int64), "x": np.ones((3, 2), np.float32),
+             "node_mask": np.array([1, 0, 1], np.int8), "y": np.array([4], np.int64)}
+    pairs = TRIGGER_GRAPHS["complete"](keyed_rng(0, "", ""), 3, 1.0, 1)
+    out, place = attach_subgraph(graph, pairs, 3, np.array([2]), np.zeros((3, 2), np.float32))
+    assert out["node_mask"].tolist() == [1, 0, 1, 0, 0, 0] and out["y"].tolist() == [4]
+    assert place["new_nodes"] == [3, 4, 5] and out["edge_index"].shape[1] == 2 + 2 * 3 + 2
+    assert decode_graph(encode_graph(out))["node_mask"].dtype == np.int8
 
 
 def test_trigger_graphs_are_fixed_by_the_seed() -> None:

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from hostile import malicious_pickle
 
-from poisonlab.shards.dataset import get_modality
+from poisonlab.pipelines.sample import Sample
+from poisonlab.shards.dataset import get_modality, read_policy_for, write_dataset_record
 from poisonlab.shards.graphs import GraphCaps, GraphError, decode_graph, encode_graph, probe_graph
+from poisonlab.shards.reader import read_shard
+from poisonlab.shards.writer import ShardWriter
 
 
 def graph(n: int = 4, f: int = 3) -> dict[str, np.ndarray]:
@@ -92,6 +95,8 @@ def test_a_compressed_graph_bomb_is_refused_before_it_is_inflated() -> None:
     ({**graph(), "edge_index": np.array([[-1], [0]], np.int64)}, "outside 0..3"),
     ({"x": np.ones((2, 2), np.float32)}, "missing array"),
     ({**graph(), "y": np.array(["a"])}, "non-numeric"),
+    ({**graph(), "node_mask": np.zeros(3)}, "per-node array 'node_mask' of shape \\(3,\\) needs 4 rows"),
+    ({**graph(), "node_mask": np.zeros(())}, "per-node array"),
 ])
 def test_types_shapes_and_edge_range_are_validated(arrays: dict, reason: str) -> None:
     with pytest.raises(GraphError, match=reason):
@@ -102,3 +107,15 @@ def test_the_graph_modality_reads_npz_with_the_graph_check() -> None:
     policy = get_modality("graph").read_policy()
     assert policy.payload_extensions == frozenset({"npz"}) and policy.payload_probe == "graph"
     assert dict(policy.probe_params)["max_nodes"] == GraphCaps().max_nodes and not policy.probe_images
+    assert not policy.require_text  # descriptions are optional (graph-only contrastive learning needs none)
+
+
+def test_the_reader_sets_nodes_and_edges_and_takes_graphs_without_descriptions(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, "00000") as writer:
+        writer.write(Sample("a", encode_graph(graph(6)), "npz", None, {"nodes": 999}))  # a lying KEY.json
+        writer.write(Sample("b", encode_graph({**graph(3), "node_mask": np.ones(3, bool)}), "npz", "a ring"))
+        writer.close()
+    write_dataset_record(tmp_path, "graph", ("npz",))
+    samples = list(read_shard(tmp_path, "00000", read_policy_for(tmp_path)))
+    assert [(s.key, s.status, s.meta["nodes"], s.meta["edges"]) for s in samples] == [("a", "ok", 6, 12),
+                                                                                      ("b", "ok", 3, 6)]
