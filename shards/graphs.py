@@ -32,6 +32,8 @@ REQUIRED_ARRAYS = ("edge_index", "x")
 NODE_PREFIX = "node_"  # optional arrays with one row per node
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MAX_HEADER = 4096
+_EOCD = b"PK\x05\x06"  # the zip's end-of-central-directory record: 22 bytes plus a comment of at most 64 KiB
+_MAX_DIRECTORY_ENTRY = 46 + 256  # a central-directory entry with a name of up to 256 bytes (no extras needed)
 
 
 class GraphError(ValueError):
@@ -80,6 +82,19 @@ def _check_caps(shapes: Mapping[str, tuple[int, ...]], caps: GraphCaps) -> None:
         raise GraphError(f"graph_bomb: optional arrays hold {extra} values, over the cap of {caps.max_extra_values}")
 
 
+def _check_directory(data: bytes, caps: GraphCaps) -> None:
+    """Count the zip's entries from its end record before ``zipfile`` builds an object for each (a few
+    KB of payload can list thousands of entries)."""
+    at = data.rfind(_EOCD, max(0, len(data) - 22 - 65535))
+    if at < 0 or len(data) < at + 22:
+        raise GraphError("undecodable_graph: no zip end-of-directory record")
+    entries = int.from_bytes(data[at + 10 : at + 12], "little")
+    size = int.from_bytes(data[at + 12 : at + 16], "little")
+    if entries > caps.max_arrays or size > caps.max_arrays * (_MAX_DIRECTORY_ENTRY + 128):
+        raise GraphError(f"graph_bomb: the zip lists {entries} entries in {size} bytes, over the cap of "
+                         f"{caps.max_arrays} arrays")
+
+
 def _open_zip(data: bytes, caps: GraphCaps) -> tuple[zipfile.ZipFile, dict[str, str]]:
     """The zip and its ``.npy`` members by array name; anything that is not an ``.npz`` is refused."""
     if not data:
@@ -87,6 +102,7 @@ def _open_zip(data: bytes, caps: GraphCaps) -> tuple[zipfile.ZipFile, dict[str, 
     if not data.startswith(b"PK"):
         kind = "a pickle" if data[:1] == b"\x80" else "a bare .npy" if data.startswith(b"\x93NUMPY") else "not a zip"
         raise GraphError(f"refused_graph: payload is {kind}, not an .npz archive (never unpickled)")
+    _check_directory(data, caps)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
@@ -106,7 +122,11 @@ def _open_zip(data: bytes, caps: GraphCaps) -> tuple[zipfile.ZipFile, dict[str, 
 def _read_headers(archive: zipfile.ZipFile, members: Mapping[str, str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     headers = {}
     for name, member in sorted(members.items()):
-        with archive.open(member) as stream:
+        try:
+            stream = archive.open(member)  # encrypted or unknown compression: refused here, not a crash
+        except Exception as exc:
+            raise GraphError(f"undecodable_graph: array {name!r} cannot be opened ({type(exc).__name__})") from None
+        with stream:
             headers[name] = _header(stream, name)
     return headers
 

@@ -72,7 +72,7 @@ def test_a_pickled_member_inside_the_zip_is_never_loaded(tmp_path: Path) -> None
     (graph(50), GraphCaps(max_edges=10), "graph_bomb: 100 edges"),
     (graph(10, 8), GraphCaps(max_feature_values=40), "graph_bomb: features"),
     ({**graph(), "junk": np.zeros(100)}, GraphCaps(max_extra_values=10), "optional arrays"),
-    ({**graph(), **{f"a{i}": np.zeros(1) for i in range(20)}}, GraphCaps(), "arrays, over the cap"),
+    ({**graph(), **{f"a{i}": np.zeros(1) for i in range(20)}}, GraphCaps(), "over the cap of 16 arrays"),
 ])
 def test_caps_are_checked_from_the_headers(arrays: dict, caps: GraphCaps, reason: str) -> None:
     with pytest.raises(GraphError, match=reason):
@@ -85,6 +85,28 @@ def test_a_compressed_graph_bomb_is_refused_before_it_is_inflated() -> None:
     assert len(buffer.getvalue()) < 200_000  # 48 MB of edges in a small file
     with pytest.raises(GraphError, match="graph_bomb: 3000000 edges exceed the cap"):
         decode_graph(buffer.getvalue())
+
+
+def test_a_zip_listing_many_entries_is_refused_from_its_end_record() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(5000):
+            archive.writestr(f"{i}", b"")
+    with pytest.raises(GraphError, match="graph_bomb: the zip lists 5000 entries"):
+        decode_graph(buffer.getvalue())
+
+
+@pytest.mark.parametrize("method, flags", [(99, 0), (0, 1)])  # an unknown compression method; an encrypted member
+def test_members_zipfile_cannot_open_are_refused_not_a_crash(method: int, flags: int) -> None:
+    data = bytearray(encode_graph(graph()))
+    for sig, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(sig)
+        while at >= 0:
+            data[at + flag_at : at + flag_at + 2] = flags.to_bytes(2, "little")
+            data[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = data.find(sig, at + 4)
+    with pytest.raises(GraphError, match="undecodable_graph"):
+        decode_graph(bytes(data))
 
 
 @pytest.mark.parametrize("arrays, reason", [
