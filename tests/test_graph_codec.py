@@ -141,3 +141,18 @@ def test_the_reader_sets_nodes_and_edges_and_takes_graphs_without_descriptions(t
     samples = list(read_shard(tmp_path, "00000", read_policy_for(tmp_path)))
     assert [(s.key, s.status, s.meta["nodes"], s.meta["edges"]) for s in samples] == [("a", "ok", 6, 12),
                                                                                       ("b", "ok", 3, 6)]
+
+
+def test_damaged_payloads_only_ever_raise_graph_errors() -> None:
+    """Random byte flips and cuts of a good payload: a reason every time, never another exception."""
+    good = encode_graph(graph())
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        data = bytearray(good)
+        for at in rng.integers(0, len(data), size=int(rng.integers(1, 5))):
+            data[at] = int(rng.integers(256))
+        cut = bytes(data[: int(rng.integers(len(data)))] if rng.random() < 0.2 else data)
+        try:
+            decode_graph(cut)
+        except GraphError:
+            pass
