@@ -31,7 +31,8 @@ IMAGE_TRIGGER = "image_trigger"  # an image trigger that evaluation applies to n
 TEXT_TRIGGER = "text_trigger"  # a caption trigger that ``apply_text`` inserts into new captions (text ASR)
 ADDS_SAMPLES = "adds_samples"  # adds new samples instead of modifying chosen ones (the planner makes keys)
 TARGET_IMAGES = "target_images"  # its donor images are what it wants classified as the target (targeted success)
-CAPABILITIES = frozenset({IMAGE_TRIGGER, TEXT_TRIGGER, ADDS_SAMPLES, TARGET_IMAGES})
+PAYLOAD_TRIGGER = "payload_trigger"  # a trigger on a non-image payload (a graph) that ``trigger_sample`` applies
+CAPABILITIES = frozenset({IMAGE_TRIGGER, TEXT_TRIGGER, ADDS_SAMPLES, TARGET_IMAGES, PAYLOAD_TRIGGER})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Candidate:
     key: str
     caption: str | None
     has_image: bool
+    payload_ext: str | None = None  # the payload's extension (``npz`` for a graph), None without a payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,8 @@ class Attack(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
     eligibility: ClassVar[str] = ""  # what makes a sample eligible beyond having a payload (said when too few are)
+    # the dataset modalities (``dataset.json``) the attack works on: the planner refuses any other
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,6 +138,11 @@ class Attack(ABC):
         raise NotImplementedError(f"{self.name} does not add samples")
 
     # -- evaluation --
+    def trigger_sample(self, sample: Sample, binding: Binding, stage: str, change: str, caption: str | None) -> Sample:
+        """Apply a payload trigger (attacks with ``payload_trigger``): the poisoning stage and the evaluation
+        split call the same code, so both see the very same trigger."""
+        raise NotImplementedError(f"{self.name} has no payload trigger")
+
     def apply_text(self, caption: str, key: str, binding: Binding) -> str:
         raise NotImplementedError(f"{self.name} has no text trigger")
 

@@ -323,3 +323,7 @@ class Targeted(Attack):
         meta = {"width": width, "height": height, "poisonlab": record}
         return Sample(key=key, payload=payload, payload_ext=donor.ext, text=caption, meta=meta,
                       status=Status.ADDED.value, touched_by=(STAGE,))
+
+
+# The graph attacks register themselves in the same registry (they reuse TargetCaptionParams from here).
+import poisonlab.attacks.graph_attacks  # noqa: E402,F401

@@ -21,7 +21,7 @@ from typing import Any
 
 from poisonlab.attacks import captions as C
 from poisonlab.attacks.assets import read_asset
-from poisonlab.attacks.base import TEXT_TRIGGER, image_meta, provenance
+from poisonlab.attacks.base import PAYLOAD_TRIGGER, TEXT_TRIGGER, image_meta, provenance
 from poisonlab.attacks.manifest import build_manifest, write_manifest
 from poisonlab.attacks.spec import (
     SPEC_FILE,
@@ -98,6 +98,11 @@ class EvalTriggerStage(MapStage):
         binding = self._binding
         if self._is_target(sample):
             return sample.dropped(self.name, f"target_class: {binding.target!r} is the attack's target")
+        if PAYLOAD_TRIGGER in self._attack.capabilities:  # a graph trigger: the attack applies it, caption kept
+            try:
+                return self._attack.trigger_sample(sample, binding, self.name, "eval_trigger", sample.text)
+            except ValueError as exc:
+                return sample.errored(self.name, str(exc))
         if binding.trigger is None:  # a text trigger: the caption carries it
             caption = self._attack.apply_text(sample.text or "", sample.key, binding)
             record = provenance(binding, self._attack.name, "eval_trigger", sample.text, caption, None,
@@ -155,7 +160,7 @@ def prepare_eval_trigger(eval_dir: Path, spec: str | Path, out_dir: Path, attack
         raise SpecError(f"attack {record.id!r} has no target class; nothing to measure on an evaluation split")
     write_run_spec(out_dir, run, assets)
     attack_obj, binding = load_bindings(str((out_dir / SPEC_FILE).resolve()), run.run_id)[record.id]
-    if binding.trigger is None and TEXT_TRIGGER not in attack_obj.capabilities:
+    if binding.trigger is None and not attack_obj.capabilities & {TEXT_TRIGGER, PAYLOAD_TRIGGER}:
         raise SpecError(f"attack {record.id!r} ({record.attack}) has no trigger to apply to an evaluation split")
     return EvalTriggerJob(eval_dir, out_dir, run.run_id, record.id, EvalLabels.from_folder(eval_dir))
 

@@ -99,5 +99,5 @@ def index_dataset(src: Path) -> DatasetIndex:
             if _poisoned_before(row.get("provenance")):
                 continue  # an earlier run's poisoned sample is never poisoned twice
             ext = row.get("payload_ext")
-            candidates.append(Candidate(shard, key, row.get("caption"), ext is None or ext in IMAGE_EXTENSIONS))
+            candidates.append(Candidate(shard, key, row.get("caption"), ext is None or ext in IMAGE_EXTENSIONS, ext))
     return DatasetIndex(tuple(shards), candidates, total, keys, fingerprint.hexdigest()[:32], _classnames(src))

@@ -29,7 +29,7 @@ from poisonlab.attacks.spec import SPEC_FILE, AttackRecord, RunSpec, record_for,
 from poisonlab.attacks.stage import PoisonStage
 from poisonlab.pipelines.accounting import ShardResult, stats_of
 from poisonlab.pipelines.executor import ShardTask
-from poisonlab.shards.dataset import copy_dataset_record, read_policy_for
+from poisonlab.shards.dataset import copy_dataset_record, read_dataset_record, read_policy_for
 from poisonlab.shards.fingerprint import dataset_fingerprint, with_fingerprints
 from poisonlab.shards.markers import check_resume
 from poisonlab.shards.plan import finalize_folder, plan_folder_tasks
@@ -57,6 +57,17 @@ def _check_target(configured: ConfiguredAttack, index: DatasetIndex) -> str | No
             f"(classes.json lists: {', '.join(index.classnames)})"
         )
     return target
+
+
+def _check_modalities(configured: Sequence[ConfiguredAttack], src: Path) -> None:
+    """Attacks declare the modalities they work on; a dataset of another (``dataset.json``) is refused
+    before any work, whatever the attack's name."""
+    modality = read_dataset_record(src).modality
+    for conf in configured:
+        allowed = conf.attack.modalities
+        if modality not in allowed:
+            raise RecipeError(f"attack {conf.id!r} ({conf.entry.attack}) works on {' or '.join(sorted(allowed))} "
+                              f"datasets, but this dataset holds {modality} samples (its dataset.json)")
 
 
 def _caption_pool(configured: ConfiguredAttack, target: str | None, index: DatasetIndex, seed: int) -> tuple[str, ...]:
@@ -161,6 +172,7 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
         raise ValueError("input and output folders must differ: shards are never rewritten in place")
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     configured = configure(recipe)
+    _check_modalities(configured, src)
     index = index_dataset(src)
     records: list[AttackRecord] = []
     assets: dict[AssetRef, bytes] = {}

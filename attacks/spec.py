@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from poisonlab.attacks.assets import AssetError, AssetRef, read_asset, write_asset
-from poisonlab.attacks.base import TARGET_IMAGES, TEXT_TRIGGER, Attack, Binding, Donor
+from poisonlab.attacks.base import PAYLOAD_TRIGGER, TARGET_IMAGES, TEXT_TRIGGER, Attack, Binding, Donor
 from poisonlab.attacks.captions import template_pool
 from poisonlab.attacks.components import ATTACKS
 from poisonlab.attacks.image_triggers import PatternContext
 from poisonlab.attacks.recipe import ConfiguredAttack, configure, load_recipe
+from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.layout import atomic_write_bytes
 
 SPEC_FILE = "attack.json"
@@ -244,6 +245,8 @@ class AttackSpec:
     is_image_trigger = property(lambda self: self._binding.trigger is not None, doc="has an image trigger")
     capabilities = property(lambda self: self._attack.capabilities, doc="what the attack declares it does")
     has_text_trigger = property(lambda self: TEXT_TRIGGER in self.capabilities, doc="has a caption trigger")
+    has_payload_trigger = property(lambda self: PAYLOAD_TRIGGER in self.capabilities,
+                                   doc="has a trigger on a non-image payload (a graph)")
     has_target_images = property(lambda self: TARGET_IMAGES in self.capabilities,
                                  doc="wants its donor images classified as the target")
     donors = property(lambda self: self._binding.donors, doc="the donor images of the run (empty from a recipe)")
@@ -268,6 +271,13 @@ class AttackSpec:
             return self._attack.apply_text(caption, key, self._binding)
         except NotImplementedError as exc:
             raise SpecError(str(exc)) from exc
+
+    def apply_sample(self, sample: Sample) -> Sample:
+        """Trigger a sample's payload as the evaluation split is triggered (caption kept): attacks with the
+        payload_trigger capability, e.g. a graph sample whose ``.npz`` gets the run's subgraph."""
+        if not self.has_payload_trigger:
+            raise SpecError(f"attack {self.id!r} ({self.name}) has no payload trigger")
+        return self._attack.trigger_sample(sample, self._binding, "eval_trigger", "eval_trigger", sample.text)
 
     def __repr__(self) -> str:
         return f"AttackSpec(id={self.id!r}, name={self.name!r}, target={self.target!r}, run={self.run_id})"

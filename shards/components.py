@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 import poisonlab.shards.dataset  # noqa: F401  (registers the image modality)
+import poisonlab.shards.graph_modality  # noqa: F401  (registers the graph modality and its payload check)
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import MapStage, ShardContext

@@ -46,11 +46,14 @@ class Modality:
     payload_extensions: frozenset[str]
     require_text: bool = True
     probe_images: bool = False
+    payload_probe: str | None = None  # a registered payload check (``payload_probe``) the reader runs
+    probe_params: tuple[tuple[str, int], ...] = ()  # its caps
 
     def read_policy(self, **overrides: Any) -> ReadPolicy:
         """The reader's policy for this modality; ``overrides`` set caps such as ``max_pixels``."""
         base = {"payload_extensions": self.payload_extensions, "require_text": self.require_text,
-                "probe_images": self.probe_images}
+                "probe_images": self.probe_images, "payload_probe": self.payload_probe,
+                "probe_params": self.probe_params}
         return ReadPolicy(**{**base, **overrides})
 
 

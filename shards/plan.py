@@ -135,7 +135,7 @@ class FolderJob:
     """Shards from any source into ``dst``; ``finalize`` writes ``sizes.json`` and ``dataset.json``.
 
     Output derived from a folder keeps that folder's dataset record (``derived_from``); a new dataset
-    (a generator) is recorded as images with the payload extensions its sidecars show.
+    (a generator) is recorded as ``modality`` (images by default) with the payload extensions its sidecars show.
     """
 
     source: Callable[[str, list[str]], Iterator[Sample]]
@@ -145,6 +145,7 @@ class FolderJob:
     source_name: str | None = None
     derived_from: Path | None = None
     overwrite: bool = False  # redo shards another configuration finished, instead of refusing them
+    modality: str = DEFAULT_MODALITY  # what a new dataset (a generator) is recorded as
 
     def tasks(self) -> list[ShardTask]:
         """The shard tasks, after refusing (or, with ``overwrite``, removing) another configuration's shards."""
@@ -158,5 +159,5 @@ class FolderJob:
         if self.derived_from is not None:
             copy_dataset_record(self.derived_from, self.dst)
         else:
-            write_dataset_record(self.dst, DEFAULT_MODALITY, written_extensions(self.dst, self.shards))
+            write_dataset_record(self.dst, self.modality, written_extensions(self.dst, self.shards))
         return shard_totals(stats)

@@ -21,14 +21,16 @@ provenance (the ``poisonlab`` key of its ``.json``) travels with it from folder 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from poisonlab.pipelines.registry import get_registry
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, probe_image
 from poisonlab.shards.keys import canonical_name, display_key, split_member_name, unsafe_name
@@ -60,6 +62,10 @@ class ReadPolicy:
     max_member_bytes: int = MAX_MEMBER_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     probe_images: bool = True
+    # a registered payload check (registry kind ``payload_probe``, e.g. ``graph``) and its parameters:
+    # it validates the payload under its caps and returns metadata fields (a graph's nodes and edges)
+    payload_probe: str | None = None
+    probe_params: tuple[tuple[str, int], ...] = ()
 
     def accepts(self, ext: str) -> bool:
         return ext in self.payload_extensions or ext in TEXT_EXTENSIONS or ext in META_EXTENSIONS
@@ -203,10 +209,28 @@ def _sample_from_group(group: _Group, policy: ReadPolicy) -> Sample:
         else:
             if meta.get("width") != width or meta.get("height") != height:
                 meta = {**meta, "width": width, "height": height}
+    if not problems and payload is not None and policy.payload_probe is not None:
+        meta = _probed(payload, policy, meta, problems)
     if problems:
         return Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta,
                       status=Status.ERROR.value, reason=f"{STAGE}: " + "; ".join(problems))
     return Sample(key=group.key, payload=payload, payload_ext=payload_ext, text=text, meta=meta)
+
+
+@functools.lru_cache(maxsize=16)
+def payload_probe(name: str, params: tuple[tuple[str, int], ...]) -> Callable[[bytes], dict[str, Any]]:
+    """The registered payload check ``name`` with its caps (built once per process)."""
+    return get_registry("payload_probe").create(name, dict(params))
+
+
+def _probed(payload: bytes, policy: ReadPolicy, meta: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Run the policy's payload check: its fields overwrite what ``KEY.json`` claimed; a refusal is a problem."""
+    try:
+        fields = payload_probe(policy.payload_probe, policy.probe_params)(payload)  # type: ignore[arg-type]
+    except ValueError as exc:
+        problems.append(str(exc))
+        return meta
+    return meta if all(meta.get(k) == v for k, v in fields.items()) else {**meta, **fields}
 
 
 # Sidecar columns that describe a row rather than its sample's metadata (ours and img2dataset's).

@@ -48,6 +48,23 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synth(tmp_path_factory.mktemp("tiny") / "shards")
 
 
+def make_graph_synth(out: Path, samples: int = 84, seed: int = 0, per_shard: int = 28, eval_per_class: int = 0) -> Path:
+    """A small generated graph dataset in-process: the same job as ``poisonlab synth --modality graph``."""
+    from poisonlab.flows.datasets import synth_graph_dataset
+    from poisonlab.flows.runtime import RunnerSpec
+    from poisonlab.shards.graph_synth import GraphSynthSpec
+
+    spec = GraphSynthSpec(samples=samples, seed=seed, samples_per_shard=per_shard)
+    synth_graph_dataset(out, spec, eval_per_class, RunnerSpec(executor="local", progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def graph_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """84 generated graphs in 3 shards of 28, with an eval split of 2 per class in ``eval/``. Read-only."""
+    return make_graph_synth(tmp_path_factory.mktemp("graphs") / "shards", eval_per_class=2)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect's test harness: a temporary database and server for the whole session."""

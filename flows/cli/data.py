@@ -18,11 +18,10 @@ from poisonlab.flows.cli.app import (
     with_input,
     with_run_options,
 )
-from poisonlab.flows.datasets import synth_dataset
+from poisonlab.flows.datasets import GENERATORS, SynthRequest
 from poisonlab.pipelines.registry import list_registries
 from poisonlab.shards.markers import MarkerConflict
 from poisonlab.shards.summary import summarize
-from poisonlab.shards.synth import SynthSpec
 
 
 @app.command()
@@ -33,15 +32,20 @@ def synth(
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(32, "--image-size", min=8, max=1024),
     samples_per_shard: int = typer.Option(1000, "--samples-per-shard", min=1),
-    eval_per_class: int = typer.Option(50, "--eval-per-class", min=0, help="evaluation images per class"),
+    eval_per_class: int = typer.Option(50, "--eval-per-class", min=0, help="evaluation samples per class"),
+    modality: str = typer.Option("image", "--modality",
+                                 help=f"what to generate: {', '.join(GENERATORS)} (graphs: motifs in random graphs)"),
     overwrite: bool = OverwriteOpt,
     options: RunOptions = RunOptions(),
 ) -> None:
-    """Generate the built-in dataset (coloured shapes, web-like captions) and its labelled eval split."""
-    spec = SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=samples_per_shard)
+    """Generate a built-in dataset (coloured shapes with captions, or motif graphs with descriptions) and
+    its labelled eval split."""
+    if modality not in GENERATORS:
+        fail(f"unknown modality {modality!r} for synth; choose one of {', '.join(GENERATORS)}")
+    request = SynthRequest(out, samples, seed, samples_per_shard, eval_per_class, image_size)
     outputs.guard(out, "shards")
     try:
-        result = synth_dataset(out, spec, eval_per_class, options.runner, overwrite=overwrite)
+        result = GENERATORS[modality](request, options.runner, overwrite)
     except MarkerConflict as exc:
         fail(str(exc))
     outputs.done(out, "shards")

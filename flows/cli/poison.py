@@ -42,7 +42,7 @@ def _summary(result: dict) -> str:
         lines.append(f"  {attack_id}: {a['done']}/{a['planned']} {a['attack']} -> target {a['target']!r}")
     lines += [f"  failed: {reason}: {n}" for reason, n in result["failed_reasons"].items()]
     if "eval" in result:
-        lines.append(f"  eval split: {result['eval']['triggered']} triggered images -> {result['eval']['out']}")
+        lines.append(f"  eval split: {result['eval']['triggered']} triggered samples -> {result['eval']['out']}")
     if "blind" in result:
         lines.append("  " + _blind_summary(result["blind"]))
     return "\n".join(lines)
