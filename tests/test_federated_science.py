@@ -1,13 +1,15 @@
 """Science check (slow): client inspection finds the malicious clients; defenses keep fedavg's accuracy.
 
-Continued pretraining of a clean tiny CLIP (trained in the module fixture on 4,000 generated pairs) by 10
-clients, 4 per round, 2 malicious with BadNets on half of their partitions (``federated_science.CONFIG``).
+Continued pretraining of the session's clean baseline (the badnets science run's tiny CLIP, trained on
+20,000 generated pairs: zero-shot 0.84 here) by 10 clients, 4 per round, 2 malicious with BadNets on half of
+their partitions, 5 rounds of 10 local steps (``federated_science.CONFIG``).
 
 What is asserted is what was measured to hold within the CPU budget. The issue's attack floor is NOT
-asserted: with fedavg the global model's ASR stayed at 0.00-0.04 over 5 rounds of 10 local steps (and at
-0.00-0.03 over 2 rounds of 20 steps at lr 1e-3), so "fedavg ASR >= 0.8" fails in this budget and the
-defense-ASR floor (<= 0.1) would pass without meaning anything. The measured curves are in the report of
-the federated issue; the round-by-round curves are printed on failure.
+asserted: in this setting fedavg's ASR stayed at 0.00-0.01 over 5 rounds; it needs about 40 local steps at
+lr 1e-3 per round and more rounds than CI can pay for (8 rounds: 0.30, 0.40, 0.42, 0.50 after rounds 4, 6,
+7, 8; the curves are in benchmarks/results/2026-12-03-federated-science.md), so "fedavg ASR >= 0.8" fails in
+this budget and the defense-ASR floor (<= 0.1) would pass without meaning anything. The round-by-round
+curves are printed on failure.
 """
 
 from __future__ import annotations
