@@ -125,3 +125,15 @@ def test_scan_without_a_named_detector_uses_the_default(tmp_path: Path) -> None:
     summary = scan(store, None, tmp_path / "scores")
     assert summary["columns"] == ["default"]
     assert json.loads((tmp_path / "scores" / "scan.json").read_text())["config"]["detectors"]["default"]["detector"] == "default"
+
+
+def test_cli_scan_without_a_detector_writes_the_default_column(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from test_filters_sharded import vector_store
+
+    from poisonlab.flows.cli import app
+
+    x = planted_embeddings(PlantedSpec(n=1200, dim=32, latent_dim=8, tight_cluster=20, seed=2)).vectors
+    store = vector_store(tmp_path, x, per_shard=600)
+    res = cli.invoke(app, ["scan", str(store), "--out", str(tmp_path / "scores"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["columns"] == ["default"]
