@@ -38,10 +38,25 @@ def subset_size(k: int, max_rate: float, n: int) -> int:
     return int(min(n - 1, max(k + 1, math.floor(k / (2.0 * max_rate)))))
 
 
-def keyed_subset(keys: list[str], rows: np.ndarray, size: int, seed: int, salt: str) -> np.ndarray:
-    """The ``size`` rows whose keyed hash is smallest: a pure function of (seed, salt, the keys)."""
-    ranked = sorted(rows.tolist(), key=lambda r: (keyed_u64(seed, STAGE, keys[r], salt), keys[r]))
-    return np.sort(np.asarray(ranked[:size], dtype=np.int64))
+def key_hashes(keys: list[str], rows: np.ndarray, seed: int) -> np.ndarray:
+    """One keyed 64-bit hash per row (hashed once; every subset is derived from it)."""
+    return np.fromiter((keyed_u64(seed, STAGE, keys[r]) for r in rows.tolist()), dtype=np.uint64, count=len(rows))
+
+
+def _mix(hashes: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of (hash + salt x golden ratio): an independent-looking uint64 per (key, salt)."""
+    with np.errstate(over="ignore"):
+        z = hashes + np.uint64(salt + 1) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def keyed_subset(rows: np.ndarray, hashes: np.ndarray, size: int, salt: int) -> np.ndarray:
+    """The ``size`` rows whose mixed key hash is smallest: a pure function of (seed, salt, the keys), so
+    the same whatever the row order (two keys tie with probability about n^2 / 2^64)."""
+    order = np.argsort(_mix(hashes, salt), kind="stable")[:size]
+    return np.sort(rows[order])
 
 
 def subset_kdistance(vectors: np.ndarray, rows: np.ndarray, subset: np.ndarray, k: int,
@@ -57,10 +72,11 @@ def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: li
                   max_rate: float, seed: int, index: IndexParams) -> np.ndarray:
     """Mean over (k, subset) of the rank-normalised k-distance among that subset, for ``rows``."""
     total = np.zeros(len(rows))
-    for k in ks:
+    hashes = key_hashes(keys, rows, seed)
+    for i, k in enumerate(ks):
         size = subset_size(k, max_rate, len(rows))
         for s in range(subsets):
-            subset = keyed_subset(keys, rows, size, seed, f"k{k}/s{s}")
+            subset = keyed_subset(rows, hashes, size, salt=i * subsets + s)
             total += rank_normalise(subset_kdistance(vectors, rows, subset, k, index))
     return total / (len(ks) * subsets)
 
