@@ -26,6 +26,10 @@ every poisoned row, even when the caption shares one attribute with the target.
 Leaving the row itself out and shrinking rare tokens (a word seen once explains nothing) keep a unique
 caption from explaining itself. The captions come from the store (what the embed step saw); the image
 vectors from the store's ``space``.
+
+What it does not see: a caption no token of which explains the image (target templates pasted on other
+classes' images score *low*; that is caption-image disagreement, a reference encoder's ``clip_score``),
+and a phrase inserted without a target concept (clean-label ``text_trigger``: nothing co-occurs).
 """
 
 from __future__ import annotations
