@@ -20,6 +20,7 @@ import numpy as np
 DETECTORS: dict[str, dict[str, Any]] = {
     "default": {},
     "default_rank_mean": {"detector": "default", "method": "rank_mean"},
+    "default_two": {"detector": "default", "detectors": ["kdist_subsets", "phrase_burst"]},
     "kdist_subsets": {},
     "phrase_burst": {},
     "kdist_k16": {"detector": "kdist", "k": 16},

@@ -7,7 +7,10 @@ registered detector of its own:
   sized so that a trigger cluster of any rate up to 2 % is outnumbered: image-side backdoors (badnets,
   blended, wanet, ...) at any plausible rate;
 * ``phrase_burst`` (``filters/phrases.py``): a caption token that alone explains the image while the
-  rest of the caption does not: caption-side backdoors (``text_trigger``), invisible to the image side.
+  rest of the caption does not: caption-side backdoors (``text_trigger``), invisible to the image side;
+* ``kdist`` at k = 16 over the whole dataset: the fine scale the subsets lose (a few hundred references
+  resolve clusters, not a point slightly off its class), for triggers that make images sparse without
+  making them one cluster (a blended noise pattern the model has not learned: AUROC 0.84 alone).
 
 The ingredients see different attacks, so the combination is ``rank_max`` by default: a sample is as
 suspicious as its most suspicious ingredient says, and an attack one ingredient cannot see is not diluted
@@ -28,7 +31,7 @@ from poisonlab.filters.ranks import RankMethod, combine_ranks
 from poisonlab.filters.specs import parse_spec
 from poisonlab.pipelines.registry import Params
 
-DEFAULT_INGREDIENTS: tuple[str, ...] = ("kdist_subsets", "phrase_burst")
+DEFAULT_INGREDIENTS: tuple[str, ...] = ("kdist_subsets", "phrase_burst", "kdist:k=16")
 
 
 class DefaultParams(Params):
@@ -56,8 +59,8 @@ def ingredient(spec: str | dict[str, Any]) -> Detector:
 
 @DETECTORS.register("default", DefaultParams)
 class DefaultDetector(Detector):
-    """The rate-, attack- and trigger-free default: a rank combination of ``kdist_subsets`` and
-    ``phrase_burst`` (module docstring says why these and why ``rank_max``)."""
+    """The rate-, attack- and trigger-free default: the rank maximum of ``kdist_subsets``, ``phrase_burst``
+    and ``kdist`` at k = 16 (module docstring says why these and why ``rank_max``)."""
 
     def __init__(self, params: DefaultParams) -> None:
         if params.weights is not None and len(params.weights) != len(params.detectors):
