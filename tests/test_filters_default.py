@@ -137,3 +137,18 @@ def test_cli_scan_without_a_detector_writes_the_default_column(cli, tmp_path: Pa
     res = cli.invoke(app, ["scan", str(store), "--out", str(tmp_path / "scores"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["columns"] == ["default"]
+
+
+def test_subset_scores_do_not_depend_on_how_the_data_is_sharded(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    from test_filters_sharded import vector_store
+
+    x = planted_embeddings(PlantedSpec(n=1200, dim=32, latent_dim=8, tight_cluster=20, seed=4)).vectors
+    by_key = []
+    for per_shard in (300, 1000):
+        root = tmp_path / f"per{per_shard}"
+        scan(vector_store(root, x, per_shard=per_shard), ["kdist_subsets:subsets=2"], root / "scores")
+        tables = [pq.read_table(p) for p in sorted((root / "scores").glob("0*.parquet"))]
+        by_key.append({k: s for t in tables for k, s in zip(t.column("key").to_pylist(),
+                                                             t.column("kdist_subsets").to_pylist(), strict=True)})
+    assert len(by_key[0]) == len(x) and by_key[0] == by_key[1]
