@@ -1,4 +1,12 @@
 """Components contributed by the filters layer (loaded through the ``poisonlab.components`` entry point):
 the embedders, the detectors, the decisions and the ``exclude_keys`` stage."""
 
-from poisonlab.filters import clean, decisions, detectors, open_clip_embedder  # noqa: F401  (registering is importing)
+from poisonlab.filters import (  # noqa: F401  (registering is importing)
+    clean,
+    decisions,
+    default,
+    detectors,
+    open_clip_embedder,
+    phrases,
+    subsets,
+)

@@ -16,13 +16,13 @@ import numpy as np
 from pydantic import AfterValidator, Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.stats import rankdata
 
 from poisonlab.filters.context import NeighbourhoodKey, ScanContext
 from poisonlab.filters.embedders import known_spaces
 from poisonlab.filters.index import IndexParams, similar_pairs
 from poisonlab.filters.neighbours import CROSS, space_reads
 from poisonlab.filters.outliers import dao, k_distance, slof
+from poisonlab.filters.ranks import RankMethod, combine_ranks
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
 
@@ -385,7 +385,7 @@ class HashMismatch(Detector):
 
 class EnsembleParams(Params):
     detectors: list[str] = Field(..., min_length=1, description="score columns to combine")
-    method: Literal["rank_mean", "rank_max"] = "rank_mean"
+    method: RankMethod = "rank_mean"
     weights: list[float] | None = Field(None, description="rank_mean: one weight per detector")
 
 
@@ -400,23 +400,7 @@ class Ensemble(Detector):
         self.uses = tuple(params.detectors)
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
-        n = len(ctx.corpus)
-        ranks = np.full((len(self.uses), n), np.nan)
-        for i, name in enumerate(self.uses):
+        for name in self.uses:
             if name not in ctx.columns:
                 raise KeyError(f"ensemble needs the score column {name!r}, which this scan does not compute")
-            col = ctx.columns[name]
-            ok = np.isfinite(col)
-            if ok.any():
-                ranks[i, ok] = rankdata(col[ok], method="average") / ok.sum()
-        have = np.isfinite(ranks)
-        out = np.full(n, np.nan)
-        any_rank = have.any(axis=0)
-        if self.params.method == "rank_max":
-            out[any_rank] = np.nanmax(ranks[:, any_rank], axis=0)
-        else:
-            w = np.ones(len(self.uses)) if self.params.weights is None else np.asarray(self.params.weights, float)
-            weighted = np.where(have, ranks * w[:, None], 0.0).sum(axis=0)
-            total = np.where(have, w[:, None], 0.0).sum(axis=0)
-            out[any_rank] = weighted[any_rank] / total[any_rank]
-        return out
+        return combine_ranks([ctx.columns[name] for name in self.uses], self.params.method, self.params.weights)

@@ -206,6 +206,25 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
     return KnnResult(dist=dist, ids=ids, kind=kind, recall_estimate=estimate, seconds=seconds)
 
 
+def knn_among(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, k: int,
+              params: IndexParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of a (small) reference set for every query, never the query itself: ``query_pos[i]`` is
+    query i's position among ``refs`` (-1 when it is not a reference). Exact (a flat FAISS index, on the GPU
+    when there is one), since a reference subset is small. Returns Euclidean distances and reference ids."""
+    params = params or IndexParams()
+    queries, refs = _check(queries), _check(refs)
+    if len(refs) < k + 1:
+        raise ValueError(f"{len(refs)} references cannot give every query k={k} neighbours")
+    index = _flat_index(refs, params)
+    dist = np.empty((len(queries), k), np.float32)
+    ids = np.empty((len(queries), k), np.int64)
+    for start, end in _chunks(len(queries), params.chunk):
+        sims, found = index.search(queries[start:end], k + 1)
+        kept_ids, kept_sims, _ = _drop_self(found, sims, np.asarray(query_pos[start:end], np.int64), None, k)
+        ids[start:end], dist[start:end] = kept_ids, ip_to_distance(kept_sims)
+    return dist, ids
+
+
 def sampled_recall(x: np.ndarray, ids: np.ndarray, queries: int, seed: int,
                    partner: np.ndarray | None = None) -> float:
     """Recall@k of neighbour lists on a keyed sample of rows, against brute force (no index copy)."""

@@ -44,7 +44,8 @@ def embed_folder(shards: Path, out: Path, model: ModelSpec | None, runner: Runne
 def scan_folder(emb: Path | Mapping[str, Path], detectors: DetectorsArg, out: Path,
                 overwrite: bool = False, index_memory: str | None = None,
                 runner: RunnerSpec | None = None) -> dict[str, Any]:
-    """Detectors (None: kdist, slof, dao, lid, clip_score) over one store or ``{name: store}``; tables into ``out``.
+    """Detectors (None: ``default``, the rate-free combination of ``filters/default.py``) over one store or
+    ``{name: store}``; tables into ``out``.
 
     ``index_memory`` bounds each neighbour index per worker; when a cluster is asked for (``runner`` with a
     Dask address or workers) its index shards are held by the Dask workers, else searched in this process."""

@@ -44,12 +44,16 @@ DetectorOpt = typer.Option(None, "--detector", metavar="<spec>", help="[column=]
                            "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50 --detector "
                            "both=ensemble:detectors=[knn50;dao]. Values are YAML, a list is [a;b], a dotted key sets a "
                            "nested parameter (index.kind=exact); a JSON object or @file.yaml works too. Default: "
-                           "kdist, slof, dao, lid, clip_score; see `poisonlab components detector`")
+                           "default (kdist_subsets and phrase_burst, rank-combined: needs no knowledge of the attack or its rate); "
+                           "see `poisonlab components detector`")
 ForceOpt = typer.Option(False, "--force", help="combine outputs that describe different shard folders "
                         "(by default refused: scores, manifests and exclusions record the fingerprint of their shards)")
 DecisionOpt = typer.Option(..., "--decision", metavar="<spec>", help="name:key=value,... as for --detector, e.g. "
                            "top_fraction:detector=kdist,fraction=0.02 or threshold:detector=clip_score,value=0.8, "
                            "or a JSON object / @file (rules); see `poisonlab components decision`")
+SANITIZE_DECISION = "top_fraction:detector=default,fraction=0.02"
+SanitizeDecisionOpt = typer.Option(SANITIZE_DECISION, "--decision", metavar="<spec>", help="as for `clean --decision`; "
+                                   "the default removes the top 2% by the default detector")
 ExcludedOutOpt = typer.Option(None, "--excluded-out", help="also write the excluded samples here, as shards")
 StoreDtype = choice(STORE_DTYPES)
 RocScale = choice(ROC_SCALES)
@@ -208,7 +212,7 @@ def clean(
 def sanitize(
     shards: Path = NO_INPUT,
     out: Path = typer.Option(..., "--out", help="OUT/emb, OUT/scores, OUT/clean"),
-    decision: str = DecisionOpt,
+    decision: str = SanitizeDecisionOpt,
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
