@@ -121,6 +121,7 @@ def measure(root: Path, samples: int, model: Path | None, train_samples: int) ->
                                 str(model), "--device", "cpu"])]
     runs.append(run_stage("scan", ["scan", "--in", str(_store(root)), "--out", str(root / "scores")]))
     runs.append(run_stage("clean", ["clean", "--in", str(root / "poisoned"), "--scores", str(root / "scores"),
+                                    "--decision", "top_fraction:detector=default,fraction=0.02",
                                     "--out", str(root / "cleaned")]))
     runs.append(run_stage("recall", ["recall", "--scores", str(root / "scores"), "--manifest",
                                      str(root / "poisoned"), "--out", str(root / "recall"), "--json"]))

@@ -220,7 +220,8 @@ def knn_among(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, k: i
     ids = np.empty((len(queries), k), np.int64)
     for start, end in _chunks(len(queries), params.chunk):
         sims, found = index.search(queries[start:end], k + 1)
-        kept_ids, kept_sims, _ = _drop_self(found, sims, np.asarray(query_pos[start:end], np.int64), None, k)
+        kept_sims, kept_ids, _ = drop_excluded(sims, found.astype(np.int64, copy=False),
+                                               np.asarray(query_pos[start:end], np.int64), None, k)
         ids[start:end], dist[start:end] = kept_ids, ip_to_distance(kept_sims)
     return dist, ids
 
