@@ -17,7 +17,8 @@ TINY = {
     "data": {"synth": {"samples": 480, "samples_per_shard": 120, "eval_per_class": 2}},
     "attacks": [{"attack": "badnets", "target": "red circle", "count": 12}],
     "train": {"epochs": 1, "batch_size": 48, "lr": 5e-4, "shuffle_buffer": 100},
-    "detect": {"detectors": [{"name": "kdist", "id": "kdist_k8", "params": {"k": 8}}, {"name": "clip_score"}]},
+    "detect": {"detectors": [{"name": "kdist", "id": "kdist_k8", "params": {"k": 8}}, {"name": "clip_score"},
+                             {"name": "default"}]},
     "clean": {"budget": 0.05},
     "baseline": True,
 }
@@ -50,7 +51,7 @@ def test_every_step_leaves_outputs_and_a_report(finished: tuple[Path, dict]) -> 
     assert clean["detector"] == "kdist_k8" and not clean["oracle"]  # the recipe's first detector: no manifest used
     assert 0 <= clean["poisoned_removed"] <= 12
     detection = result["steps"]["detect"]["detectors"]
-    assert set(detection) == {"kdist_k8", "clip_score"} and all(0 <= d["auroc"] <= 1 for d in detection.values())
+    assert set(detection) == {"kdist_k8", "clip_score", "default"} and all(0 <= d["auroc"] <= 1 for d in detection.values())
     models = {row["model"] for row in result["table"]}
     assert models == {"victim", "baseline", "cleaned"}
     md = (out / "report" / "report.md").read_text()

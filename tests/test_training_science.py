@@ -37,6 +37,10 @@ def test_badnets_is_learned_then_removed_by_cleaning(badnets_experiment: dict[st
     assert detectors["kdist_k400"]["recall_at_budget"] >= 0.95  # the top 2% by kdist hold >= 95% of the poison
     assert detectors["dao_k400"]["auroc"] >= 0.98
     assert detectors["clip_score"]["auroc"] <= 0.6
+    # the rate-free default (no k, rate or trigger chosen for this attack) finds it too: measured 0.995 and
+    # 0.95 on this victim (benchmarks/results/2026-12-03-default-detector.md)
+    assert detectors["default"]["auroc"] >= 0.98
+    assert detectors["default"]["recall_at_budget"] >= 0.9
     # cleaning at a 2% budget with the detector the recipe names removes it, and costs (almost) no accuracy
     clean = steps["clean"]
     assert clean["detector"] == "kdist_k400" and not clean["oracle"]

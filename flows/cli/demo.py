@@ -21,7 +21,8 @@ DEMO_RECIPE: dict[str, Any] = {
     "data": {"synth": {"samples": 4000, "image_size": 32, "samples_per_shard": 1000, "eval_per_class": 20}},
     "attacks": [{"attack": "badnets", "target": "red circle", "rate": 0.01}],
     "train": {"model": "poisonlab-tiny-32", "epochs": 4, "batch_size": 64, "lr": 0.002, "warmup_steps": 20},
-    "detect": {"detectors": [{"name": "kdist", "id": "kdist_k100", "params": {"k": 100}}, {"name": "clip_score"}]},
+    "detect": {"detectors": [{"name": "kdist", "id": "kdist_k100", "params": {"k": 100}}, {"name": "clip_score"},
+                             {"name": "default"}]},
     "clean": {"budget": 0.02, "detector": "kdist_k100"},
     "baseline": False,
 }
