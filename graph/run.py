@@ -19,6 +19,7 @@ from poisonlab.shards.layout import atomic_path, atomic_write_text
 
 GRAPH_ARCH = "graph_clip"
 GRAPH_EMBEDDER = "graph_clip"
+GRAPH_EVALUATOR = "graph_clip"
 
 
 @dataclasses.dataclass
@@ -39,7 +40,8 @@ def save_graph_run(model: GraphClip, run_dir: Path, extra: dict[str, Any] | None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(run_dir / CHECKPOINT_NAME) as tmp:
         save_file(state, str(tmp))
-    meta = {"arch": GRAPH_ARCH, "graph_cfg": model.cfg.to_dict(), "embedder": GRAPH_EMBEDDER, **(extra or {})}
+    meta = {"arch": GRAPH_ARCH, "graph_cfg": model.cfg.to_dict(), "embedder": GRAPH_EMBEDDER,
+            "evaluator": GRAPH_EVALUATOR, **(extra or {})}
     atomic_write_text(run_dir / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))
     return run_dir / CHECKPOINT_NAME
 

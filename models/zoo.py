@@ -82,14 +82,14 @@ class ModelSpec:
         return None
 
 
-def run_embedder(run_dir: Path) -> str | None:
-    """The embedder a run folder records as the one that reads it (``model_config.json``'s ``embedder``:
-    an adapter's run, e.g. a graph CLIP); None for an open_clip run or anything unreadable."""
+def run_component(run_dir: Path, role: str) -> str | None:
+    """The component a run folder records for a role (``model_config.json``'s ``embedder``, ``evaluator``:
+    an adapter's run, e.g. a graph CLIP, names its own); None for an open_clip run or anything unreadable."""
     try:
         meta = json.loads((Path(run_dir) / CONFIG_NAME).read_text())
     except (OSError, ValueError):
         return None
-    name = meta.get("embedder") if isinstance(meta, dict) else None
+    name = meta.get(role) if isinstance(meta, dict) else None
     return name if isinstance(name, str) and name else None
 
 

@@ -72,11 +72,11 @@ def _input_errors():  # type: ignore[no-untyped-def]
 
 def _embedder(embedder: str | None, run: Path | None) -> str:
     """The embedder asked for; else the one the run folder records (a graph run: graph_clip); else open_clip."""
-    from poisonlab.models.zoo import run_embedder
+    from poisonlab.models.zoo import run_component
 
     if embedder:
         return embedder
-    return (run_embedder(run) if run is not None else None) or DEFAULT_EMBEDDER
+    return (run_component(run, "embedder") if run is not None else None) or DEFAULT_EMBEDDER
 
 
 def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ignore[no-untyped-def]
