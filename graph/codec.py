@@ -60,3 +60,16 @@ class GraphTextCodec:
 
     def collate(self, items: Sequence[tuple[GraphItem, str]]) -> dict[str, Any]:
         return {"graphs": to_batch([graph for graph, _ in items]), "texts": self.tokens([t for _, t in items])}
+
+
+@dataclasses.dataclass
+class GraphOnlyCodec:
+    """Decode graph samples, descriptions ignored, and collate ``graphs`` (graph-only contrastive learning)."""
+
+    in_features: int
+
+    def decode(self, sample: Sample) -> GraphItem:
+        return graph_arrays(sample.payload, self.in_features)
+
+    def collate(self, items: Sequence[GraphItem]) -> dict[str, Any]:
+        return {"graphs": to_batch(list(items))}

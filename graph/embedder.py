@@ -59,7 +59,8 @@ class GraphClipEmbedder(Embedder):
 
     def dims(self) -> dict[str, int]:
         self.setup()
-        return {space: self.loaded.cfg.embed_dim for space in self.spaces}
+        spaces = self.spaces if self.loaded.model.has_text else ("graph",)
+        return {space: self.loaded.cfg.embed_dim for space in spaces}
 
     def decode(self, sample: Sample) -> Decoded:
         from poisonlab.graph.codec import graph_arrays
@@ -74,6 +75,8 @@ class GraphClipEmbedder(Embedder):
                 out.inputs["graph"] = graph_arrays(sample.payload, self.loaded.cfg.in_features)
             except SkipSample as exc:
                 out.missing.append(str(exc))
+        if not self.loaded.model.has_text:
+            return out  # a graph-only model writes no text space
         if sample.text and sample.text.strip():
             out.inputs["text"] = sample.text
         else:

@@ -113,7 +113,9 @@ def _attack(attack_from: Path, attack_id: str | None) -> Any:
 
 
 def _attack_metrics(spec: Any, split: GraphEvalSplit, loaded: LoadedGraphModel, dev: torch.device,
-                    weights: torch.Tensor, clean_preds: np.ndarray, probe: Any, is_train: np.ndarray) -> dict[str, Any]:
+                    weights: torch.Tensor | None, clean_preds: np.ndarray | None, probe: Any,
+                    is_train: np.ndarray) -> dict[str, Any]:
+    """ASR (zero-shot: models with a text tower) and probe ASR of the triggered non-target graphs."""
     try:
         target = split.classnames.index(spec.target)
     except ValueError:
@@ -121,14 +123,24 @@ def _attack_metrics(spec: Any, split: GraphEvalSplit, loaded: LoadedGraphModel, 
     rows = [i for i in range(len(split.samples)) if split.labels[i] != target]
     triggered = [spec.apply_sample(split.samples[i]) for i in rows]
     feats = graph_features(loaded, triggered, dev)
-    out: dict[str, Any] = {"name": spec.name, "target": spec.target,
-                           "asr": {**image_asr(predict(feats, weights), clean_preds[rows], target),
-                                   "definition": ASR_DEFINITION.replace("images", "graphs")}}
+    out: dict[str, Any] = {"name": spec.name, "target": spec.target}
+    if weights is not None and clean_preds is not None:
+        out["asr"] = {**image_asr(predict(feats, weights), clean_preds[rows], target),
+                      "definition": ASR_DEFINITION.replace("images", "graphs")}
     test = [j for j, i in enumerate(rows) if not is_train[i]]
     if probe is not None and test:
         hits = probe.predict(feats.numpy()[test]) == target
         out["probe_asr"] = {"value": float(hits.mean()), "n": len(test), "definition": PROBE_ASR_DEFINITION}
     return out
+
+
+def _zero_shot(loaded: LoadedGraphModel, split: GraphEvalSplit, feats: torch.Tensor,
+               dev: torch.device) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """Class weights from the split's templates and the predictions; (None, None) without a text tower."""
+    if not loaded.model.has_text:
+        return None, None
+    weights = zero_shot_weights(loaded.model, loaded.tokenizer, split.classnames, split.templates, dev)
+    return weights, predict(feats, weights)
 
 
 def evaluate_graph_run(run_dir: Path, eval_dir: Path, attack_from: Path | None = None, attack_id: str | None = None,
@@ -147,13 +159,13 @@ def evaluate_graph_run(run_dir: Path, eval_dir: Path, attack_from: Path | None =
     except DatasetMismatchError as exc:
         raise EvalError(str(exc)) from None
     feats = graph_features(loaded, split.samples, dev)
-    weights = zero_shot_weights(loaded.model, loaded.tokenizer, split.classnames, split.templates, dev)
-    preds = predict(feats, weights)
+    weights, preds = _zero_shot(loaded, split, feats, dev)
     probe, is_train = fit_probe(feats.numpy(), split.labels, split.keys, seed=probe_seed)
     result: dict[str, Any] = {
         "run": str(run_dir), "eval": str(eval_dir), "unit": "graphs", "graphs": len(split.samples),
         "classes": len(split.classnames), "skipped": split.skipped, "warnings": warnings,
-        "zero_shot": {"top1": float((preds == split.labels).mean()), "n": len(split.samples)},
+        "zero_shot": ({"top1": float((preds == split.labels).mean()), "n": len(split.samples)} if preds is not None
+                      else {"top1": float("nan"), "n": 0, "note": "a graph-only model (no text tower): no zero-shot"}),
         "linear_probe": linear_probe_accuracy(feats.numpy(), split.labels, split.keys, seed=probe_seed)}
     if spec is not None:
         result["attack"] = {"source": str(attack_from),

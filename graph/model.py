@@ -33,6 +33,7 @@ class GraphClipConfig:
     text_heads: int = 4
     context_length: int = 32
     init_logit_scale: float = math.log(1 / 0.07)
+    text: bool = True  # False: a graph-only encoder (GraphCL), no text tower
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GraphClipConfig:
@@ -75,21 +76,28 @@ def build_text_tower(cfg: GraphClipConfig) -> nn.Module:
 
 
 class GraphClip(nn.Module):
-    """``forward(graphs, texts)`` returns normalised graph and text features and the learned scale, the
+    """A graph encoder with (``cfg.text``) or without a text tower. ``forward(graphs, texts)`` returns normalised graph and text features and the learned scale, the
     triple open_clip's ``ClipLoss`` takes, so the image CLIP's loss is used unchanged."""
 
     def __init__(self, cfg: GraphClipConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.graph = GraphEncoder(cfg)
-        self.text = build_text_tower(cfg)
+        self.text = build_text_tower(cfg) if cfg.text else None
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
 
     def encode_graph(self, graphs: Any, normalize: bool = True) -> torch.Tensor:
         out = self.graph(graphs)
         return nn.functional.normalize(out, dim=-1) if normalize else out
 
+    @property
+    def has_text(self) -> bool:
+        """Capability: whether descriptions can be embedded (zero-shot needs it)."""
+        return self.text is not None
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if self.text is None:
+            raise ValueError("this graph model was trained without a text tower (graph-only contrastive learning)")
         out = self.text(tokens)
         return nn.functional.normalize(out, dim=-1) if normalize else out
 

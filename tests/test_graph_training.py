@@ -88,3 +88,49 @@ def test_the_command_line_trains_graphs_and_refuses_images_in_one_line(cli, grap
     assert is_graph_run(tmp_path / "ok")
     res = cli.invoke(app, [*args, "--in", str(tiny_shards), "--out", str(tmp_path / "bad")])
     one_line_error(res, "graph_clip", "npz")
+
+
+CL_SMALL = {"gin_hidden": 32, "embed_dim": 32, "rate": 0.2}
+
+
+def test_graphcl_views_change_the_batch_but_keep_it_valid(graph_shards: Path) -> None:
+    from poisonlab.graph.augment import AUGMENTATIONS, GraphView
+    from poisonlab.graph.codec import graph_arrays, to_batch
+    from poisonlab.shards.reader import read_shard
+    from poisonlab.training.data import read_policy
+
+    samples = list(read_shard(graph_shards, "00000", read_policy(graph_shards)))[:8]
+    view = GraphView.of(to_batch([graph_arrays(s.payload, 12) for s in samples]))
+    torch.manual_seed(0)
+    for name, augment in AUGMENTATIONS.items():
+        out = augment(view, 0.3)
+        changed = (out.x.shape != view.x.shape or out.edge_index.shape != view.edge_index.shape
+                   or not torch.equal(out.x, view.x) or not torch.equal(out.edge_index, view.edge_index))
+        assert changed, name
+        assert out.edge_index.numel() == 0 or int(out.edge_index.max()) < out.x.shape[0], name
+        assert torch.equal(out.batch[out.edge_index[0]], out.batch[out.edge_index[1]]), name  # edges stay inside graphs
+        assert out.num_graphs == 8
+
+
+def test_graphcl_trains_deterministically_and_its_run_has_only_a_graph_space(graph_shards: Path, tmp_path: Path) -> None:
+    settings = graph_settings(objective="graphcl", objective_params=CL_SMALL, epochs=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(graph_shards, a, settings, progress=False)
+    train_run(graph_shards, b, settings, progress=False)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    loaded = load_graph_run(a)
+    assert not loaded.model.has_text and not any(k.startswith("text.") for k in loaded.model.state_dict())
+    steps = pd.read_csv(a / "metrics_steps.csv")
+    assert steps["loss"].notna().all() and len(steps) == 84 // 14
+    from poisonlab.training.evaluation import evaluate_run
+
+    result = evaluate_run(a, graph_shards / "eval", device="cpu")
+    assert result["zero_shot"]["n"] == 0 and result["linear_probe"]["train"] + result["linear_probe"]["test"] == 14
+
+
+def test_graphcl_refuses_unknown_augmentations(graph_shards: Path, tmp_path: Path) -> None:
+    from poisonlab.pipelines.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="augmentations must be some of.*rotate"):
+        train_run(graph_shards, tmp_path / "r", graph_settings(objective="graphcl",
+                  objective_params={"augmentations": "drop_nodes,rotate"}), progress=False)

@@ -133,7 +133,7 @@ def _attack_metrics(attack: AttackUnderTest, target: int, split: EvalSplit, mode
 def headline(result: dict[str, Any]) -> dict[str, float | None]:
     """The numbers experiments compare: zero-shot top-1 and the attack's main success measure."""
     attack = result.get("attack") or {}
-    success = next((attack[k]["value"] for k in ("asr", "text_asr", "targeted") if k in attack), None)
+    success = next((attack[k]["value"] for k in ("asr", "text_asr", "targeted", "probe_asr") if k in attack), None)
     return {"zero_shot": result["zero_shot"]["top1"], "attack_success": success,
             "linear_probe": result["linear_probe"]["accuracy"]}
 
