@@ -60,3 +60,18 @@ def test_a_detector_on_the_image_space_of_a_graph_store_is_a_one_line_error(cli,
                                                                              tmp_path: Path) -> None:
     res = cli.invoke(app, ["scan", str(graph_store), "--out", str(tmp_path / "s"), "--detector", "kdist:k=4"])
     one_line_error(res, "image")
+
+
+def test_a_graph_only_run_embeds_only_the_graph_space(cli, graph_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "cl"
+    settings = TrainSettings(objective="graphcl", objective_params={"gin_hidden": 16, "embed_dim": 16}, epochs=1,
+                             batch_size=14, workers=0, threads=1, device="cpu")
+    train_run(graph_shards, run, settings, progress=False)
+    res = cli.invoke(app, ["embed", str(graph_shards), "--out", str(tmp_path / "emb"), "--run", str(run), "--device",
+                           "cpu", "--executor", "local", "--json"])
+    assert res.exit_code == 0, res.output
+    store = Path(json.loads(res.stdout)["store"])
+    assert read_info(store).spaces == {"graph": 16}
+    res = cli.invoke(app, ["scan", str(store), "--out", str(tmp_path / "scores"), "--detector", "kdist:k=4,space=graph",
+                           "--json"])
+    assert res.exit_code == 0, res.output
