@@ -141,7 +141,7 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
 def format_evaluation(result: dict[str, Any]) -> str:
     unit = result.get("unit", "images")
     lines = [f"evaluation of {result['run']} on {result['eval']} ({result[unit]} {unit}, {result['classes']} classes)",
-             f"  zero-shot top-1 accuracy : {result['zero_shot']['top1']:.4f}",
+             f"  zero-shot top-1 accuracy : {result['zero_shot'].get('note') or format(result['zero_shot']['top1'], '.4f')}",
              f"  linear-probe accuracy    : {result['linear_probe']['accuracy']:.4f} "
              f"(train {result['linear_probe']['train']} / test {result['linear_probe']['test']}, keyed split)"]
     if "retrieval" in result:
