@@ -82,6 +82,17 @@ class ModelSpec:
         return None
 
 
+def run_component(run_dir: Path, role: str) -> str | None:
+    """The component a run folder records for a role (``model_config.json``'s ``embedder``, ``evaluator``:
+    an adapter's run, e.g. a graph CLIP, names its own); None for an open_clip run or anything unreadable."""
+    try:
+        meta = json.loads((Path(run_dir) / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    name = meta.get(role) if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 @dataclasses.dataclass
 class LoadedModel:
     """A model ready for inference, with the matching preprocessing and tokenizer."""

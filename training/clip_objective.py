@@ -12,6 +12,7 @@ from pydantic import Field
 
 from poisonlab.models.zoo import CHECKPOINT_NAME, ModelSpec, load_model, read_state_dict, save_checkpoint
 from poisonlab.pipelines.registry import Params
+from poisonlab.shards.images import IMAGE_EXTENSIONS
 from poisonlab.training.config import TrainSettings
 from poisonlab.training.image_codec import ImageCaptionCodec, ImageFormat, TokenCache
 from poisonlab.training.objectives import OBJECTIVES, Built, LossOutput
@@ -25,6 +26,7 @@ class ClipObjective:
     """Contrastive image-caption pretraining as open_clip_train does it (symmetric InfoNCE, learned scale)."""
 
     step_logs = ("logit_scale",)
+    payload_extensions = IMAGE_EXTENSIONS  # capability: the shard payloads this objective trains on
 
     def __init__(self, params: ClipParams) -> None:
         self.max_log_scale = math.log(params.max_logit_scale)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model
+from poisonlab.models.zoo import CheckpointError, ModelSpec, load_model, run_component
+from poisonlab.pipelines.registry import get_registry
 from poisonlab.shards.fingerprint import DatasetMismatchError
 from poisonlab.training.attack_eval import (
     AttackUnderTest,
@@ -30,6 +31,9 @@ from poisonlab.training.lineage import check_attack_of_run
 from poisonlab.training.precision import pick_device
 from poisonlab.training.probe import linear_probe_accuracy
 from poisonlab.training.retrieval import recall_at_k
+
+# Evaluators of runs an adapter trained (a graph CLIP): a run names its own in model_config.json.
+RUN_EVALUATORS = get_registry("run_evaluator")
 
 
 def load_run_model(run_dir: Path | ModelSpec, device: torch.device):  # type: ignore[no-untyped-def]
@@ -73,7 +77,12 @@ def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | 
     """Every metric the split allows; attack metrics only when ``attack_from`` names an attack, which must
     be an attack of the run's own dataset (``training.lineage``; ``force`` measures another's anyway).
 
-    ``run_dir`` is a run folder or a ``ModelSpec`` (a model trained elsewhere, e.g. by open_clip_train)."""
+    ``run_dir`` is a run folder or a ``ModelSpec`` (a model trained elsewhere, e.g. by open_clip_train).
+    A run that names a registered evaluator (``run_evaluator``: a graph run) is measured by it."""
+    evaluator = None if isinstance(run_dir, ModelSpec) else run_component(Path(run_dir), "evaluator")
+    if evaluator is not None:
+        measure = RUN_EVALUATORS.create(evaluator, {})
+        return measure(Path(run_dir), Path(eval_dir), attack_from, attack_id, device, probe_seed, force)
     started = time.perf_counter()
     split = load_eval_split(Path(eval_dir))  # bad splits fail before the model is built
     attack = load_attack_under_test(attack_from, attack_id) if attack_from is not None else None
@@ -124,14 +133,15 @@ def _attack_metrics(attack: AttackUnderTest, target: int, split: EvalSplit, mode
 def headline(result: dict[str, Any]) -> dict[str, float | None]:
     """The numbers experiments compare: zero-shot top-1 and the attack's main success measure."""
     attack = result.get("attack") or {}
-    success = next((attack[k]["value"] for k in ("asr", "text_asr", "targeted") if k in attack), None)
+    success = next((attack[k]["value"] for k in ("asr", "text_asr", "targeted", "probe_asr") if k in attack), None)
     return {"zero_shot": result["zero_shot"]["top1"], "attack_success": success,
             "linear_probe": result["linear_probe"]["accuracy"]}
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
-    lines = [f"evaluation of {result['run']} on {result['eval']} ({result['images']} images, {result['classes']} classes)",
-             f"  zero-shot top-1 accuracy : {result['zero_shot']['top1']:.4f}",
+    unit = result.get("unit", "images")
+    lines = [f"evaluation of {result['run']} on {result['eval']} ({result[unit]} {unit}, {result['classes']} classes)",
+             f"  zero-shot top-1 accuracy : {result['zero_shot'].get('note') or format(result['zero_shot']['top1'], '.4f')}",
              f"  linear-probe accuracy    : {result['linear_probe']['accuracy']:.4f} "
              f"(train {result['linear_probe']['train']} / test {result['linear_probe']['test']}, keyed split)"]
     if "retrieval" in result:
@@ -141,11 +151,12 @@ def format_evaluation(result: dict[str, Any]) -> str:
     attack = result.get("attack")
     if attack:
         lines.append(f"  attack {attack['name']} -> target {attack['target']!r} (from {attack['source']})")
-        for key, label in (("asr", "ASR"), ("text_asr", "text ASR"), ("targeted", "targeted success")):
+        for key, label in (("asr", "ASR"), ("text_asr", "text ASR"), ("targeted", "targeted success"),
+                           ("probe_asr", "probe ASR")):
             if key in attack:
                 m = attack[key]
                 extra = f", untriggered rate {m['clean_target_rate']:.4f}" if "clean_target_rate" in m else ""
-                lines.append(f"  {label:<25}: {m['value']:.4f} over {m['n']} images{extra}")
+                lines.append(f"  {label:<25}: {m['value']:.4f} over {m['n']} {unit}{extra}")
                 lines.append(f"    ({m['definition']})")
     if result.get("skipped"):
         lines.append(f"  skipped evaluation samples: {result['skipped']}")

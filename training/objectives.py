@@ -63,6 +63,8 @@ class TrainingObjective(Protocol):
     """A registered way of training; the factory receives the objective's validated parameters."""
 
     step_logs: tuple[str, ...]  # names of ``LossOutput.logs``: columns of the step metrics table
+    # Optional capability (not part of the protocol check): ``payload_extensions``, the shard payloads the
+    # objective trains on; a run on shards of another modality is refused before any work (``session``).
 
     def build(self, settings: TrainSettings) -> Built:
         """A fresh model (initialised from torch's global generator, which the loop seeds) and its codec."""

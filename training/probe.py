@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from poisonlab.pipelines.keyed import keyed_uniform
@@ -23,12 +23,22 @@ def probe_split(keys: Sequence[str], train_fraction: float = 0.6, seed: int = 0)
     return np.asarray([keyed_uniform(seed, PROBE_STAGE, k) < train_fraction for k in keys], dtype=bool)
 
 
-def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
-                          train_fraction: float = 0.6, seed: int = 0) -> dict[str, float | int]:
+def fit_probe(features: np.ndarray, labels: np.ndarray, keys: Sequence[str], train_fraction: float = 0.6,
+              seed: int = 0) -> tuple[Pipeline | None, np.ndarray]:
+    """The probe fitted on the keyed train part (None when that part cannot train one) and the split mask:
+    kept, so a backdoor can be measured through the same probe (probe ASR)."""
     is_train = probe_split(keys, train_fraction, seed)
     if is_train.all() or not is_train.any() or len(np.unique(labels[is_train])) < 2:
-        return {"accuracy": float("nan"), "train": int(is_train.sum()), "test": int((~is_train).sum())}
+        return None, is_train
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
     clf.fit(features[is_train], labels[is_train])
+    return clf, is_train
+
+
+def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
+                          train_fraction: float = 0.6, seed: int = 0) -> dict[str, float | int]:
+    clf, is_train = fit_probe(features, labels, keys, train_fraction, seed)
+    if clf is None:
+        return {"accuracy": float("nan"), "train": int(is_train.sum()), "test": int((~is_train).sum())}
     accuracy = float((clf.predict(features[~is_train]) == labels[~is_train]).mean())
     return {"accuracy": accuracy, "train": int(is_train.sum()), "test": int((~is_train).sum())}

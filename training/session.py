@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from poisonlab.shards.reader import ReadPolicy
 from poisonlab.training.config import TrainSettings
-from poisonlab.training.data import ShardSet, StreamSpec, read_policy
+from poisonlab.training.data import DataError, ShardSet, StreamSpec, read_policy
 from poisonlab.training.objectives import Built, TrainingObjective, get_objective
 from poisonlab.training.precision import adamw, autocast_for, pick_device
 from poisonlab.training.schedule import CosineWarmup
@@ -65,14 +67,26 @@ def torch_runtime(settings: TrainSettings) -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
+def check_payloads(objective: TrainingObjective, policy: ReadPolicy, settings: TrainSettings, directory: Path) -> None:
+    """Refuse, in one line and before any work, shards whose payloads the objective cannot read (a graph
+    objective on image shards, CLIP on graphs). Asked of the objective's declared ``payload_extensions``
+    (an optional capability: an objective that declares none reads whatever its codec accepts)."""
+    wanted = getattr(objective, "payload_extensions", None)
+    if wanted is not None and not set(wanted) & set(policy.payload_extensions):
+        raise DataError(f"objective {settings.objective!r} trains on .{'/.'.join(sorted(wanted))} payloads, but "
+                        f"{directory} holds .{'/.'.join(sorted(policy.payload_extensions))} (its dataset.json modality)")
+
+
 def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState | None = None,
                  objective: TrainingObjective | None = None) -> Session:
     """Build the objective's model (seeded) and the optimiser, then load ``state`` into them if given."""
     device = pick_device(settings.device)
+    policy = read_policy(shard_set.directory, settings.max_pixels)
     stream = StreamSpec(shard_set, settings.batch_size, settings.seed, settings.shuffle_buffer, settings.workers,
-                        policy=read_policy(shard_set.directory, settings.max_pixels))
-    torch.manual_seed(settings.seed)  # a fresh model's initial weights
+                        policy=policy)
     objective = objective or get_objective(settings)
+    check_payloads(objective, policy, settings, shard_set.directory)
+    torch.manual_seed(settings.seed)  # a fresh model's initial weights
     built = objective.build(settings)
     if state is not None:
         built.model.load_state_dict(state.weights)

@@ -37,8 +37,9 @@ ArchOpt = typer.Option(None, "--arch", "--model", help="open_clip architecture, 
                        "or a JSON file")
 WeightsOpt = typer.Option(None, "--weights", "--pretrained", help="open_clip pretrained tag, .safetensors or "
                           "weights-only .pt file")
-EmbedderOpt = typer.Option(DEFAULT_EMBEDDER, "--embedder", help="name[:key=value,...] of a registered embedder "
-                           "(default open_clip, which takes --arch/--weights/--run); see `poisonlab components embedder`")
+EmbedderOpt = typer.Option(None, "--embedder", help="name[:key=value,...] of a registered embedder (default: the one "
+                           "--run records, e.g. graph_clip, else open_clip, which takes --arch/--weights/--run); see "
+                           "`poisonlab components embedder`")
 RunOpt = typer.Option(None, "--run", help="a poisonlab training run folder (model.safetensors + model_config.json)")
 DetectorOpt = typer.Option(None, "--detector", metavar="<spec>", help="[column=]name[:key=value,...], one detector per "
                            "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50 --detector "
@@ -71,6 +72,15 @@ def _input_errors():  # type: ignore[no-untyped-def]
         yield
     except INPUT_ERRORS as exc:
         fail(str(exc).strip("'\""))
+
+
+def _embedder(embedder: str | None, run: Path | None) -> str:
+    """The embedder asked for; else the one the run folder records (a graph run: graph_clip); else open_clip."""
+    from poisonlab.models.zoo import run_component
+
+    if embedder:
+        return embedder
+    return (run_component(run, "embedder") if run is not None else None) or DEFAULT_EMBEDDER
 
 
 def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ignore[no-untyped-def]
@@ -111,7 +121,7 @@ def embed(
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
-    embedder: str = EmbedderOpt,
+    embedder: str | None = EmbedderOpt,
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     dtype: StoreDtype = typer.Option("float32", "--dtype", help="storage dtype of the embeddings"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available)"),
@@ -124,6 +134,7 @@ def embed(
 
     outputs.guard(out, "embeddings", shards)
     with _input_errors():
+        embedder = _embedder(embedder, run)
         result = embed_folder(shards, out, _model(arch, weights, run, embedder), options.runner,
                               batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
     outputs.done(out, "embeddings")
@@ -216,7 +227,7 @@ def sanitize(
     arch: str | None = ArchOpt,
     weights: str | None = WeightsOpt,
     run: Path | None = RunOpt,
-    embedder: str = EmbedderOpt,
+    embedder: str | None = EmbedderOpt,
     detector: list[str] | None = DetectorOpt,
     excluded_out: Path | None = ExcludedOutOpt,
     keep_excluded: bool = typer.Option(False, "--keep-excluded", hidden=True,
@@ -239,6 +250,7 @@ def sanitize(
     outputs.done(out, "sanitize")  # a folder of folders: recorded first, so a killed run resumes
 
     with _input_errors():
+        embedder = _embedder(embedder, run)
         result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
                               options.runner, excluded_out=excluded_out, batch_size=batch_size, embedder=embedder)
     for folder, kind in parts.items():

@@ -23,6 +23,10 @@ Precision = choice(PRECISIONS)
 def train(
     shards: Path = typer.Option(..., "--in", help="shard folder (NNNNN.tar + sidecars)"),
     model: str = typer.Option("poisonlab-tiny-32", "--model", "--arch", help="open_clip architecture name or JSON config"),
+    objective: str = typer.Option("clip", "--objective", help="registered training objective (clip, graph_clip; "
+                                  "`poisonlab components objective`)"),
+    objective_param: list[str] = typer.Option([], "--objective-param", help="KEY=VALUE parameter of the objective "
+                                              "(repeatable; e.g. gin_layers=3)"),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=2),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
@@ -41,17 +45,18 @@ def train(
     from pydantic import ValidationError
 
     from poisonlab.models.zoo import CheckpointError
+    from poisonlab.pipelines.registry import RegistryError
     from poisonlab.training import TrainSettings, train_run
     from poisonlab.training.checkpoint import ResumeError
     from poisonlab.training.data import DataError
 
     try:
-        settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                 weight_decay=weight_decay, warmup_steps=warmup_steps, workers=data_workers,
+        settings = TrainSettings(objective=objective, objective_params=_key_values(objective_param), model=model,
+                                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, weight_decay=weight_decay, warmup_steps=warmup_steps, workers=data_workers,
                                  device=device, precision=precision)  # type: ignore[arg-type]
         outputs.guard(out, "run", shards)
         result = train_run(shards, out, settings, resume=resume, progress=not as_json)
-    except (ValidationError, DataError, ResumeError, CheckpointError, ValueError) as exc:
+    except (ValidationError, DataError, ResumeError, CheckpointError, RegistryError, ValueError) as exc:
         fail(str(exc))
     outputs.done(out, "run")
     skipped = sum(result.skipped.values())
@@ -59,6 +64,17 @@ def train(
          f"trained {result.epochs} epochs ({result.steps} steps, {result.samples} pairs) in {result.seconds:.0f}s: "
          f"{result.pairs_per_s:,.0f} pairs/s on {result.device}, final loss {result.final_loss:.4f}; "
          f"skipped {skipped} samples {result.skipped if skipped else ''}; run in {out}")
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict (values are validated by the objective's parameter model)."""
+    pairs = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--objective-param expects KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 @app.command()
