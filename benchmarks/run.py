@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import inspect
 import json
 import sys
 import traceback
@@ -77,13 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-k", dest="pattern", default=None)
     parser.add_argument("--json", dest="json_out", default=None, help="also write rows to this JSON file")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="input size, for the benchmarks whose run() takes one (bench_scale)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     rows: list[Row] = []
     failed = 0
     for path in _modules(args.pattern):
         try:
-            rows += _load(path).run(args.quick)
+            run = _load(path).run
+            sized = args.samples is not None and "samples" in inspect.signature(run).parameters
+            rows += run(args.quick, samples=args.samples) if sized else run(args.quick)
         except Exception:
             failed += 1
             traceback.print_exc()
