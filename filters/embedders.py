@@ -93,6 +93,21 @@ class Embedder(ABC):
         return {}
 
 
+class ModelEmbedder(Embedder):
+    """An embedder backed by a model loaded in ``setup`` (once per process) onto a device its params name."""
+
+    def __init__(self, params: BaseModel) -> None:
+        super().__init__(params)
+        self.loaded: Any = None
+
+    @property
+    def device(self) -> str:
+        """The params' device, or CUDA when there is one."""
+        import torch
+
+        return getattr(self.params, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def declared_spaces(name: str) -> tuple[str, ...]:
     """The spaces a registered embedder declares it can produce."""
     return tuple(getattr(EMBEDDERS.get(name).factory, "spaces", ()))

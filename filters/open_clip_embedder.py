@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from poisonlab.filters.embedders import EMBEDDERS, Decoded, Embedder
+from poisonlab.filters.embedders import EMBEDDERS, Decoded, ModelEmbedder
 from poisonlab.filters.store import file_digest
 from poisonlab.pipelines.registry import Params
 from poisonlab.pipelines.sample import Sample
@@ -58,22 +58,12 @@ _LOADED: dict[tuple, Any] = {}
 
 
 @EMBEDDERS.register("open_clip", OpenClipParams, summary="open_clip image and caption embeddings (spaces image, text)")
-class OpenClipEmbedder(Embedder):
+class OpenClipEmbedder(ModelEmbedder):
     """Image and caption embeddings from one open_clip model."""
 
     spaces = ("image", "text")
     payload_extensions = IMAGE_EXTENSIONS
     params: OpenClipParams
-
-    def __init__(self, params: OpenClipParams) -> None:
-        super().__init__(params)
-        self.loaded: Any = None
-
-    @property
-    def device(self) -> str:
-        import torch
-
-        return self.params.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def setup(self) -> None:
         """Load the model once per process (a per-process cache keyed by spec, device and seed)."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from poisonlab.filters.embedders import EMBEDDERS, Decoded, Embedder
+from poisonlab.filters.embedders import EMBEDDERS, Decoded, ModelEmbedder
 from poisonlab.filters.store import file_digest
 from poisonlab.pipelines.registry import Params
 from poisonlab.pipelines.sample import Sample
@@ -30,22 +30,12 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 @EMBEDDERS.register("graph_clip", GraphClipEmbedderParams, summary="graph CLIP run: graph and description "
                     "embeddings (spaces graph, text)")
-class GraphClipEmbedder(Embedder):
+class GraphClipEmbedder(ModelEmbedder):
     """Graph and description embeddings from one trained graph CLIP."""
 
     spaces = ("graph", "text")
     payload_extensions = GRAPH_EXTENSIONS
     params: GraphClipEmbedderParams
-
-    def __init__(self, params: GraphClipEmbedderParams) -> None:
-        super().__init__(params)
-        self.loaded: Any = None
-
-    @property
-    def device(self) -> str:
-        import torch
-
-        return self.params.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def setup(self) -> None:
         """Load the run once per process (a per-process cache keyed by run folder and device)."""

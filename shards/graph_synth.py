@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.graphs import encode_graph
-from poisonlab.shards.layout import atomic_write_json, shard_name
-from poisonlab.shards.synth import sample_key
+from poisonlab.shards.synth import SynthSource, sample_key, write_classes
 
 Edges = list[tuple[int, int]]
 
@@ -198,24 +198,16 @@ def make_graph_sample(spec: GraphSynthSpec, index: int, split: str = "train", la
 
 
 @dataclasses.dataclass(frozen=True)
-class GraphSynthSource:
-    """A shard source that generates shard ``NNNNN`` of a spec instead of reading it."""
+class GraphSynthSource(SynthSource):
+    """A shard source that generates shard ``NNNNN`` of a graph spec instead of reading it."""
 
-    spec: GraphSynthSpec
-    split: str = "train"
-    balanced: bool = False  # eval split: labels cycle through every class
+    spec: GraphSynthSpec  # type: ignore[assignment]
+    classes: ClassVar[int] = len(CLASSNAMES)
 
-    def __call__(self, shard: str, shard_errors: list[str]) -> Iterator[Sample]:
-        for index in self.spec.shard_range(int(shard)):
-            label = index % len(CLASSNAMES) if self.balanced else None
-            yield make_graph_sample(self.spec, index, self.split, label)
-
-    def shards(self) -> list[str]:
-        return [shard_name(i) for i in range(self.spec.shard_count())]
+    def make(self, index: int, label: int | None) -> Sample:
+        return make_graph_sample(self.spec, index, self.split, label)
 
 
 def write_graph_eval_metadata(directory: Path) -> Path:
     """``classes.json`` beside the eval shards: class names, zero-shot templates, the label key."""
-    path = Path(directory) / "classes.json"
-    atomic_write_json(path, {"classnames": list(CLASSNAMES), "templates": list(ZERO_SHOT_TEMPLATES), "label_key": "label"})
-    return path
+    return write_classes(directory, CLASSNAMES, ZERO_SHOT_TEMPLATES)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -230,23 +231,32 @@ def make_sample(spec: SynthSpec, index: int, split: str = "train", label: int | 
 
 @dataclasses.dataclass(frozen=True)
 class SynthSource:
-    """A shard source that generates shard ``NNNNN`` of a spec instead of reading it."""
+    """A shard source that generates shard ``NNNNN`` of a spec instead of reading it (generated datasets of
+    other modalities subclass it and override ``make`` and ``classes``)."""
 
     spec: SynthSpec
     split: str = "train"
     balanced: bool = False  # eval split: labels cycle through every class
+    classes: ClassVar[int] = len(CLASSNAMES)
+
+    def make(self, index: int, label: int | None) -> Sample:
+        return make_sample(self.spec, index, self.split, label)
 
     def __call__(self, shard: str, shard_errors: list[str]) -> Iterator[Sample]:
         for index in self.spec.shard_range(int(shard)):
-            label = index % len(CLASSNAMES) if self.balanced else None
-            yield make_sample(self.spec, index, self.split, label)
+            yield self.make(index, index % self.classes if self.balanced else None)
 
     def shards(self) -> list[str]:
         return [shard_name(i) for i in range(self.spec.shard_count())]
 
 
+def write_classes(directory: Path, classnames: Sequence[str], templates: Sequence[str]) -> Path:
+    """``classes.json`` beside the eval shards: class names, zero-shot templates, the label key."""
+    path = Path(directory) / "classes.json"
+    atomic_write_json(path, {"classnames": list(classnames), "templates": list(templates), "label_key": "label"})
+    return path
+
+
 def write_eval_metadata(directory: Path) -> Path:
     """``classes.json`` beside the eval shards: what zero-shot classification needs."""
-    path = Path(directory) / "classes.json"
-    atomic_write_json(path, {"classnames": list(CLASSNAMES), "templates": list(ZERO_SHOT_TEMPLATES), "label_key": "label"})
-    return path
+    return write_classes(directory, CLASSNAMES, ZERO_SHOT_TEMPLATES)
