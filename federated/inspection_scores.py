@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from poisonlab.federated.client_task import client_of, task_name
-from poisonlab.federated.experiment import ROLES_FILE, inspection_rows
+from poisonlab.federated.experiment import ROLES_FILE
 from poisonlab.federated.inspection import SCORES
 from poisonlab.federated.store import INSPECTION_FILE
 from poisonlab.filters.scores import ScoreTable
@@ -34,7 +36,7 @@ def inspection_score_table(run: Path) -> ScoreTable:
     rounds = sorted(Path(run).glob(f"rounds/*/{INSPECTION_FILE}"))
     if not rounds:
         raise FileNotFoundError(f"{run} holds no client inspection tables (rounds/*/{INSPECTION_FILE})")
-    table = inspection_rows(Path(run), len(rounds))
+    table = pa.concat_tables([pq.read_table(path) for path in rounds])
     keys = [task_name(int(r), int(c)) for r, c in zip(table.column("round").to_pylist(),
                                                       table.column("client").to_pylist(), strict=True)]
     columns = {name: np.asarray(table.column(name).to_pylist(), dtype=np.float64)
