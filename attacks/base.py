@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from poisonlab.attacks.assets import AssetRef
 from poisonlab.attacks.captions import CaptionSource
-from poisonlab.attacks.image_triggers import Trigger
+from poisonlab.attacks.image_triggers import PatternContext, Trigger
 from poisonlab.pipelines.registry import Params, get_registry
 from poisonlab.pipelines.sample import Sample
 
@@ -61,6 +62,7 @@ class Binding:
     captions: tuple[str, ...] = ()
     trigger: Trigger | None = None
     donors: tuple[Donor, ...] = ()
+    pattern: bytes | None = dataclasses.field(default=None, repr=False)  # the spec's asset (an optimised trigger)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,13 @@ class Attack(ABC):
     def trigger(self) -> Trigger | None:
         """The unbound image trigger, for attacks that have one."""
         return None
+
+    def pattern_asset(self, context: PatternContext) -> tuple[AssetRef, bytes] | None:
+        """The asset the run's spec carries for this attack (``Binding.pattern`` hands it back): the image
+        trigger's pattern by default; an attack that computes its trigger when the run is planned (an
+        optimised graph trigger) overrides this, so every worker and the evaluation use the saved bytes."""
+        trigger = self.trigger()
+        return trigger.pattern_asset(context) if trigger is not None else None
 
     def needs_target(self) -> bool:
         """Whether a target class is required with these parameters."""

@@ -111,6 +111,14 @@ def trigger_pairs(seed: int, salt: str, kind: str, size: int, density: float, ne
     return pairs
 
 
+def keyed_anchors(seed: int, salt: str, key: str, nodes: int, anchors: int) -> np.ndarray:
+    """The existing nodes a graph's trigger is linked to (sorted), keyed per graph."""
+    if not nodes:
+        return np.zeros(0, np.int64)
+    rng = keyed_rng(seed, f"{salt}/anchors", key)
+    return np.sort(rng.choice(nodes, size=min(anchors, nodes), replace=False))
+
+
 @ATTACKS.register("subgraph_trigger", SubgraphTriggerParams)
 class SubgraphTrigger(GraphTriggerAttack):
     """Attach a fixed trigger subgraph (complete, Erdős–Rényi or small-world) to keyed nodes of a graph."""
@@ -122,8 +130,7 @@ class SubgraphTrigger(GraphTriggerAttack):
         p = self.params
         pairs = trigger_pairs(binding.seed, binding.id, p.kind, p.size, p.density, p.neighbours)
         n, width = graph["x"].shape
-        rng = keyed_rng(binding.seed, f"{binding.id}/anchors", key)
-        anchors = np.sort(rng.choice(n, size=min(p.anchors, n), replace=False)) if n else np.zeros(0, np.int64)
+        anchors = keyed_anchors(binding.seed, binding.id, key, n, p.anchors)
         row = graph["x"].mean(axis=0) if p.node_features == "mean" and n else np.zeros(width, np.float32)
         features = np.repeat(row.astype(np.float32)[None, :], p.size, axis=0)
         out, placement = G.attach_subgraph(graph, pairs, p.size, anchors, features)
@@ -176,3 +183,7 @@ class FeatureTrigger(GraphTriggerAttack):
         out = G.set_features(graph, nodes, dims, values)
         return out, {"where": "features", "nodes": nodes.tolist(), "dims": dims.tolist(),
                      "values": [float(v) for v in values]}
+
+
+# The optimised trigger (GCBA-style) registers itself in the same registry.
+import poisonlab.attacks.optimised_graph_trigger  # noqa: E402,F401

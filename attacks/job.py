@@ -195,8 +195,7 @@ def prepare_poisoning(src: Path, dst: Path, recipe: Recipe, base_dir: Path | Non
             taken.update((c.shard, c.key) for c in modified[conf.id])
         captions = _caption_pool(conf, target, index, seed)
         pattern = None
-        trigger = attack.trigger()
-        made = trigger.pattern_asset(PatternContext(base_dir, src, target, seed, conf.id)) if trigger is not None else None
+        made = attack.pattern_asset(PatternContext(base_dir, src, target, seed, conf.id))
         if made is not None:
             pattern, data = made
             assets[pattern] = data

@@ -170,11 +170,12 @@ def bind(record: AttackRecord, spec: RunSpec, asset: Callable[[AssetRef], bytes]
     """Rebuild an attack and its binding from a record (the same in driver, workers and evaluation)."""
     attack = ATTACKS.create(record.attack, record.params)
     trigger = attack.trigger()
+    pattern = asset(record.pattern) if record.pattern else None
     if trigger is not None:
-        trigger = trigger.bind(spec.seed, record.id, asset(record.pattern) if record.pattern else None)
+        trigger = trigger.bind(spec.seed, record.id, pattern)
     donors = tuple(Donor(d.key, d.asset.ext, asset(d.asset), d.caption) for d in record.donors)
     binding = Binding(id=record.id, seed=spec.seed, target=record.target, run_id=spec.run_id, params=record.params,
-                      captions=record.captions, trigger=trigger, donors=donors)
+                      captions=record.captions, trigger=trigger, donors=donors, pattern=pattern)
     return attack, binding
 
 
@@ -210,9 +211,8 @@ def spec_from_recipe(path: Path, seed: int | None = None) -> tuple[RunSpec, dict
     for configured in configure(recipe):
         attack = configured.attack
         pattern = None
-        trigger = attack.trigger()
-        made = trigger.pattern_asset(PatternContext(Path(path).parent, None, configured.entry.target, recipe.seed,
-                                                    configured.id)) if trigger is not None else None
+        made = attack.pattern_asset(PatternContext(Path(path).parent, None, configured.entry.target, recipe.seed,
+                                                   configured.id))
         if made is not None:
             pattern, data = made
             assets[pattern] = data
