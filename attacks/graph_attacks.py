@@ -1,4 +1,5 @@
-"""The registered graph attacks: ``subgraph_trigger`` and ``feature_trigger`` (registry kind ``attack``).
+"""The registered graph attacks: ``subgraph_trigger`` and ``feature_trigger`` (registry kind ``attack``);
+``optimised_graph_trigger`` (its features optimised on a surrogate) builds on them in its own module.
 
 Both declare the ``payload_trigger`` capability and the ``graph`` modality, so the planner, ``poison``,
 the manifest and the evaluation-trigger job treat them like any other attack, with no name checks, and

@@ -28,7 +28,7 @@ import torch
 from poisonlab.attacks import captions as C
 from poisonlab.attacks import graph_triggers as G
 from poisonlab.attacks.assets import AssetError
-from poisonlab.attacks.patch_optimiser import _one_thread
+from poisonlab.attacks.patch_optimiser import one_thread
 from poisonlab.graph.codec import GraphItem, graph_arrays, to_batch
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.shards.graphs import decode_graph, encode_graph
@@ -126,6 +126,7 @@ def optimise_trigger(model: Any, graphs: Sequence[GraphItem], keys: Sequence[str
     clean = np.concatenate([x for x, _ in graphs])
     low, high = torch.from_numpy(clean.min(axis=0)), torch.from_numpy(clean.max(axis=0))
     start = clean.mean(axis=0) if problem.start == "mean" else np.zeros(clean.shape[1], np.float32)
+    start = np.clip(start, clean.min(axis=0), clean.max(axis=0)) if problem.in_range else start
     features = torch.tensor(np.repeat(start[None, :], problem.size, axis=0), dtype=torch.float32, requires_grad=True)
     base, copies = batch.x, len(graphs)
     model.eval()
@@ -138,7 +139,7 @@ def optimise_trigger(model: Any, graphs: Sequence[GraphItem], keys: Sequence[str
 
     optimiser = torch.optim.Adam([features], lr=problem.lr)
     losses: list[float] = []
-    with _one_thread():
+    with one_thread():
         for _ in range(problem.steps):
             loss = loss_of(features)
             optimiser.zero_grad()

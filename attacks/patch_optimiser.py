@@ -45,7 +45,7 @@ class PatchProblem:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """One torch thread while optimising: the float order, and so the patch's bytes, do not depend on the
     machine's core count; the caller's setting is put back."""
     before = torch.get_num_threads()
@@ -115,7 +115,7 @@ def optimise_patch(model: torch.nn.Module, images: np.ndarray, direction: torch.
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    with _one_thread():
+    with one_thread():
         for _ in range(problem.steps):
             batch = pixels[torch.from_numpy(order.choice(len(pixels), min(problem.batch, len(pixels)), replace=False))]
             patch = torch.sigmoid(logits)

@@ -80,4 +80,4 @@ def test_components_lists_every_attack(cli):
     res = cli.invoke(app, ["components", "attack", "--json"])
     names = {c["name"] for c in json.loads(res.output)["attack"]}
     assert names == {"badnets", "blended", "sig", "wanet", "text_trigger", "targeted", "label_consistent",
-                     "optimised_patch", "subgraph_trigger", "feature_trigger"}
+                     "optimised_patch", "subgraph_trigger", "feature_trigger", "optimised_graph_trigger"}

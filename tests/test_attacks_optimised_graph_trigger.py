@@ -91,7 +91,9 @@ def test_optimising_moves_triggered_graphs_toward_the_target(request: pytest.Fix
     assert features.shape == (8, 12) and features.dtype == np.float32 and len(losses) == 31
     before, after = 1 - losses[0], 1 - losses[-1]  # mean cosine to the target, initial vs optimised trigger
     assert after > before + 0.02, (which, before, after)
-    clean = np.concatenate([x for x, _ in sample_graphs(graph_shards, 24, 12, lambda c: False, False, 1, "a").others])
+    pattern = mention_pattern("house")
+    sampled = sample_graphs(graph_shards, 24, 12, lambda c: mentions(c, pattern), False, 1, "a").others
+    clean = np.concatenate([x for x, _ in sampled])  # the graphs optimised over: their range bounds the trigger
     assert np.all(features >= clean.min(axis=0) - 1e-6) and np.all(features <= clean.max(axis=0) + 1e-6)  # in range
     again, _ = _optimise(run_dir, graph_shards)
     assert again.tobytes() == features.tobytes()
