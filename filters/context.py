@@ -52,11 +52,19 @@ class ScanContext:
         """The neighbour graphs built so far (for reports and benchmarks)."""
         return dict(self._graphs)
 
+    def resolved(self, key: NeighbourhoodKey) -> NeighbourhoodKey:
+        """The key with its space named as stored (``sample`` is the payload's own), so detectors that say
+        ``sample`` and ``image`` of an image store share one graph."""
+        space = self.corpus.model(key.model).info.resolve(key.space)
+        return key if space == key.space else dataclasses.replace(key, space=space)
+
     def plan(self, key: NeighbourhoodKey, k: int) -> None:
         """Announce that a detector will need k neighbours, so the graph is built once, large enough."""
+        key = self.resolved(key)
         self._planned[key] = max(self._planned.get(key, 0), k)
 
     def graph(self, key: NeighbourhoodKey, k: int) -> NeighbourGraph:
+        key = self.resolved(key)
         cached = self._graphs.get(key)
         if cached is not None and cached.k >= k:
             return cached
@@ -83,12 +91,14 @@ class ScanContext:
 
     def kdist(self, key: NeighbourhoodKey, k: int) -> np.ndarray:
         """k-distance of every reference point (what a neighbour's density is measured by)."""
+        key = self.resolved(key)
         cache = (key, "kdist", k)
         if cache not in self._stats:
             self._stats[cache] = k_distance(self.graph(key, k).dist, k)
         return self._stats[cache]
 
     def lid(self, key: NeighbourhoodKey, k: int, estimator: str) -> np.ndarray:
+        key = self.resolved(key)
         cache = (key, "lid", k, estimator)
         if cache not in self._stats:
             self._stats[cache] = LID_ESTIMATORS[estimator](self.graph(key, k).dist, k)

@@ -40,6 +40,7 @@ class ModelView:
 
     def space(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and mask of one space; a space the store lacks is a one-line error saying what to do."""
+        name = self.info.resolve(name)
         self.info.require([name], "this scan", self.info.model_id)
         return self.vectors[name], self.ok[name]
 

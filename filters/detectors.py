@@ -23,11 +23,12 @@ from poisonlab.filters.index import IndexParams, similar_pairs
 from poisonlab.filters.neighbours import CROSS, space_reads
 from poisonlab.filters.outliers import dao, k_distance, slof
 from poisonlab.filters.ranks import RankMethod, combine_ranks
+from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params, get_registry
 
 DETECTORS = get_registry("detector")
-CONCAT: dict[str, tuple[str, str]] = {"concat": ("image", "text")}  # both side by side
+CONCAT: dict[str, tuple[str, str]] = {"concat": (PAYLOAD_SPACE, "text")}  # both side by side
 
 
 def _known(combined: dict[str, tuple[str, str]]):  # type: ignore[no-untyped-def]
@@ -79,11 +80,11 @@ class ClipScore(Detector):
         self.params = params
 
     def reads(self) -> tuple[str, ...]:
-        return ("image", "text")
+        return (PAYLOAD_SPACE, "text")
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         view = ctx.corpus.model(model)
-        (image, image_ok), (text, text_ok) = view.space("image"), view.space("text")
+        (image, image_ok), (text, text_ok) = view.space(PAYLOAD_SPACE), view.space("text")
         both = image_ok & text_ok
         out = np.full(len(both), np.nan)
         out[both] = 1.0 - np.einsum("ij,ij->i", image[both], text[both]).astype(np.float64)
@@ -95,7 +96,7 @@ class ClipScore(Detector):
 
 class KnnParams(Params):
     k: int = Field(16, ge=1, description="neighbours")
-    space: NeighbourSpace = Field("image", description="a stored space (image, text, ...) or cross (image among images and captions)")
+    space: NeighbourSpace = Field(PAYLOAD_SPACE, description="a stored space (image, graph, text, ...), sample (the payload's own: image or graph) or cross (the payload among payloads and captions)")
     mode: Literal["global", "batch_local"] = Field("global", description="global (FAISS over the whole dataset) or batch_local (Huang et al.)")
     batch_size: int = Field(1024, ge=2, description="batch_local: rows per keyed batch")
     seed: int = Field(0, description="batch_local: seed of the keyed shuffle")
@@ -187,7 +188,7 @@ def features(ctx: ScanContext, model: str, space: str) -> tuple[np.ndarray, np.n
 
 
 class IsolationForestParams(Params):
-    space: FeatureSpace = "image"
+    space: FeatureSpace = PAYLOAD_SPACE
     n_estimators: int = Field(100, ge=1)
     max_samples: int = Field(256, ge=2, description="samples per tree")
     fit_samples: int = Field(100_000, ge=2, description="rows the forest is fitted on (a keyed sample)")
@@ -223,7 +224,7 @@ class IsolationForestDetector(Detector):
 
 
 class SpectralParams(Params):
-    space: FeatureSpace = "image"
+    space: FeatureSpace = PAYLOAD_SPACE
     components: int = Field(1, ge=1, description="top singular directions whose squared projections are summed")
     clusters: int = Field(1, ge=1, description="k-means clusters, each with its own signature (Tran et al. use classes)")
     seed: int = 0
@@ -328,7 +329,7 @@ class CaptionFrequency(Detector):
 
 
 class ImageDuplicatesParams(Params):
-    space: EmbeddingSpace = Field("image", description="the stored space compared (image by default)")
+    space: EmbeddingSpace = Field(PAYLOAD_SPACE, description="the stored space compared (the payload's own by default)")
     threshold: float = Field(0.95, gt=0, le=1, description="cosine above which two images are near-duplicates")
     index: IndexParams = Field(default_factory=IndexParams)
 

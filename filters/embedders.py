@@ -114,8 +114,11 @@ def declared_spaces(name: str) -> tuple[str, ...]:
 
 
 def known_spaces() -> set[str]:
-    """Every space some registered embedder can produce (detector parameters are checked against it)."""
-    return {s for component in EMBEDDERS for s in getattr(component.factory, "spaces", ())}
+    """Every space some registered embedder can produce, and ``sample`` (the payload's own, whatever the
+    modality): detector parameters are checked against these."""
+    from poisonlab.filters.store import PAYLOAD_SPACE
+
+    return {PAYLOAD_SPACE} | {s for component in EMBEDDERS for s in getattr(component.factory, "spaces", ())}
 
 
 def check_space_name(space: str) -> str:

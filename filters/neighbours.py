@@ -20,9 +20,10 @@ import numpy as np
 from poisonlab.filters.corpus import ModelView
 from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
 from poisonlab.filters.sharded_knn import ShardRunner
+from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.keyed import keyed_u64
 
-CROSS: dict[str, tuple[str, str]] = {"cross": ("image", "text")}  # query space, then the other references
+CROSS: dict[str, tuple[str, str]] = {"cross": (PAYLOAD_SPACE, "text")}  # query space, then the other references
 Mode = Literal["global", "batch_local"]
 
 
@@ -42,7 +43,7 @@ def _rows_of(vectors: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def space_reads(space: str) -> tuple[str, ...]:
-    """The stored spaces a neighbourhood space compares: ``cross`` is image among images and captions."""
+    """The stored spaces a neighbourhood space compares: ``cross`` is images (graphs) among them and captions."""
     return CROSS.get(space, (space,))
 
 

@@ -40,6 +40,7 @@ from scipy.sparse import csr_matrix
 
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.detectors import DETECTORS, Detector, EmbeddingSpace, normalise_caption
+from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.registry import Params
 
 CHUNK = 16_384  # (row, token) pairs whose dot products are computed at once
@@ -88,7 +89,7 @@ def explanation_gap(pair_rows: np.ndarray, agreement: np.ndarray, background: np
 
 
 class PhraseBurstParams(Params):
-    space: EmbeddingSpace = Field("image", description="the stored space whose vectors say what an image shows")
+    space: EmbeddingSpace = Field(PAYLOAD_SPACE, description="the stored space whose vectors say what a sample shows (the payload's own by default)")
     prior: float = Field(10.0, gt=0, description="pseudo-captions at the corpus mean added to every token's "
                          "concept (a token must recur before it can explain an image)")
     ngrams: int = Field(1, ge=1, le=3, description="words and word n-grams up to this length are tokens")

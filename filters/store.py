@@ -53,6 +53,12 @@ class MissingSpaceError(EmbeddingMismatchError):
     """A detector (or caller) asked for a space the store does not hold."""
 
 
+# The space of the sample's own payload, whatever the modality: detectors read it by default, so every one of
+# them runs on images (open_clip: ``image``) and graphs (graph_clip: ``graph``) alike. Embedders list their
+# payload's space first and ``text`` after it, so a store resolves the alias to its first space.
+PAYLOAD_SPACE = "sample"
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreInfo:
     """What ``model.json`` holds: enough to tell two stores apart and to refuse mixing them."""
@@ -89,9 +95,13 @@ class StoreInfo:
                    str(data["dtype"]), str(data["source"]), dict(data.get("identity") or {}), details,
                    DatasetRef.from_dict(data.get("dataset")))
 
+    def resolve(self, space: str) -> str:
+        """A stored space name: ``sample`` (``PAYLOAD_SPACE``) is the payload's own, the store's first."""
+        return next(iter(self.spaces), space) if space == PAYLOAD_SPACE else space
+
     def require(self, spaces: Sequence[str], who: str, where: str) -> None:
         """Refuse, in one line, a reader that needs spaces this store does not hold."""
-        missing = [s for s in spaces if s not in self.spaces]
+        missing = [s for s in map(self.resolve, spaces) if s not in self.spaces]
         if missing:
             raise MissingSpaceError(
                 f"{who} reads the space {missing[0]!r}, which the embedding store {where} (embedder "

@@ -27,6 +27,7 @@ from poisonlab.filters.detectors import DETECTORS, Detector, EmbeddingSpace
 from poisonlab.filters.index import IndexParams, knn_among
 from poisonlab.filters.outliers import k_distance
 from poisonlab.filters.ranks import rank_normalise
+from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.registry import Params
 
@@ -86,7 +87,7 @@ class KdistSubsetsParams(Params):
     subsets: int = Field(8, ge=1, description="keyed random reference subsets per k")
     max_rate: float = Field(0.02, gt=0, lt=0.5, description="largest share of the data one trigger is assumed to "
                             "hold; subsets of k/(2 max_rate) references keep such a cluster below k/2 members")
-    space: EmbeddingSpace = Field("image", description="a stored space (image, text, ...)")
+    space: EmbeddingSpace = Field(PAYLOAD_SPACE, description="a stored space (image, graph, text, ...; the payload's own by default)")
     seed: int = Field(0, description="seed of the keyed subsets")
     index: IndexParams = Field(default_factory=IndexParams, description="FAISS settings (the search is exact)")
 

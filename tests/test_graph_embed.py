@@ -58,8 +58,25 @@ def test_every_detector_scores_the_graph_space(cli, graph_store: Path, tmp_path:
 
 def test_a_detector_on_the_image_space_of_a_graph_store_is_a_one_line_error(cli, graph_store: Path,
                                                                              tmp_path: Path) -> None:
-    res = cli.invoke(app, ["scan", str(graph_store), "--out", str(tmp_path / "s"), "--detector", "kdist:k=4"])
+    res = cli.invoke(app, ["scan", str(graph_store), "--out", str(tmp_path / "s"), "--detector", "kdist:k=4,space=image"])
     one_line_error(res, "image")
+
+
+def _scores(cli, store: Path, out: Path, *detectors: str) -> pd.DataFrame:
+    res = cli.invoke(app, ["scan", str(store), "--out", str(out), "--json"] + [a for d in detectors for a in ("--detector", d)])
+    assert res.exit_code == 0, res.output
+    return pd.concat([pd.read_parquet(t) for t in sorted(out.rglob("*.parquet"))]).set_index("key").sort_index()
+
+
+def test_detectors_named_without_a_space_score_the_graph_space_and_the_default_runs(cli, graph_store: Path,
+                                                                                    tmp_path: Path) -> None:
+    """The payload's own space (``sample``) is the default, so a user names no space on graphs; the
+    rate-free default and CLIP score (graph against its description) run unchanged."""
+    named = _scores(cli, graph_store, tmp_path / "named", "a=kdist:k=4,space=graph", "b=clip_score")
+    unnamed = _scores(cli, graph_store, tmp_path / "unnamed", "a=kdist:k=4", "b=clip_score", "c=default")
+    np.testing.assert_array_equal(named["a"].to_numpy(), unnamed["a"].to_numpy())
+    assert np.isfinite(unnamed[["a", "b", "c"]].to_numpy(dtype=float)).all()
+    assert unnamed["b"].std() > 0
 
 
 def test_a_graph_only_run_embeds_only_the_graph_space(cli, graph_shards: Path, tmp_path: Path) -> None:
