@@ -22,6 +22,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +49,7 @@ class Embedder(ABC):
     """The protocol every embedder follows (subclass it, set ``spaces`` and ``payload_extensions``)."""
 
     spaces: ClassVar[tuple[str, ...]] = ()  # every space this kind of embedder can produce
+    payload_space: ClassVar[str | None] = None  # the space of the sample's own payload (what ``sample`` means)
     payload_extensions: ClassVar[frozenset[str]] = frozenset()  # payloads whose samples it reads
 
     def __init__(self, params: BaseModel) -> None:
@@ -106,6 +108,23 @@ class ModelEmbedder(Embedder):
         import torch
 
         return getattr(self.params, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def embedder_for(run: Path | None, asked: str | None = None) -> str:
+    """The embedder asked for; else the one the run folder records (a graph run: graph_clip); else open_clip."""
+    from poisonlab.models.zoo import run_component
+
+    if asked:
+        return asked
+    return (run_component(run, "embedder") if run is not None else None) or DEFAULT_EMBEDDER
+
+
+def payload_space(name: str) -> str | None:
+    """The space a registered embedder writes for the sample's own payload (None: unknown embedder)."""
+    try:
+        return getattr(EMBEDDERS.get(name).factory, "payload_space", None)
+    except RegistryError:
+        return None
 
 
 def declared_spaces(name: str) -> tuple[str, ...]:

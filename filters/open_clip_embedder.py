@@ -62,6 +62,7 @@ class OpenClipEmbedder(ModelEmbedder):
     """Image and caption embeddings from one open_clip model."""
 
     spaces = ("image", "text")
+    payload_space = "image"
     payload_extensions = IMAGE_EXTENSIONS
     params: OpenClipParams
 

@@ -54,8 +54,8 @@ class MissingSpaceError(EmbeddingMismatchError):
 
 
 # The space of the sample's own payload, whatever the modality: detectors read it by default, so every one of
-# them runs on images (open_clip: ``image``) and graphs (graph_clip: ``graph``) alike. Embedders list their
-# payload's space first and ``text`` after it, so a store resolves the alias to its first space.
+# them runs on images (open_clip: ``image``) and graphs (graph_clip: ``graph``) alike. A store resolves it
+# through its embedder's declared ``payload_space`` (else its first space).
 PAYLOAD_SPACE = "sample"
 
 
@@ -96,8 +96,13 @@ class StoreInfo:
                    DatasetRef.from_dict(data.get("dataset")))
 
     def resolve(self, space: str) -> str:
-        """A stored space name: ``sample`` (``PAYLOAD_SPACE``) is the payload's own, the store's first."""
-        return next(iter(self.spaces), space) if space == PAYLOAD_SPACE else space
+        """A stored space name: ``sample`` (``PAYLOAD_SPACE``) is the space the store's embedder declares for
+        the payload, or the store's first space when it declares none (embeddings made elsewhere)."""
+        if space != PAYLOAD_SPACE:
+            return space
+        from poisonlab.filters.embedders import payload_space
+
+        return payload_space(self.embedder) or next(iter(self.spaces), space)
 
     def require(self, spaces: Sequence[str], who: str, where: str) -> None:
         """Refuse, in one line, a reader that needs spaces this store does not hold."""

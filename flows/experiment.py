@@ -44,10 +44,21 @@ class ExperimentError(ValueError):
 
 
 class SynthData(Params):
+    modality: str = Field("image", description="which built-in dataset: image (shapes and captions) or graph "
+                                               "(motif graphs and descriptions); `poisonlab synth --modality`")
     samples: int = Field(20000, ge=100)
     image_size: int = Field(32, ge=8, le=1024)
     samples_per_shard: int = Field(1000, ge=10)
     eval_per_class: int = Field(50, ge=2)
+
+    @field_validator("modality")
+    @classmethod
+    def _generated(cls, modality: str) -> str:
+        from poisonlab.flows.datasets import GENERATORS
+
+        if modality not in GENERATORS:
+            raise ValueError(f"no built-in {modality!r} dataset; there are: {', '.join(GENERATORS)}")
+        return modality
 
 
 class DataSpec(Params):

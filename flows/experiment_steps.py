@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 
 from poisonlab.attacks.manifest import manifest_path
-from poisonlab.flows.datasets import synth_dataset
+from poisonlab.flows.datasets import GENERATORS, SynthRequest
 from poisonlab.flows.experiment import ORACLE_DETECTOR, Experiment, ExperimentError
-from poisonlab.shards.synth import SynthSpec
 from poisonlab.training.data import DataError, open_shard_set
 from poisonlab.training.eval_data import EvalError, read_classes
 from poisonlab.training.report import DetectorRow, ModelRow, write_report
@@ -20,9 +19,10 @@ def prepare_data(exp: Experiment) -> dict[str, Any]:
     """Generate the built-in dataset and its eval split, or check the given folders before any training."""
     synth = exp.spec.data.synth
     if synth is not None:
-        spec = SynthSpec(samples=synth.samples, seed=exp.spec.seed, image_size=synth.image_size,
-                         samples_per_shard=synth.samples_per_shard)
-        result = synth_dataset(exp.data_dir, spec, synth.eval_per_class, exp.runner)
+        request = SynthRequest(out=exp.data_dir, samples=synth.samples, seed=exp.spec.seed,
+                               samples_per_shard=synth.samples_per_shard, eval_per_class=synth.eval_per_class,
+                               image_size=synth.image_size)
+        result = GENERATORS[synth.modality](request, exp.runner, False)
     else:
         result = {"out": str(exp.data_dir)}
     try:
@@ -77,7 +77,7 @@ def report(exp: Experiment) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "recipe": exp.spec.name, "seed": exp.spec.seed, "pairs": exp.result("data")["samples"],
         "attacks": ", ".join(f"{a['attack']} -> {a['target']!r} ({a['done']} pairs)" for a in poisoned["attacks"].values()),
-        "model": exp.spec.train.model,
+        "model": exp.spec.train.model, "objective": exp.spec.train.objective,
         "training": f"{exp.spec.train.epochs} epochs, batch {exp.spec.train.batch_size}, lr {exp.spec.train.lr}",
     }
     budget = exp.spec.clean.budget if exp.spec.clean is not None else None
@@ -105,14 +105,16 @@ def _shard_runner(exp: Experiment, label: str):  # type: ignore[no-untyped-def]
 
 
 def embed(exp: Experiment) -> dict[str, Any]:
-    """Embed the poisoned shards with the victim itself: the defender's view of its own training data."""
+    """Embed the poisoned shards with the victim itself (with the embedder its run records: a graph run's
+    for graphs): the defender's view of its own training data."""
     from poisonlab.filters.embed import EmbedConfig
+    from poisonlab.filters.embedders import embedder_for
     from poisonlab.filters.pipeline import embed_shards
     from poisonlab.models.zoo import ModelSpec
 
-    train = exp.spec.train
-    config = EmbedConfig(model=ModelSpec.from_run(exp.run_dir("victim")), batch_size=exp.spec.detect.embed_batch_size,  # type: ignore[union-attr]
-                         device=None if train.device == "auto" else train.device)
+    train, victim = exp.spec.train, exp.run_dir("victim")
+    config = EmbedConfig(model=ModelSpec.from_run(victim), batch_size=exp.spec.detect.embed_batch_size,  # type: ignore[union-attr]
+                         device=None if train.device == "auto" else train.device, embedder=embedder_for(victim))
     return embed_shards(exp.poisoned_dir, exp.embeddings_dir, config, run=_shard_runner(exp, "embed"))
 
 

@@ -34,6 +34,7 @@ class GraphClipEmbedder(ModelEmbedder):
     """Graph and description embeddings from one trained graph CLIP."""
 
     spaces = ("graph", "text")
+    payload_space = "graph"
     payload_extensions = GRAPH_EXTENSIONS
     params: GraphClipEmbedderParams
 

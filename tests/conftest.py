@@ -152,3 +152,16 @@ def badnets_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("science") / "badnets"
     result = run_experiment(spec, root, RunnerSpec(executor="local", progress=False), base)
     return {**result, "root": root, "spec": spec}
+
+
+@pytest.fixture(scope="session")
+def graph_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shipped ``recipes/graph_subgraph.yaml`` run once per session (6,000 generated graphs, three
+    graph_clip trainings of 10 epochs: about 8 minutes on 2 cores, first in the session)."""
+    from poisonlab.flows.experiment import load_experiment, run_experiment
+    from poisonlab.flows.runtime import RunnerSpec
+
+    spec, base = load_experiment(Path(__file__).parents[1] / "recipes" / "graph_subgraph.yaml")
+    root = tmp_path_factory.mktemp("science") / "graph_subgraph"
+    result = run_experiment(spec, root, RunnerSpec(executor="local", progress=False), base)
+    return {**result, "root": root, "spec": spec}

@@ -174,8 +174,9 @@ def test_a_detector_on_a_space_the_store_lacks_is_a_one_line_error(toy_store: Pa
     with pytest.raises(MissingSpaceError) as caught:
         scan(toy_store, ["clip_score"], tmp_path / "s")
     message = str(caught.value)
-    assert "'clip_score'" in message and "'image'" in message and "caption_bytes, pixels" in message
-    assert "Embed with an embedder that produces 'image'" in message and "\n" not in message
+    # clip_score reads the payload's own space (here the toy embedder's first, pixels) and text, which is missing
+    assert "'clip_score'" in message and "'text'" in message and "caption_bytes, pixels" in message
+    assert "Embed with an embedder that produces 'text'" in message and "\n" not in message
     assert not (tmp_path / "s").exists(), "refused before any work"
     with pytest.raises(MissingSpaceError, match="'text'"):
         scan(toy_store, {"k": {"detector": "kdist", "space": "text"}}, tmp_path / "s")
@@ -190,9 +191,9 @@ def test_a_detector_on_a_space_the_store_lacks_is_a_one_line_error(toy_store: Pa
 def test_detector_spaces_are_checked_against_registered_embedders() -> None:
     assert {"image", "text", "pixels", "caption_bytes"} <= known_spaces()
     assert DETECTORS.create("kdist", {"space": "pixels"}).reads() == ("pixels",)
-    assert DETECTORS.create("kdist", {"space": "cross"}).reads() == ("image", "text")
-    assert DETECTORS.create("clip_score").reads() == ("image", "text")
-    assert DETECTORS.create("spectral", {"space": "concat"}).reads() == ("image", "text")
+    assert DETECTORS.create("kdist", {"space": "cross"}).reads() == ("sample", "text")
+    assert DETECTORS.create("clip_score").reads() == ("sample", "text")
+    assert DETECTORS.create("spectral", {"space": "concat"}).reads() == ("sample", "text")
     assert DETECTORS.create("hash_mismatch").reads() == ()
     with pytest.raises(RegistryError, match="unknown space"):
         DETECTORS.create("isolation_forest", {"space": "audio"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from poisonlab.filters.embedders import DEFAULT_EMBEDDER, needs_model
+from poisonlab.filters.embedders import DEFAULT_EMBEDDER, embedder_for, needs_model
 from poisonlab.filters.metrics import BUDGETS, ROC_SCALES
 from poisonlab.filters.specs import SpecError
 from poisonlab.filters.store import STORE_DTYPES, EmbeddingMismatchError
@@ -75,15 +75,6 @@ def _input_errors():  # type: ignore[no-untyped-def]
         fail(str(exc).strip("'\""))
 
 
-def _embedder(embedder: str | None, run: Path | None) -> str:
-    """The embedder asked for; else the one the run folder records (a graph run: graph_clip); else open_clip."""
-    from poisonlab.models.zoo import run_component
-
-    if embedder:
-        return embedder
-    return (run_component(run, "embedder") if run is not None else None) or DEFAULT_EMBEDDER
-
-
 def _model(arch: str | None, weights: str | None, run: Path | None,  # type: ignore[no-untyped-def]
            embedder: str = DEFAULT_EMBEDDER):
     from poisonlab.models.zoo import ModelSpec  # torch and open_clip load only for commands that need them
@@ -135,7 +126,7 @@ def embed(
 
     outputs.guard(out, "embeddings", shards)
     with _input_errors():
-        embedder = _embedder(embedder, run)
+        embedder = embedder_for(run, embedder)
         result = embed_folder(shards, out, _model(arch, weights, run, embedder), options.runner,
                               batch_size=batch_size, dtype=dtype, device=device, seed=seed, embedder=embedder)
     outputs.done(out, "embeddings")
@@ -251,7 +242,7 @@ def sanitize(
     outputs.done(out, "sanitize")  # a folder of folders: recorded first, so a killed run resumes
 
     with _input_errors():
-        embedder = _embedder(embedder, run)
+        embedder = embedder_for(run, embedder)
         result = run_sanitize(shards, out, _model(arch, weights, run, embedder), decision, detector or None,
                               options.runner, excluded_out=excluded_out, batch_size=batch_size, embedder=embedder)
     for folder, kind in parts.items():
