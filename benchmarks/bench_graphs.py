@@ -152,7 +152,7 @@ def run(quick: bool) -> list[Row]:
         plain, ours, cpu = _paired(lambda: plain_trigger_loop(shards, root / "plain"),
                                    lambda: _poison(src, root / "poisoned"), repeats)
         rows.append(Row("graphs: subgraph_trigger run, every graph (whole run)", samples / ours, "graphs/s",
-                        samples / plain, "np.load+attach+np.savez+tarfile loop", floor=0.85,
+                        samples / plain, "np.load+attach+np.savez+tarfile loop",
                         note=f"rate 1.0 so both sides trigger every graph; + plan, safe decode, new description, "
                              f"provenance, sidecar, manifest, fsync; CPU-time ratio {cpu:.2f}"))
 
@@ -160,7 +160,7 @@ def run(quick: bool) -> list[Row]:
         bare, count = _bare_encoder(src, run_dir)
         base, emb, cpu = _paired(bare, _embed(src, run_dir, root / "emb"), repeats)
         rows.append(Row("graphs: embed_shards with the graph_clip run", count / emb, "graphs/s", count / base,
-                        "bare GIN encoder over decoded Batches", floor=0.85,
+                        "bare GIN encoder over decoded Batches",
                         note=f"embed also reads + safely decodes the tars, encodes the descriptions (text space) "
                              f"and writes the store; batch {BATCH}, 1 thread; CPU-time ratio {cpu:.2f}"))
     return rows
