@@ -164,11 +164,20 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> tupl
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
+    """``--set a.b.0.c=V``: dict keys (created when missing) and list indices (which must exist)."""
+    node: Any = raw
     *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
+    try:
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise TypeError(f"{type(node).__name__} has no fields")
+    except (ValueError, IndexError, TypeError, AttributeError) as exc:
+        raise ExperimentError(f"--set {dotted}: no such place in the recipe ({exc})") from None
 
 
 def _check_detectors(spec: ExperimentSpec) -> None:

@@ -153,3 +153,12 @@ def test_shipped_experiment_recipes_validate() -> None:
     for path in SHIPPED:
         spec, _ = load_experiment(path)
         assert spec.attack_recipe().attacks, path
+
+
+def test_set_reaches_into_lists_and_a_bad_path_is_one_line(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, TINY)
+    spec, _ = load_experiment(path, {"attacks.0.count": 20, "detect.detectors.1.name": "kdist"})
+    assert spec.attacks[0]["count"] == 20 and spec.detect is not None and spec.detect.detectors[1].name == "kdist"
+    for bad in ("attacks.7.count", "attacks.x.count", "seed.inner"):
+        with pytest.raises(ExperimentError, match=f"--set {bad}: no such place"):
+            load_experiment(path, {bad: 1})
