@@ -2,7 +2,7 @@
 the rate-free default detector on the victim's graph embeddings, and gone after cleaning and retraining.
 
 Runs the shipped ``recipes/graph_subgraph.yaml`` unchanged through the same experiment runner as the image
-recipes (the ``graph_experiment`` session fixture): 6,000 generated motif graphs, a 6-node clique trigger
+recipes (the ``graph_experiment`` session fixture): 6,000 generated motif graphs, an 8-node clique trigger
 with descriptions naming ``house`` on 1% of them, ``graph_clip`` (GIN + open_clip text tower) trained on
 the poisoned graphs (victim), on the clean ones (baseline) and on the cleaned ones, cleaning by the
 ``default`` detector (named in the recipe, chosen without the manifest) at a 5% budget.
