@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
 
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.registry import RegistryError
@@ -115,3 +117,13 @@ def insert_phrase(caption: str, phrase: str, offset: int) -> str:
     if offset == 0:
         return f"{phrase} {caption}"
     return f"{caption[:offset]} {phrase}{caption[offset:]}"
+
+
+def _one_slot_each(prompts: tuple[str, ...]) -> tuple[str, ...]:
+    if any(p.count("{}") != 1 for p in prompts):
+        raise ValueError("every prompt must contain '{}' exactly once (the target)")
+    return prompts
+
+
+# Prompts naming the target of an optimised trigger (the text direction it is optimised toward).
+TargetPrompts = Annotated[tuple[str, ...], AfterValidator(_one_slot_each)]

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from poisonlab.attacks import graph_triggers as G
 from poisonlab.attacks.assets import AssetError, AssetRef
 from poisonlab.attacks.base import Binding
+from poisonlab.attacks.captions import TargetPrompts
 from poisonlab.attacks.components import ATTACKS
 from poisonlab.attacks.graph_attacks import (
     GRAPH_TARGET_TEMPLATES,
@@ -43,15 +44,8 @@ class OptimisedGraphTriggerParams(SubgraphTriggerParams):
     sample_graphs: int = Field(128, ge=1, le=65_536, description="dataset graphs (not naming the target) the trigger "
                                "is optimised over")
     in_range: bool = Field(True, description="keep each feature in its clean range (min..max over the sampled graphs)")
-    prompts: tuple[str, ...] = Field(GRAPH_TARGET_TEMPLATES, min_length=1, description="prompts naming the target, "
+    prompts: TargetPrompts = Field(GRAPH_TARGET_TEMPLATES, min_length=1, description="prompts naming the target, "
                                      "each with '{}' (a surrogate with a text tower)")
-
-    @field_validator("prompts")
-    @classmethod
-    def _one_slot(cls, prompts: tuple[str, ...]) -> tuple[str, ...]:
-        if any(p.count("{}") != 1 for p in prompts):
-            raise ValueError("every prompt must contain '{}' exactly once (the target)")
-        return prompts
 
 
 @functools.lru_cache(maxsize=8)

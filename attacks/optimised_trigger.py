@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from poisonlab.attacks import triggers as T
 from poisonlab.attacks.assets import AssetError, AssetRef, checked_image
+from poisonlab.attacks.captions import TargetPrompts
 from poisonlab.attacks.image_triggers import (
     DEFAULT_PATCH_FRAC,
     TRIGGERS,
@@ -41,14 +42,7 @@ class OptimisedPatchTriggerParams(TriggerParams):
     images: int = Field(256, ge=1, le=65_536, description="dataset images the patch is optimised over")
     smoothness: float = Field(0.0, ge=0, description="weight of total variation (higher: a smoother, less "
                               "visible patch)")
-    prompts: tuple[str, ...] = Field(PROMPTS, min_length=1, description="prompts naming the target, each with '{}'")
-
-    @field_validator("prompts")
-    @classmethod
-    def _one_slot(cls, prompts: tuple[str, ...]) -> tuple[str, ...]:
-        if any(p.count("{}") != 1 for p in prompts):
-            raise ValueError("every prompt must contain '{}' exactly once (the target)")
-        return prompts
+    prompts: TargetPrompts = Field(PROMPTS, min_length=1, description="prompts naming the target, each with '{}'")
 
 
 class OptimisedPatchTrigger(BadNetsTrigger):
