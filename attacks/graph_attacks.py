@@ -184,7 +184,3 @@ class FeatureTrigger(GraphTriggerAttack):
         out = G.set_features(graph, nodes, dims, values)
         return out, {"where": "features", "nodes": nodes.tolist(), "dims": dims.tolist(),
                      "values": [float(v) for v in values]}
-
-
-# The optimised trigger (GCBA-style) registers itself in the same registry.
-import poisonlab.attacks.optimised_graph_trigger  # noqa: E402,F401

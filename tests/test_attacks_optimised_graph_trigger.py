@@ -16,7 +16,10 @@ from poisonlab.attacks import apply_trigger_to_eval, load_attack, poison_local, 
 from poisonlab.attacks.assets import AssetError
 from poisonlab.attacks.captions import mention_pattern, mentions
 from poisonlab.attacks.graph_attacks import GRAPH_TARGET_TEMPLATES, keyed_anchors, trigger_pairs
-from poisonlab.attacks.graph_optimiser import (
+from poisonlab.attacks.recipe import parse_recipe
+from poisonlab.flows.cli import app
+from poisonlab.graph.run import load_graph_run
+from poisonlab.graph.trigger_optimiser import (
     GraphTriggerProblem,
     graph_direction,
     optimise_trigger,
@@ -24,9 +27,6 @@ from poisonlab.attacks.graph_optimiser import (
     text_direction,
     trigger_arrays,
 )
-from poisonlab.attacks.recipe import parse_recipe
-from poisonlab.flows.cli import app
-from poisonlab.graph.run import load_graph_run
 from poisonlab.training import TrainSettings, train_run
 
 SMALL = {"gin_hidden": 32, "embed_dim": 32, "text_width": 32, "text_layers": 1, "text_heads": 2, "context_length": 16}

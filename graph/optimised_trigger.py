@@ -2,7 +2,7 @@
 
 The trigger's structure is ``subgraph_trigger``'s (``kind``, ``size``, ``density``, ``neighbours``, linked
 to ``anchors`` keyed nodes); its node features are optimised once, when the run is planned, on a surrogate
-graph run (``attacks.graph_optimiser``), and the trigger graph is then an asset of the attack spec like
+graph run (``graph.trigger_optimiser``), and the trigger graph is then an asset of the attack spec like
 ``optimised_patch``'s patch: every worker and every evaluation attaches exactly those bytes, and nothing is
 optimised again.
 """
@@ -50,7 +50,7 @@ class OptimisedGraphTriggerParams(SubgraphTriggerParams):
 
 @functools.lru_cache(maxsize=8)
 def _trigger(data: bytes) -> tuple[np.ndarray, np.ndarray, str]:
-    from poisonlab.attacks.graph_optimiser import trigger_arrays
+    from poisonlab.graph.trigger_optimiser import trigger_arrays
 
     pairs, features = trigger_arrays(data)
     pairs.flags.writeable = features.flags.writeable = False
@@ -65,7 +65,7 @@ class OptimisedGraphTrigger(GraphTriggerAttack):
     params: OptimisedGraphTriggerParams
 
     def pattern_asset(self, context: PatternContext) -> tuple[AssetRef, bytes] | None:
-        from poisonlab.attacks.graph_optimiser import GraphTriggerProblem, make_trigger, trigger_bytes
+        from poisonlab.graph.trigger_optimiser import GraphTriggerProblem, make_trigger, trigger_bytes
 
         if context.source is None or not context.target:
             raise AssetError("optimised_graph_trigger optimises its trigger on the dataset it poisons, for its target: "
