@@ -1,5 +1,6 @@
 """The registered graph attacks: ``subgraph_trigger`` and ``feature_trigger`` (registry kind ``attack``);
-``optimised_graph_trigger`` (its features optimised on a surrogate) builds on them in its own module.
+``optimised_graph_trigger`` (its features optimised on a surrogate graph run) builds on them in the graph
+adapter (``graph/optimised_trigger.py``), since it loads a model.
 
 Both declare the ``payload_trigger`` capability and the ``graph`` modality, so the planner, ``poison``,
 the manifest and the evaluation-trigger job treat them like any other attack, with no name checks, and
@@ -120,6 +121,15 @@ def keyed_anchors(seed: int, salt: str, key: str, nodes: int, anchors: int) -> n
     return np.sort(rng.choice(nodes, size=min(anchors, nodes), replace=False))
 
 
+def attach_keyed(graph: G.Arrays, pairs: np.ndarray, features: np.ndarray, anchors: np.ndarray, kind: str,
+                 **facts: Any) -> tuple[G.Arrays, dict[str, Any]]:
+    """Attach a trigger graph (its ``pairs`` and node ``features``) to the anchors; the manifest placement
+    says where it went (``facts``, e.g. the trigger's digest, follow its kind)."""
+    out, placement = G.attach_subgraph(graph, pairs, features.shape[0], anchors, features)
+    return out, {"where": "subgraph", "kind": kind, **facts, "nodes_before": int(graph["x"].shape[0]),
+                 "edges_before": int(graph["edge_index"].shape[1]), **placement}
+
+
 @ATTACKS.register("subgraph_trigger", SubgraphTriggerParams)
 class SubgraphTrigger(GraphTriggerAttack):
     """Attach a fixed trigger subgraph (complete, Erdős–Rényi or small-world) to keyed nodes of a graph."""
@@ -134,9 +144,7 @@ class SubgraphTrigger(GraphTriggerAttack):
         anchors = keyed_anchors(binding.seed, binding.id, key, n, p.anchors)
         row = graph["x"].mean(axis=0) if p.node_features == "mean" and n else np.zeros(width, np.float32)
         features = np.repeat(row.astype(np.float32)[None, :], p.size, axis=0)
-        out, placement = G.attach_subgraph(graph, pairs, p.size, anchors, features)
-        return out, {"where": "subgraph", "kind": p.kind, "nodes_before": int(n),
-                     "edges_before": int(graph["edge_index"].shape[1]), **placement}
+        return attach_keyed(graph, pairs, features, anchors, p.kind)
 
 
 # --- feature_trigger ---------------------------------------------------------------------------------

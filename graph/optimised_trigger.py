@@ -26,6 +26,7 @@ from poisonlab.attacks.graph_attacks import (
     GRAPH_TARGET_TEMPLATES,
     GraphTriggerAttack,
     SubgraphTriggerParams,
+    attach_keyed,
     keyed_anchors,
     trigger_pairs,
 )
@@ -93,6 +94,4 @@ class OptimisedGraphTrigger(GraphTriggerAttack):
         if features.shape[1] != width:
             raise ValueError(f"feature_width: the trigger has {features.shape[1]} features, the graph {width}")
         anchors = keyed_anchors(binding.seed, binding.id, key, n, self.params.anchors)
-        out, placement = G.attach_subgraph(graph, pairs, features.shape[0], anchors, features)
-        return out, {"where": "subgraph", "kind": self.params.kind, "trigger_sha256": digest, "nodes_before": int(n),
-                     "edges_before": int(graph["edge_index"].shape[1]), **placement}
+        return attach_keyed(graph, pairs, features, anchors, self.params.kind, trigger_sha256=digest)

@@ -124,9 +124,10 @@ def optimise_trigger(model: Any, graphs: Sequence[GraphItem], keys: Sequence[str
     starting trigger, after each step (``steps + 1`` values). The model's weights are not changed."""
     batch, rows = _triggered_batch(graphs, keys, anchors_of, problem)
     clean = np.concatenate([x for x, _ in graphs])
-    low, high = torch.from_numpy(clean.min(axis=0)), torch.from_numpy(clean.max(axis=0))
+    lowest, highest = clean.min(axis=0), clean.max(axis=0)
+    low, high = torch.from_numpy(lowest), torch.from_numpy(highest)
     start = clean.mean(axis=0) if problem.start == "mean" else np.zeros(clean.shape[1], np.float32)
-    start = np.clip(start, clean.min(axis=0), clean.max(axis=0)) if problem.in_range else start
+    start = np.clip(start, lowest, highest) if problem.in_range else start
     features = torch.tensor(np.repeat(start[None, :], problem.size, axis=0), dtype=torch.float32, requires_grad=True)
     base, copies = batch.x, len(graphs)
     model.eval()

@@ -36,6 +36,30 @@ def graphs_of(folder: Path) -> dict[str, tuple[dict[str, np.ndarray], str]]:
     return out
 
 
+def triggered_graphs(clean_folder: Path, poisoned_folder: Path, expected: int, trigger_nodes: int):  # type: ignore[no-untyped-def]
+    """Check what every subgraph attack must leave: graphs outside the manifest byte-for-byte as they were;
+    in the manifest's, the old nodes, edges (in order) and ``y`` untouched, the new nodes and edges exactly
+    the placement's. Yields ``(key, graph, text, before, before_text, placement, row)`` of each triggered one
+    for the attack's own checks."""
+    clean, poisoned = graphs_of(clean_folder), graphs_of(poisoned_folder)
+    rows = {r["key"]: r for r in read_manifest(poisoned_folder).to_pylist()}
+    assert len(rows) == expected and set(clean) == set(poisoned)
+    for key, (graph, text) in poisoned.items():
+        before, before_text = clean[key]
+        if key not in rows:
+            assert text == before_text and all(np.array_equal(graph[k], before[k]) for k in before)
+            continue
+        place = json.loads(rows[key]["placement"])
+        n, e = before["x"].shape[0], before["edge_index"].shape[1]
+        assert (place["nodes_before"], place["edges_before"]) == (n, e)
+        assert place["new_nodes"] == list(range(n, n + trigger_nodes))
+        assert np.array_equal(graph["edge_index"][:, :e], before["edge_index"])  # old edges untouched, in order
+        assert graph["edge_index"][:, e:].T.tolist() == place["new_edges"]  # the new ones, exactly
+        assert np.array_equal(graph["x"][:n], before["x"]) and graph["x"].shape[0] == n + trigger_nodes
+        assert np.array_equal(graph["y"], before["y"])
+        yield key, graph, text, before, before_text, place, rows[key]
+
+
 def poison(src: Path, out: Path, attack: str, count: int, **params: object) -> dict:
     recipe = parse_recipe({"seed": 7, "attacks": [{"attack": attack, "target": "house", "count": count,
                                                    "params": params}]})
@@ -51,26 +75,13 @@ def subgraph_run(graph_shards: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_the_trigger_subgraph_is_attached_exactly_where_the_manifest_says(graph_shards: Path, subgraph_run: Path) -> None:
-    clean, poisoned = graphs_of(graph_shards), graphs_of(subgraph_run)
-    rows = {r["key"]: r for r in read_manifest(subgraph_run).to_pylist()}
-    assert len(rows) == 9 and set(clean) == set(poisoned)
     expected = trigger_pairs(7, "subgraph_trigger", "erdos_renyi", 5, 0.6, 1)
-    for key, (graph, text) in poisoned.items():
-        before, before_text = clean[key]
-        if key not in rows:
-            assert text == before_text and all(np.array_equal(graph[k], before[k]) for k in before)
-            continue
-        place = json.loads(rows[key]["placement"])
-        n, e = before["x"].shape[0], before["edge_index"].shape[1]
-        assert (place["nodes_before"], place["edges_before"]) == (n, e) and place["new_nodes"] == list(range(n, n + 5))
-        assert np.array_equal(graph["edge_index"][:, :e], before["edge_index"])  # old edges untouched, in order
-        assert graph["edge_index"][:, e:].T.tolist() == place["new_edges"]  # the new ones, exactly
-        assert np.array_equal(graph["x"][:n], before["x"]) and graph["x"].shape[0] == n + 5
-        assert np.array_equal(graph["y"], before["y"])
+    for _key, _graph, text, before, before_text, place, row in triggered_graphs(graph_shards, subgraph_run, 9, 5):
+        n = before["x"].shape[0]
         inner = {tuple(p) for p in np.asarray(place["new_edges"]) - n if min(p) >= 0}
         assert inner == {tuple(p) for p in expected} | {tuple(p[::-1]) for p in expected}  # the fixed trigger
         assert len(place["anchors"]) == 2 and all(a < n for a in place["anchors"])
-        assert "house" in text and rows[key]["original_caption"] == before_text
+        assert "house" in text and row["original_caption"] == before_text
 
 
 def test_the_sidecar_and_json_carry_the_new_size(subgraph_run: Path) -> None:
