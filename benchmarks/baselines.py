@@ -1,10 +1,12 @@
-"""What the shard and attack benchmarks share: generated input shards and the baselines they are measured against
-(a PIL decode/encode loop in memory, a raw tar copy)."""
+"""What the shard, attack and graph benchmarks share: generated input shards, the baselines they are measured
+against (a PIL decode/encode loop in memory, a raw tar copy) and the paired timing of a path and its baseline."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -50,3 +52,23 @@ def raw_tar_copy(src: Path, dst: Path) -> None:
         with tarfile.open(tar_path(src, shard), "r|") as tin, tarfile.open(tar_path(dst, shard), "w") as tout:
             for info in tin:
                 tout.addfile(info, tin.extractfile(info))
+
+
+def paired(a: Callable[[], object], b: Callable[[], object], repeats: int,
+            reset: Callable[[], object] | None = None) -> tuple[float, float, float]:
+    """Best wall seconds of alternating runs of ``a`` and ``b``, and the ratio of their best CPU seconds.
+
+    Alternating makes the load of the other processes sharing the machine hit both alike; the best run is
+    the least disturbed. The CPU ratio (``a`` over ``b``) leaves out waiting for the disk and the cores.
+    """
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(repeats):
+        for i, fn in enumerate((a, b)):
+            if reset is not None:
+                reset()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    return min(wall[0]), min(wall[1]), min(cpu[0]) / min(cpu[1])

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from baselines import generate, jpeg_images, pil_loop, raw_tar_copy
+from baselines import generate, jpeg_images, paired, pil_loop, raw_tar_copy
 from run import Row
 
 from poisonlab.attacks import poison_local, prepare_poisoning, recipe_from_options
@@ -30,26 +30,6 @@ from poisonlab.pipelines.executor import run_shard_task
 from poisonlab.pipelines.stage import ShardContext
 from poisonlab.shards.layout import list_shards
 from poisonlab.shards.reader import read_shard
-
-
-def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int,
-            reset: Callable[[], object] | None = None) -> tuple[float, float, float]:
-    """Best wall seconds of alternating runs of ``a`` and ``b``, and the ratio of their best CPU seconds.
-
-    Alternating makes the load of the other processes sharing the machine hit both alike; the best run is
-    the least disturbed. The CPU ratio (``a`` over ``b``) leaves out waiting for the disk and the cores.
-    """
-    wall: dict[int, list[float]] = {0: [], 1: []}
-    cpu: dict[int, list[float]] = {0: [], 1: []}
-    for _ in range(repeats):
-        for i, fn in enumerate((a, b)):
-            if reset is not None:
-                reset()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[i].append(time.perf_counter() - start)
-            cpu[i].append(time.process_time() - start_cpu)
-    return min(wall[0]), min(wall[1]), min(cpu[0]) / min(cpu[1])
 
 
 def _poison(src: Path, dst: Path, attack: str, n: int, target: str | None, params: list[str]) -> None:
@@ -125,18 +105,18 @@ def run(quick: bool) -> list[Row]:
 
         images = jpeg_images(src)
         stage = _stage_run(src, root / "stage-spec", n)
-        pil, ours, cpu = _paired(lambda: pil_loop(images), stage, repeats)
+        pil, ours, cpu = paired(lambda: pil_loop(images), stage, repeats)
         rows.append(Row("attacks: badnets stage on 256px JPEGs in memory", n / ours, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
                         note=f"decode, patch, re-encode, provenance; JPEG q95 4:4:4 both; CPU-time ratio {cpu:.2f}"))
         del stage  # its samples stay out of the garbage collector's way in the next rows
-        pil, bad, cpu = _paired(lambda: pil_loop(images),
+        pil, bad, cpu = paired(lambda: pil_loop(images),
                                 lambda: _poison(src, root / "bad", "badnets", n, "red circle", []), repeats)
         rows.append(Row("attacks: badnets run on 256px JPEGs (whole run)", n / bad, "samples/s", n / pil,
                         "PIL decode+encode loop in memory", floor=0.9,
                         note=f"+ plan, shard read/write (fsync), sidecar, manifest; CPU-time ratio {cpu:.2f}"))
 
-        raw, cap, cpu = _paired(lambda: raw_tar_copy(src, root / "raw"),
+        raw, cap, cpu = paired(lambda: raw_tar_copy(src, root / "raw"),
                                 lambda: _poison(src, root / "cap", "text_trigger", n, None, []), repeats,
                                 reset=lambda: shutil.rmtree(root / "raw", True))
         rows.append(Row("attacks: text_trigger on every caption (whole run)", n / cap, "samples/s", n / raw,

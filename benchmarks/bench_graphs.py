@@ -17,11 +17,11 @@ import io
 import shutil
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from baselines import paired
 from run import Row
 
 from poisonlab.attacks import graph_triggers as G
@@ -34,20 +34,6 @@ from poisonlab.shards.layout import list_shards, tar_path
 TINY = {"gin_hidden": 32, "embed_dim": 32, "text_width": 32, "text_layers": 1, "text_heads": 2, "context_length": 16}
 TRIGGER_SIZE = 4  # subgraph_trigger's default: a complete graph of 4 nodes linked to 1 keyed anchor
 BATCH = 256
-
-
-def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """Best wall seconds of alternating runs of ``a`` and ``b`` and the ratio of their best CPU seconds
-    (alternating makes the load of the shared machine hit both alike; the best run is the least disturbed)."""
-    wall: dict[int, list[float]] = {0: [], 1: []}
-    cpu: dict[int, list[float]] = {0: [], 1: []}
-    for _ in range(repeats):
-        for i, fn in enumerate((a, b)):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[i].append(time.perf_counter() - start)
-            cpu[i].append(time.process_time() - start_cpu)
-    return min(wall[0]), min(wall[1]), min(cpu[0]) / min(cpu[1])
 
 
 def _members(src: Path) -> list[list[tuple[tarfile.TarInfo, bytes]]]:
@@ -149,7 +135,7 @@ def run(quick: bool) -> list[Row]:
         synth_graph_dataset(src, GraphSynthSpec(samples=samples, seed=3, samples_per_shard=per_shard), 0,
                             RunnerSpec(executor="local", progress=False))
         shards = _members(src)
-        plain, ours, cpu = _paired(lambda: plain_trigger_loop(shards, root / "plain"),
+        plain, ours, cpu = paired(lambda: plain_trigger_loop(shards, root / "plain"),
                                    lambda: _poison(src, root / "poisoned"), repeats)
         rows.append(Row("graphs: subgraph_trigger run, every graph (whole run)", samples / ours, "graphs/s",
                         samples / plain, "np.load+attach+np.savez+tarfile loop",
@@ -158,7 +144,7 @@ def run(quick: bool) -> list[Row]:
 
         run_dir = _train(src, root / "run")
         bare, count = _bare_encoder(src, run_dir)
-        base, emb, cpu = _paired(bare, _embed(src, run_dir, root / "emb"), repeats)
+        base, emb, cpu = paired(bare, _embed(src, run_dir, root / "emb"), repeats)
         rows.append(Row("graphs: embed_shards with the graph_clip run", count / emb, "graphs/s", count / base,
                         "bare GIN encoder over decoded Batches",
                         note=f"embed also reads + safely decodes the tars, encodes the descriptions (text space) "
