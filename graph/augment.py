@@ -1,4 +1,4 @@
-"""GraphCL's views of a batch of graphs: node dropping, edge perturbation, attribute masking.
+"""GraphCL's views of a batch of graphs: node dropping, edge perturbation, attribute masking, subgraphs.
 
 They run on the collated batch, in the training process, with torch's global generator: the loop seeds
 it per (seed, epoch) and a resumed run restores it, so the views are as reproducible as the data order
@@ -59,8 +59,45 @@ def mask_attributes(view: GraphView, rate: float) -> GraphView:
     return GraphView(view.x.masked_fill(masked, 0.0), view.edge_index, view.batch, view.num_graphs)
 
 
+def _hops_from_seeds(view: GraphView, max_hops: int) -> torch.Tensor:
+    """Each node's hop distance from one random seed node of its graph (``max_hops + 1`` beyond reach)."""
+    n, device = view.x.shape[0], view.x.device
+    counts = torch.bincount(view.batch, minlength=view.num_graphs)
+    starts = torch.cumsum(counts, 0) - counts
+    seeds = starts + (torch.rand(view.num_graphs, device=device) * counts).long()
+    hops = torch.full((n,), max_hops + 1, dtype=torch.long, device=device)
+    hops[seeds[counts > 0]] = 0
+    src, dst = view.edge_index
+    for hop in range(1, max_hops + 1):
+        frontier = torch.zeros(n, dtype=torch.bool, device=device)
+        frontier[dst[hops[src] == hop - 1]] = True
+        hops[frontier & (hops > hop)] = hop
+    return hops
+
+
+def crop_subgraph(view: GraphView, rate: float) -> GraphView:
+    """Keep the ``1 - rate`` share of each graph's nodes nearest (in hops, ties at random) to one random seed
+    node: a connected neighbourhood where the graph is connected (GraphCL's subgraph view)."""
+    from torch_geometric.utils import subgraph
+
+    n = view.x.shape[0]
+    if n == 0:
+        return view
+    counts = torch.bincount(view.batch, minlength=view.num_graphs)
+    hops = _hops_from_seeds(view, max_hops=int(counts.max()))
+    order = torch.argsort(view.batch.double() * (n + 2) + hops.double() + torch.rand(n, device=view.x.device))
+    rank = torch.empty(n, dtype=torch.long, device=view.x.device)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[order] = torch.arange(n, device=view.x.device) - starts[view.batch[order]]
+    quota = torch.clamp(torch.ceil(counts * (1.0 - rate)).long(), min=1)
+    keep = rank < quota[view.batch]
+    edge_index, _ = subgraph(keep, view.edge_index, relabel_nodes=True, num_nodes=n)
+    return GraphView(view.x[keep], edge_index, view.batch[keep], view.num_graphs)
+
+
 AUGMENTATIONS: dict[str, Callable[[GraphView, float], GraphView]] = {
-    "drop_nodes": drop_nodes, "perturb_edges": perturb_edges, "mask_attributes": mask_attributes}
+    "drop_nodes": drop_nodes, "perturb_edges": perturb_edges, "mask_attributes": mask_attributes,
+    "subgraph": crop_subgraph}
 
 
 def random_view(view: GraphView, names: tuple[str, ...], rate: float) -> GraphView:

@@ -134,3 +134,26 @@ def test_graphcl_refuses_unknown_augmentations(graph_shards: Path, tmp_path: Pat
     with pytest.raises(RegistryError, match="augmentations must be some of.*rotate"):
         train_run(graph_shards, tmp_path / "r", graph_settings(objective="graphcl",
                   objective_params={"augmentations": "drop_nodes,rotate"}), progress=False)
+
+
+def test_the_subgraph_view_keeps_a_connected_neighbourhood_of_each_graph() -> None:
+    """On paths the kept share of each graph must be one contiguous run of nodes around the seed."""
+    from poisonlab.graph.augment import GraphView, crop_subgraph
+
+    sizes = (10, 7, 1)
+    chains, batch, first = [], [], 0
+    for graph, size in enumerate(sizes):
+        ends = torch.arange(first, first + size - 1)
+        chains.append(torch.stack([torch.cat([ends, ends + 1]), torch.cat([ends + 1, ends])]))
+        batch += [graph] * size
+        first += size
+    x = torch.arange(first, dtype=torch.float32).unsqueeze(1)  # a node's feature is its id: kept ids are visible
+    view = GraphView(x, torch.cat(chains, dim=1), torch.tensor(batch), len(sizes))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out = crop_subgraph(view, 0.5)
+        for graph, size in enumerate(sizes):
+            kept = sorted(int(i) for i in out.x[out.batch == graph, 0])
+            assert len(kept) == max(1, -(-size // 2)), (seed, graph, kept)
+            assert kept == list(range(kept[0], kept[0] + len(kept))), (seed, graph, kept)  # contiguous
+        assert out.edge_index.shape[1] == 2 * sum(max(0, -(-s // 2) - 1) for s in sizes)  # the path between them
