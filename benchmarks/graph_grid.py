@@ -95,6 +95,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--eval-per-class", type=int, default=300)
     parser.add_argument("--objective-param", action="append", default=[], help="graphcl KEY=VALUE (repeatable)")
+    parser.add_argument("--rates", type=lambda v: tuple(float(r) for r in v.split(",")), default=RATES)
+    parser.add_argument("--label-consistent", action="store_true",
+                        help="trigger graphs of the target class only (the SSL-backdoor setting; GraphCL reads no "
+                             "descriptions, so by default the poisoned graphs are any class)")
     args = parser.parse_args()
     root = args.out
     if not (root / "data" / "sizes.json").exists():
@@ -103,9 +107,10 @@ def main() -> None:
     clean_run = root / "clean-run"
     train(root / "data", clean_run, args.epochs, args.objective_param)
     rows = []
+    placement = ["--param", "label_consistent=true"] if args.label_consistent else []
     for name, flags in attacks(clean_run).items():
-        for rate in RATES:
-            rows.append(cell(name, flags, rate, root, args, clean_run))
+        for rate in args.rates:
+            rows.append(cell(name, flags + placement, rate, root, args, clean_run))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
 
