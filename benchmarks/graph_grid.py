@@ -66,13 +66,14 @@ def default_auroc(poisoned: Path, run: Path, work: Path) -> float:
     return float(report["detectors"]["default"]["all"]["auroc"])
 
 
-def cell(name: str, flags: list[str], rate: float, root: Path, args: argparse.Namespace, clean_run: Path) -> dict:
+def cell(name: str, flags: list[str], rate: float, root: Path, training: tuple[int, list[str]], clean_run: Path) -> dict:
+    """One (attack, rate): poison, train the victim (``training``: epochs and graphcl parameters), measure."""
     data, work = root / "data", root / f"{name}-{rate}"
     poisoned = work / "poisoned"
     if not (poisoned / "attack.json").exists():
         cli("poison", "--in", str(data), "--out", str(poisoned), *flags, "--target", TARGET, "--rate", str(rate),
             "--executor", "local")
-    train(poisoned, work / "run", args.epochs, args.objective_param)
+    train(poisoned, work / "run", *training)
     victim = probe(work / "run", data / "eval", poisoned)
     baseline = probe(clean_run, data / "eval", poisoned)
     return {"attack": name, "rate": rate, **victim, "clean_probe_asr": baseline["probe_asr"],
@@ -110,7 +111,7 @@ def main() -> None:
     placement = ["--param", "label_consistent=true"] if args.label_consistent else []
     for name, flags in attacks(clean_run).items():
         for rate in args.rates:
-            rows.append(cell(name, flags + placement, rate, root, args, clean_run))
+            rows.append(cell(name, flags + placement, rate, root, (args.epochs, args.objective_param), clean_run))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
 

@@ -38,6 +38,12 @@ def drop_nodes(view: GraphView, rate: float) -> GraphView:
     return GraphView(view.x[keep], edge_index, view.batch[keep], view.num_graphs)
 
 
+def _graph_offsets(view: GraphView) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each graph's node count and its first node's index in the batch (nodes are grouped by graph)."""
+    counts = torch.bincount(view.batch, minlength=view.num_graphs)
+    return counts, torch.cumsum(counts, 0) - counts
+
+
 def perturb_edges(view: GraphView, rate: float) -> GraphView:
     """Drop each edge with probability ``rate`` and add as many random edges, each inside one graph."""
     n_edges, device = view.edge_index.shape[1], view.x.device
@@ -45,8 +51,7 @@ def perturb_edges(view: GraphView, rate: float) -> GraphView:
     added = n_edges - kept.shape[1]
     if added == 0 or view.x.shape[0] == 0:
         return GraphView(view.x, kept, view.batch, view.num_graphs)
-    counts = torch.bincount(view.batch, minlength=view.num_graphs)
-    starts = torch.cumsum(counts, 0) - counts
+    counts, starts = _graph_offsets(view)
     src = torch.randint(0, view.x.shape[0], (added,), device=device)
     graph = view.batch[src]
     dst = starts[graph] + (torch.rand(added, device=device) * counts[graph]).long()
@@ -62,8 +67,7 @@ def mask_attributes(view: GraphView, rate: float) -> GraphView:
 def _hops_from_seeds(view: GraphView, max_hops: int) -> torch.Tensor:
     """Each node's hop distance from one random seed node of its graph (``max_hops + 1`` beyond reach)."""
     n, device = view.x.shape[0], view.x.device
-    counts = torch.bincount(view.batch, minlength=view.num_graphs)
-    starts = torch.cumsum(counts, 0) - counts
+    counts, starts = _graph_offsets(view)
     seeds = starts + (torch.rand(view.num_graphs, device=device) * counts).long()
     hops = torch.full((n,), max_hops + 1, dtype=torch.long, device=device)
     hops[seeds[counts > 0]] = 0
@@ -71,7 +75,10 @@ def _hops_from_seeds(view: GraphView, max_hops: int) -> torch.Tensor:
     for hop in range(1, max_hops + 1):
         frontier = torch.zeros(n, dtype=torch.bool, device=device)
         frontier[dst[hops[src] == hop - 1]] = True
-        hops[frontier & (hops > hop)] = hop
+        reached = frontier & (hops > hop)
+        if not reached.any():  # every graph's reachable part is numbered: further hops change nothing
+            break
+        hops[reached] = hop
     return hops
 
 
@@ -83,11 +90,10 @@ def crop_subgraph(view: GraphView, rate: float) -> GraphView:
     n = view.x.shape[0]
     if n == 0:
         return view
-    counts = torch.bincount(view.batch, minlength=view.num_graphs)
+    counts, starts = _graph_offsets(view)
     hops = _hops_from_seeds(view, max_hops=int(counts.max()))
     order = torch.argsort(view.batch.double() * (n + 2) + hops.double() + torch.rand(n, device=view.x.device))
     rank = torch.empty(n, dtype=torch.long, device=view.x.device)
-    starts = torch.cumsum(counts, 0) - counts
     rank[order] = torch.arange(n, device=view.x.device) - starts[view.batch[order]]
     quota = torch.clamp(torch.ceil(counts * (1.0 - rate)).long(), min=1)
     keep = rank < quota[view.batch]

@@ -41,7 +41,8 @@ class GraphCLParams(Params):
     embed_dim: int = Field(_D.embed_dim, ge=1, description="projection dimension")
     augmentations: tuple[str, ...] = Field(DEFAULT_VIEWS, description="views drawn from these, one per view "
                                            f"(of {', '.join(AUGMENTATIONS)})")
-    rate: float = Field(0.2, ge=0.0, lt=1.0, description="share of nodes dropped / edges perturbed / nodes masked")
+    rate: float = Field(0.2, ge=0.0, lt=1.0, description="share of nodes dropped / edges perturbed / nodes masked / "
+                      "nodes cropped")
     temperature: float = Field(0.5, gt=0.0, description="InfoNCE temperature (GraphCL uses 0.5)")
 
     @field_validator("augmentations", mode="before")
