@@ -8,8 +8,8 @@
 * accuracy: the same pipeline against exact search on 100k vectors (20k with ``--quick``) with planted
   sparse points and small tight clusters: recall@16 (target >= 0.95) and the AUROC of each detector
   against the planted labels (target: within 0.01 of the exact graph's).
-* embedding: images/s of ``embed_shards`` (decode, preprocess, both encoders, write) for the tiny CLIP and
-  ViT-B-32 with random weights on the CPU, against the bare ``encode_image`` on tensors prepared in advance.
+
+Embedding throughput is measured by ``bench_embed.py``.
 
     .venv/bin/python benchmarks/run.py -k filters [--quick]
 """
@@ -143,54 +143,9 @@ def _accuracy_rows(n: int) -> list:
     return rows
 
 
-def _embed_rows(quick: bool) -> list:
-    import torch
-    from run import Row
-
-    from poisonlab.filters.embed import EmbedConfig, cached_model
-    from poisonlab.filters.pipeline import embed_shards
-    from poisonlab.models.zoo import ModelSpec
-    from poisonlab.pipelines.executor import run_local
-    from poisonlab.shards.plan import finalize_folder, plan_source_tasks
-    from poisonlab.shards.synth import SynthSource, SynthSpec
-
-    rows = []
-    for arch, samples, image_size in (("poisonlab-tiny-32", 1000 if quick else 4000, 32),
-                                      ("ViT-B-32", 64 if quick else 256, 64)):
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "shards"
-            source = SynthSource(SynthSpec(samples=samples, seed=4, image_size=image_size, samples_per_shard=500))
-            finalize_folder(src, run_local(plan_source_tasks(source, source.shards(), src)))
-            threads = os.cpu_count() or 1
-            config = EmbedConfig(ModelSpec(arch), batch_size=64, threads=threads)
-            loaded = cached_model(config)  # model creation is not part of the throughput
-            start = time.perf_counter()
-            result = embed_shards(src, Path(tmp) / "emb", config)
-            pipeline = result["written"] / (time.perf_counter() - start)
-            size = loaded.image_size
-            batch = torch.randn(64, 3, size, size)
-            old = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                with torch.inference_mode():
-                    loaded.model.encode_image(batch)
-                    start, done = time.perf_counter(), 0
-                    while done < min(samples, 512):
-                        loaded.model.encode_image(batch)
-                        done += len(batch)
-                    bare = done / (time.perf_counter() - start)
-            finally:
-                torch.set_num_threads(old)
-        rows.append(Row(f"filters: embed {arch} on CPU ({threads} threads)", pipeline, "images/s", bare,
-                        "bare encode_image on ready tensors", note=f"{samples} pairs, {size}px model input; "
-                        "the pipeline also decodes, preprocesses, encodes captions and writes"))
-    return rows
-
-
 def run(quick: bool) -> list:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return [*_knn_rows(100_000 if quick else 1_000_000), *_accuracy_rows(20_000 if quick else 100_000),
-            *_embed_rows(quick)]
+    return [*_knn_rows(100_000 if quick else 1_000_000), *_accuracy_rows(20_000 if quick else 100_000)]
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--knn-child":

@@ -70,6 +70,7 @@ class OpenClipEmbedder(ModelEmbedder):
         """Load the model once per process (a per-process cache keyed by spec, device and seed)."""
         import torch
 
+        from poisonlab.models.pixels import fast_pixels
         from poisonlab.models.zoo import ModelSpec, load_model
 
         if self.loaded is not None:
@@ -81,6 +82,7 @@ class OpenClipEmbedder(ModelEmbedder):
                 torch.manual_seed(self.params.seed)
                 _LOADED[key] = load_model(spec, self.device)
         self.loaded = _LOADED[key]
+        self._fast_pixels = fast_pixels(self.loaded.preprocess, self.loaded.image_size)
         precision = self.params.precision
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
@@ -119,12 +121,12 @@ class OpenClipEmbedder(ModelEmbedder):
         return out.cpu().numpy()
 
     def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
-        import torch
+        from poisonlab.models.pixels import batch_pixels
 
         self.setup()
         model, out = self.loaded.model, {}
         if batch.get("image"):
-            pixels = torch.stack([self.loaded.preprocess(im) for im in batch["image"]])
+            pixels = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
             out["image"] = self._run(model.encode_image, pixels)
         if batch.get("text"):
             out["text"] = self._run(model.encode_text, self.loaded.tokenizer(list(batch["text"])))

@@ -1,0 +1,90 @@
+"""Embedding throughput against the model alone, measured in the same run.
+
+The pipeline (``embed_shards``: read the shards, decode, preprocess, tokenise, both encoders, write the store)
+against the bare model: ``encode_image`` then ``encode_text`` over the same batches, already decoded,
+preprocessed and tokenised in memory. Both run on the same torch threads, alternately, best of ``repeats``
+(the machine is shared). The ratio is how close ``embed`` runs to the model's own speed (issue target 0.9).
+
+    .venv/bin/python benchmarks/run.py -k embed [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from run import Row
+
+from poisonlab.filters.embed import EmbedConfig, cached_model
+from poisonlab.filters.pipeline import embed_shards
+from poisonlab.models.pixels import batch_pixels, fast_pixels
+from poisonlab.models.zoo import LoadedModel, ModelSpec
+from poisonlab.pipelines.executor import run_local
+from poisonlab.shards.images import decode_image
+from poisonlab.shards.layout import list_shards
+from poisonlab.shards.plan import finalize_folder, plan_source_tasks
+from poisonlab.shards.reader import read_shard
+from poisonlab.shards.synth import SynthSource, SynthSpec
+
+BATCH = 64
+CASES = (("poisonlab-tiny-32", 32, 4000, 1000), ("ViT-B-32", 64, 256, 64))  # arch, image px, samples, quick
+
+
+def _prepared(src: Path, loaded: LoadedModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every batch of ``src`` as the model takes it: pixels and tokens, prepared outside any clock."""
+    samples = [s for shard in list_shards(src) for s in read_shard(src, shard)]
+    fast = fast_pixels(loaded.preprocess, loaded.image_size)
+    batches = []
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start:start + BATCH]
+        pixels = batch_pixels([decode_image(s.payload) for s in chunk], loaded.preprocess, fast)
+        batches.append((pixels, loaded.tokenizer([s.text for s in chunk])))
+    return batches
+
+
+def _bare(loaded: LoadedModel, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.inference_mode():
+        for pixels, tokens in batches:
+            loaded.model.encode_image(pixels)
+            loaded.model.encode_text(tokens)
+
+
+def _case(arch: str, image_size: int, samples: int, repeats: int) -> Row:
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
+        src = Path(tmp) / "shards"
+        source = SynthSource(SynthSpec(samples=samples, seed=4, image_size=image_size, samples_per_shard=500))
+        finalize_folder(src, run_local(plan_source_tasks(source, source.shards(), src)))
+        config = EmbedConfig(ModelSpec(arch), batch_size=BATCH, threads=threads)
+        loaded = cached_model(config)  # model creation is part of neither clock
+        batches = _prepared(src, loaded)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            _bare(loaded, batches[:2])  # first-call costs of both paths
+            bare, ours = [], []
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                _bare(loaded, batches)
+                bare.append(time.perf_counter() - start)
+                shutil.rmtree(Path(tmp) / "emb", ignore_errors=True)
+                start = time.perf_counter()
+                written = embed_shards(src, Path(tmp) / "emb", config)["written"]
+                ours.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(old)
+    bare_rate, our_rate = samples / min(bare[1:]), written / min(ours[1:])
+    return Row(f"embed: {arch} on CPU ({threads} threads)", our_rate, "pairs/s", bare_rate,
+               "bare encode_image+encode_text on prepared batches", floor=0.9,
+               note=f"{samples} pairs at {image_size} px, batch {BATCH}, best of {repeats}; the pipeline also "
+                    "reads, decodes, preprocesses, tokenises and writes")
+
+
+def run(quick: bool) -> list[Row]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return [_case(arch, size, small if quick else samples, 1 if quick else 3)
+            for arch, size, samples, small in CASES]

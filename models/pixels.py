@@ -1,0 +1,73 @@
+"""Model inputs for a whole batch of decoded images at once, equal bit for bit to open_clip's preprocessing.
+
+open_clip's transform runs five Python-level steps per image (resize, crop, mode, to-tensor, normalise).
+For a tiny model at 32 px that costs a tenth of the embedding time. When an image is already RGB at the
+model's input size, resize and centre crop are identities, so its input is just its bytes scaled and
+normalised: done here for the whole batch in three tensor operations, in the same order and precision as
+``to_tensor`` and ``Normalize`` (so the same floats). Images of any other size or mode, or a transform this
+module does not recognise, go through the model's own preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from open_clip.transform import MaybeConvertMode, MaybeToTensor
+from PIL import Image
+from torchvision import transforms as T
+
+# Steps that leave an RGB image at the target size as it is before Normalize (ToTensor aside).
+_IDENTITY_AT_SIZE = (T.Resize, T.CenterCrop, MaybeConvertMode)
+_TO_TENSOR = (T.ToTensor, MaybeToTensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPixels:
+    """What the batched path needs: the input size and the normalisation of the model's transform."""
+
+    size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def accepts(self, image: Image.Image) -> bool:
+        return image.mode == "RGB" and image.size == (self.size, self.size)
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N, 3, size, size) float32: ``to_tensor`` then ``Normalize``, vectorised."""
+        stacked = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
+        pixels = stacked.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        return pixels.sub_(self.mean).div_(self.std)
+
+
+def fast_pixels(preprocess: Any, image_size: int) -> FastPixels | None:
+    """The batched path for ``preprocess``, or None when any of its steps could change an image at size."""
+    steps = list(getattr(preprocess, "transforms", ()))
+    if len(steps) < 2 or not isinstance(steps[-1], T.Normalize) or not isinstance(steps[-2], _TO_TENSOR):
+        return None
+    for step in steps[:-2]:
+        if not isinstance(step, _IDENTITY_AT_SIZE):
+            return None
+        if isinstance(step, T.Resize) and step.size not in (image_size, [image_size], (image_size, image_size),
+                                                             [image_size, image_size]):
+            return None
+        if isinstance(step, T.CenterCrop) and tuple(step.size) != (image_size, image_size):
+            return None
+        if isinstance(step, MaybeConvertMode) and step.mode != "RGB":
+            return None
+    norm: T.Normalize = steps[-1]
+    dtype = torch.get_default_dtype()
+    mean = torch.as_tensor(norm.mean, dtype=dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=dtype).view(1, -1, 1, 1)
+    return FastPixels(image_size, mean, std)
+
+
+def batch_pixels(images: Sequence[Image.Image], preprocess: Callable[[Image.Image], torch.Tensor],
+                 fast: FastPixels | None) -> torch.Tensor:
+    """The batch's model input: the vectorised path when every image allows it, else image by image."""
+    if fast is not None and images and all(fast.accepts(im) for im in images):
+        return fast(images)
+    return torch.stack([preprocess(im) for im in images])
