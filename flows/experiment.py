@@ -139,9 +139,22 @@ class ExperimentSpec(Params):
 
         return parse_recipe({"seed": self.seed, "attacks": list(self.attacks)}, where=f"experiment {self.name} attacks")
 
+    def run(self, out: Path, runner: RunnerSpec, base_dir: Path | None = None) -> dict[str, Any]:
+        return run_experiment(self, out, runner, base_dir)
+
+
+def _recipe_model(raw: dict[str, Any]) -> type[Params]:
+    """A recipe with a ``grid:`` section is a grid of experiments (``flows/grid.py``), any other one experiment."""
+    if "grid" not in raw:
+        return ExperimentSpec
+    from poisonlab.flows.grid import GridSpec
+
+    return GridSpec
+
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> tuple[ExperimentSpec, Path]:
-    """Read and fully validate a recipe (attacks and detectors included); returns it with its folder."""
+    """Read and fully validate a recipe (attacks and detectors included); returns it with its folder: an
+    ``ExperimentSpec``, or a ``GridSpec`` for a recipe with a ``grid:``; either runs with ``spec.run``."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -153,7 +166,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> tupl
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     try:
-        spec = ExperimentSpec.model_validate(raw)
+        spec = _recipe_model(raw).model_validate(raw)
         from poisonlab.attacks.recipe import configure
 
         configure(spec.attack_recipe())  # unknown attacks or parameters fail here, before any step

@@ -139,10 +139,13 @@ def experiment(
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.epochs=2"),
     options: RunOptions = RunOptions(),
 ) -> None:
-    """Generate/poison -> train victim -> embed -> detect -> clean -> retrain -> evaluate -> report (resumable)."""
+    """Generate/poison -> train victim -> embed -> detect -> clean -> retrain -> evaluate -> report (resumable).
+
+    A recipe with a `grid:` section (recipes/grid.yaml) trains one victim per attack and rate and writes one
+    detection table (OUT/grid.md)."""
     import yaml
 
-    from poisonlab.flows.experiment import ExperimentError, load_experiment, run_experiment
+    from poisonlab.flows.experiment import ExperimentError, load_experiment
 
     try:
         parsed = {}
@@ -154,7 +157,7 @@ def experiment(
         spec, base_dir = load_experiment(recipe, parsed)
         folder = out or absolute(Path("experiments") / spec.name)
         outputs.guard(folder, "experiment")
-        result = run_experiment(spec, folder, options.runner, base_dir)
+        result = spec.run(folder, options.runner, base_dir)
     except ExperimentError as exc:
         fail(str(exc))
     outputs.done(folder, "experiment")
