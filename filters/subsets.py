@@ -60,26 +60,36 @@ def keyed_subset(rows: np.ndarray, hashes: np.ndarray, size: int, salt: int) -> 
     return np.sort(rows[order])
 
 
-def subset_kdistance(vectors: np.ndarray, rows: np.ndarray, subset: np.ndarray, k: int,
-                     index: IndexParams) -> np.ndarray:
-    """k-distance of every row among the subset's rows (a row that is in the subset skips itself)."""
-    position = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, np.int64)
+def subset_kdistance(points: np.ndarray, subset: np.ndarray, k: int, index: IndexParams) -> np.ndarray:
+    """k-distance of every point among the points at positions ``subset`` (a point in the subset skips itself)."""
+    position = np.full(len(points), -1, np.int64)
     position[subset] = np.arange(len(subset))
-    dist, _ = knn_among(vectors[rows], vectors[subset], position[rows], k, index)
+    dist, _ = knn_among(points, points[subset], position, k, index)
     return k_distance(dist, k)
 
 
 def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,
                   max_rate: float, seed: int, index: IndexParams) -> np.ndarray:
-    """Mean over (k, subset) of the rank-normalised k-distance among that subset, for ``rows``."""
-    total = np.zeros(len(rows))
+    """Mean over (k, subset) of the rank-normalised k-distance among that subset, for ``rows``.
+
+    The search runs on the rows arranged in keyed order, not in the order they arrived: BLAS sums a dot
+    product in an order that depends on where the row falls in its block, so the same pair in another
+    arrangement can differ in the last bit, and a near-tie then ranks the other way. One canonical
+    arrangement gives the same bytes whatever the shard order or number of workers.
+    """
     hashes = key_hashes(keys, rows, seed)
+    canonical = np.argsort(hashes, kind="stable")
+    points, hashes = vectors[rows[canonical]], hashes[canonical]
+    positions = np.arange(len(rows))
+    total = np.zeros(len(rows))
     for i, k in enumerate(ks):
         size = subset_size(k, max_rate, len(rows))
         for s in range(subsets):
-            subset = keyed_subset(rows, hashes, size, salt=i * subsets + s)
-            total += rank_normalise(subset_kdistance(vectors, rows, subset, k, index))
-    return total / (len(ks) * subsets)
+            subset = keyed_subset(positions, hashes, size, salt=i * subsets + s)
+            total += rank_normalise(subset_kdistance(points, subset, k, index))
+    out = np.empty(len(rows))
+    out[canonical] = total / (len(ks) * subsets)
+    return out
 
 
 class KdistSubsetsParams(Params):
