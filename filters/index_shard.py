@@ -19,6 +19,7 @@ import numpy as np
 
 from poisonlab.filters.budget import CODES, IndexPlan, auto_nlist_for, auto_nprobe_for
 from poisonlab.filters.knn_merge import MISSING, merge_topk
+from poisonlab.filters.threads import one_thread
 from poisonlab.filters.vectors import VectorSource
 from poisonlab.pipelines.keyed import keyed_rng
 
@@ -88,7 +89,8 @@ class IndexShard:
         self.source, self.spec = source, spec
         self.compressed = CODES[spec.plan.codes].compressed
         self.exact: np.ndarray | None = None
-        self.index = self._build_compressed() if self.compressed else self._build_flat()
+        with one_thread():  # the same shard on any worker (filters/threads.py)
+            self.index = self._build_compressed() if self.compressed else self._build_flat()
         if self.compressed and spec.plan.refine == "memory":
             self.exact = source.rows(spec.start, spec.end)
         source.release()
@@ -121,6 +123,10 @@ class IndexShard:
     def search(self, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """This shard's k nearest rows to queries start..end-1: (distances, global row ids), each (m, k),
         sorted by (distance, id); padded with (inf, -1) when the shard holds fewer than k rows."""
+        with one_thread():
+            return self._search(start, end, k)
+
+    def _search(self, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = self.source.rows(start, end)
         take = min(k, self.spec.rows)
         if self.compressed:
