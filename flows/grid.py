@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from poisonlab.flows.experiment import DataSpec, DetectSpec, Experiment, ExperimentSpec, run_experiment
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.registry import Params
-from poisonlab.shards.layout import atomic_write_json
+from poisonlab.shards.layout import atomic_write_json, atomic_write_text
 from poisonlab.training import TrainSettings
 
 GRID_BUDGETS = (0.01, 0.02, 0.05)
@@ -140,10 +140,10 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> dict[str, str]:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    (out / "grid.csv").write_text(buffer.getvalue())
+    atomic_write_text(out / "grid.csv", buffer.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
-    (out / "grid.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "grid.md", "\n".join(lines) + "\n")
     return {"json": str(out / "grid.json"), "csv": str(out / "grid.csv"), "markdown": str(out / "grid.md")}
 
 
