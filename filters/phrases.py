@@ -34,6 +34,8 @@ and a phrase inserted without a target concept (clean-label ``text_trigger``: no
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 from pydantic import Field
 from scipy.sparse import csr_matrix
@@ -44,27 +46,59 @@ from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.registry import Params
 
 CHUNK = 16_384  # (row, token) pairs whose dot products are computed at once
+ROW_BLOCK = 65_536  # image vectors widened to float64 at once (never the whole store: 1 GiB at 1M x 128)
 
 
 def token_pairs(captions: list[str], rows: np.ndarray, ngrams: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(row, token id) for every distinct word (and word n-gram up to ``ngrams``) of each row's caption."""
     vocab: dict[str, int] = {}
-    pair_rows: list[int] = []
-    pair_tokens: list[int] = []
+    pair_rows, pair_tokens = array("q"), array("q")  # 8 bytes a pair, where a list of ints takes 36
     for r in rows.tolist():
         words = normalise_caption(captions[r]).split()
         grams = {" ".join(words[i:i + n]) for n in range(1, ngrams + 1) for i in range(len(words) - n + 1)}
         for gram in grams:
             pair_rows.append(r)
             pair_tokens.append(vocab.setdefault(gram, len(vocab)))
-    return np.asarray(pair_rows, np.int64), np.asarray(pair_tokens, np.int64), len(vocab)
+    return np.frombuffer(pair_rows, np.int64).copy(), np.frombuffer(pair_tokens, np.int64).copy(), len(vocab)
+
+
+def _row_blocks(n: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + ROW_BLOCK)) for s in range(0, n, ROW_BLOCK)]
+
+
+def concept_sums(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.ndarray, n_tokens: int) -> np.ndarray:
+    """S_t, the float64 sum of the image vectors of the captions carrying each token, one block of rows at
+    a time (``pair_rows`` ascending, as ``token_pairs`` makes them)."""
+    sums = np.zeros((n_tokens, vectors.shape[1]))
+    blocks = _row_blocks(len(vectors))
+    bounds = np.searchsorted(pair_rows, [s for s, _ in blocks] + [len(vectors)])
+    for (start, end), lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True):
+        incidence = csr_matrix((np.ones(hi - lo), (pair_tokens[lo:hi], pair_rows[lo:hi] - start)),
+                               shape=(n_tokens, end - start))
+        sums += incidence @ vectors[start:end].astype(np.float64)
+    return sums
+
+
+def mean_vector(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The float64 mean of ``vectors[rows]``, summed block by block."""
+    total = np.zeros(vectors.shape[1])
+    for start, end in _row_blocks(len(rows)):
+        total += vectors[rows[start:end]].astype(np.float64).sum(axis=0)
+    return total / max(1, len(rows))
+
+
+def background(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """v_i · mu for every row, block by block."""
+    out = np.empty(len(vectors))
+    for start, end in _row_blocks(len(vectors)):
+        out[start:end] = vectors[start:end].astype(np.float64) @ mean
+    return out
 
 
 def token_agreement(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.ndarray, n_tokens: int,
                     mean: np.ndarray, prior: float) -> np.ndarray:
     """a_it = v_i · m_t(-i) for every (row, token) pair: leave-one-out, shrunk image concept of the token."""
-    incidence = csr_matrix((np.ones(len(pair_rows)), (pair_tokens, pair_rows)), shape=(n_tokens, len(vectors)))
-    sums = np.asarray(incidence @ vectors.astype(np.float64))  # S_t
+    sums = concept_sums(vectors, pair_rows, pair_tokens, n_tokens)
     counts = np.bincount(pair_tokens, minlength=n_tokens).astype(np.float64)
     out = np.empty(len(pair_rows))
     for s in range(0, len(pair_rows), CHUNK):
@@ -75,7 +109,7 @@ def token_agreement(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.
     return out
 
 
-def explanation_gap(pair_rows: np.ndarray, agreement: np.ndarray, background: np.ndarray, n: int) -> np.ndarray:
+def explanation_gap(pair_rows: np.ndarray, agreement: np.ndarray, floor: np.ndarray, n: int) -> np.ndarray:
     """Per row: best token agreement minus the lowest of the other tokens' and the background (NaN: no token)."""
     order = np.lexsort((-agreement, pair_rows))
     rows, values = pair_rows[order], agreement[order]
@@ -84,7 +118,7 @@ def explanation_gap(pair_rows: np.ndarray, agreement: np.ndarray, background: np
     first, last = values[starts], values[ends]
     lowest = np.where(ends > starts, last, np.inf)
     out = np.full(n, np.nan)
-    out[rows[starts]] = first - np.minimum(lowest, background[rows[starts]])
+    out[rows[starts]] = first - np.minimum(lowest, floor[rows[starts]])
     return out
 
 
@@ -113,7 +147,6 @@ class PhraseBurst(Detector):
         pair_rows, pair_tokens, n_tokens = token_pairs(corpus.captions, rows, p.ngrams)
         if len(pair_rows) == 0:
             return np.full(len(corpus), np.nan)
-        mean = vectors[rows].astype(np.float64).mean(axis=0)
+        mean = mean_vector(vectors, rows)
         agreement = token_agreement(vectors, pair_rows, pair_tokens, n_tokens, mean, p.prior)
-        background = vectors.astype(np.float64) @ mean
-        return explanation_gap(pair_rows, agreement, background, len(corpus))
+        return explanation_gap(pair_rows, agreement, background(vectors, mean), len(corpus))

@@ -60,12 +60,21 @@ def keyed_subset(rows: np.ndarray, hashes: np.ndarray, size: int, salt: int) -> 
     return np.sort(rows[order])
 
 
-def subset_kdistance(points: np.ndarray, subset: np.ndarray, k: int, index: IndexParams) -> np.ndarray:
-    """k-distance of every point among the points at positions ``subset`` (a point in the subset skips itself)."""
-    position = np.full(len(points), -1, np.int64)
+def subset_kdistance(vectors: np.ndarray, order: np.ndarray, subset: np.ndarray, k: int,
+                     index: IndexParams) -> np.ndarray:
+    """k-distance of every row ``order[i]`` among the rows ``order[subset]`` (a row in the subset skips itself).
+
+    Queries are gathered one search chunk at a time, so no copy of all vectors is ever made: the chunks
+    are the ones ``knn_among`` would cut from the whole arranged array, so the bytes are the same."""
+    position = np.full(len(order), -1, np.int64)
     position[subset] = np.arange(len(subset))
-    dist, _ = knn_among(points, points[subset], position, k, index)
-    return k_distance(dist, k)
+    refs = vectors[order[subset]]
+    out = np.empty(len(order), np.float32)
+    for start in range(0, len(order), index.chunk):
+        end = min(len(order), start + index.chunk)
+        dist, _ = knn_among(vectors[order[start:end]], refs, position[start:end], k, index)
+        out[start:end] = k_distance(dist, k)
+    return out
 
 
 def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,
@@ -79,14 +88,14 @@ def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: li
     """
     hashes = key_hashes(keys, rows, seed)
     canonical = np.argsort(hashes, kind="stable")
-    points, hashes = vectors[rows[canonical]], hashes[canonical]
+    order, hashes = rows[canonical], hashes[canonical]
     positions = np.arange(len(rows))
     total = np.zeros(len(rows))
     for i, k in enumerate(ks):
         size = subset_size(k, max_rate, len(rows))
         for s in range(subsets):
             subset = keyed_subset(positions, hashes, size, salt=i * subsets + s)
-            total += rank_normalise(subset_kdistance(points, subset, k, index))
+            total += rank_normalise(subset_kdistance(vectors, order, subset, k, index))
     out = np.empty(len(rows))
     out[canonical] = total / (len(ks) * subsets)
     return out
