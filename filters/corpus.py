@@ -3,7 +3,9 @@
 Each store holds named spaces (``image``, ``text``, ``graph``, ...) with their own dimensions; a reader
 asks ``ModelView.space(name)`` and a missing space is a one-line error naming the spaces there are.
 Rows are in shard order, then in the order the embed step saw the samples, so a shard's rows are one
-contiguous slice and score tables are written shard by shard. A second model's store (a reference model
+contiguous slice and score tables are written shard by shard. Only the spaces a scan's detectors read are
+held (``load_corpus(..., spaces=)``; every space's mask is kept for the score tables), and each shard's
+arrays are released as they are joined, so loading never holds a space twice. A second model's store (a reference model
 for CLIP-score next to the victim model for kNN detectors) must hold exactly the same keys in the same
 order: anything else is a model/shard mismatch and is refused.
 """
@@ -11,7 +13,7 @@ order: anything else is a model/shard mismatch and is refused.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 from poisonlab.filters.store import (
     REEMBED,
     EmbeddingMismatchError,
+    MissingSpaceError,
     StoreInfo,
     list_store_shards,
     read_info,
@@ -31,17 +34,20 @@ class ModelView:
     """One store's embeddings of the corpus rows, by named space."""
 
     info: StoreInfo
-    vectors: dict[str, np.ndarray]  # space -> (n, d) float32, zero rows where that space's ok is False
-    ok: dict[str, np.ndarray]  # space -> bool (n,)
+    vectors: dict[str, np.ndarray]  # loaded space -> (n, d) float32, zero rows where that space's ok is False
+    ok: dict[str, np.ndarray]  # every stored space -> bool (n,)
 
     @property
     def spaces(self) -> list[str]:
-        return list(self.vectors)
+        return list(self.ok)
 
     def space(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and mask of one space; a space the store lacks is a one-line error saying what to do."""
         name = self.info.resolve(name)
         self.info.require([name], "this scan", self.info.model_id)
+        if name not in self.vectors:
+            raise MissingSpaceError(f"the space {name!r} of {self.info.model_id} was not loaded: a detector reading it "
+                                    "must declare it in reads()")
         return self.vectors[name], self.ok[name]
 
     def dim(self, name: str) -> int:
@@ -76,7 +82,9 @@ class Corpus:
         return slice(int(self.shard_bounds[index]), int(self.shard_bounds[index + 1]))
 
 
-def _load_store(store: Path, shards: list[str] | None) -> tuple[StoreInfo, list[str], list]:
+def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | None) -> tuple[StoreInfo, list[str], list]:
+    """Every shard of ``store`` (checked against its record), holding only the vectors of the spaces in
+    ``keep`` (all when None)."""
     info = read_info(store)
     names = list_store_shards(store) if shards is None else shards
     if not names:
@@ -93,17 +101,21 @@ def _load_store(store: Path, shards: list[str] | None) -> tuple[StoreInfo, list[
                     f"{store}/{shard}.npz holds {part.vectors[space].shape[1]}-d {space} embeddings but the store's "
                     f"model {info.model_id} has {dim} dimensions"
                 )
+        if keep is not None:
+            part.vectors = {space: v for space, v in part.vectors.items() if space in keep}
         parts.append(part)
     return info, names, parts
 
 
-def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
-    """Load one store, or several (``{name: store}``; the first is the primary) aligned by key."""
+def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collection[str]] | None = None) -> Corpus:
+    """Load one store, or several (``{name: store}``; the first is the primary) aligned by key. ``spaces``
+    names, per store, the stored spaces whose vectors to hold (all of them for a store it does not name)."""
     named = {"model": Path(stores)} if isinstance(stores, (str, Path)) else {k: Path(v) for k, v in stores.items()}
     if not named:
         raise ValueError("no embedding store given")
+    keep = dict(spaces or {})
     primary = next(iter(named))
-    info, shard_names, parts = _load_store(named[primary], None)
+    info, shard_names, parts = _load_store(named[primary], None, keep.get(primary))
     keys = [k for p in parts for k in p.keys]
     if len(set(keys)) != len(keys):
         raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]}: keys must be unique")
@@ -115,7 +127,7 @@ def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
                 f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
                 f"shards {list_store_shards(store)} vs {shard_names}; embed the same shards with both models"
             )
-        other_info, _, other_parts = _load_store(store, shard_names)
+        other_info, _, other_parts = _load_store(store, shard_names, keep.get(name))
         other_keys = [k for p in other_parts for k in p.keys]
         if other_keys != keys:
             missing = len(set(keys) - set(other_keys))
@@ -139,8 +151,11 @@ def load_corpus(stores: Path | Mapping[str, Path]) -> Corpus:
 
 
 def _view(info: StoreInfo, parts: list) -> ModelView:
-    vectors = {s: np.ascontiguousarray(np.concatenate([p.vectors[s] for p in parts]), dtype=np.float32)
-               for s in info.spaces}
+    """Join the shards' arrays space by space, dropping each shard's copy once joined."""
+    vectors: dict[str, np.ndarray] = {}
+    for s in info.spaces:
+        if all(s in p.vectors for p in parts):
+            vectors[s] = np.ascontiguousarray(np.concatenate([p.vectors.pop(s) for p in parts]), dtype=np.float32)
     ok = {s: np.concatenate([p.ok[s] for p in parts]).astype(bool) for s in info.spaces}
     return ModelView(info=info, vectors=vectors, ok=ok)
 

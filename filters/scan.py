@@ -114,12 +114,17 @@ def with_index_memory(specs: list[DetectorSpec], memory: str | None) -> list[Det
     return out
 
 
-def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> None:
-    """Every detector's declared spaces must be in the store it reads: refused before anything is loaded."""
+def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> dict[str, set[str]]:
+    """Every detector's declared spaces must be in the store it reads: refused before anything is loaded.
+    Returns the stored spaces each store is read for (what the scan loads)."""
     infos = {name: read_info(path) for name, path in stores.items()}
+    needed: dict[str, set[str]] = {name: set() for name in stores}
     for spec in specs:
         store = spec.embeddings or primary
-        infos[store].require(spec.create().reads(), f"detector {spec.column!r}", str(stores[store]))
+        reads = spec.create().reads()
+        infos[store].require(reads, f"detector {spec.column!r}", str(stores[store]))
+        needed[store].update(map(infos[store].resolve, reads))
+    return needed
 
 
 def _order(specs: list[DetectorSpec], created: dict[str, Detector]) -> list[DetectorSpec]:
@@ -178,9 +183,9 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         if spec.embeddings is not None and spec.embeddings not in stores:
             raise ValueError(f"detector {spec.column!r} asks for embeddings {spec.embeddings!r}; "
                              f"given: {', '.join(stores)}")
-    check_spaces(specs, stores, next(iter(stores)))
+    needed = check_spaces(specs, stores, next(iter(stores)))
     started = time.perf_counter()
-    corpus = load_corpus(stores)
+    corpus = load_corpus(stores, needed)
     dataset, warnings = scanned_dataset(corpus, stores)
     config = _config(corpus, stores, specs)
     existing = out / SCAN_FILE

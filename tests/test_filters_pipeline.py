@@ -24,6 +24,7 @@ from poisonlab.filters.scan import scan
 from poisonlab.filters.scores import load_scores
 from poisonlab.filters.store import (
     EmbeddingMismatchError,
+    MissingSpaceError,
     read_info,
     read_shard_embeddings,
     shard_file,
@@ -96,6 +97,17 @@ def test_store_holds_every_sample_with_a_status(shards: Path, store: Path) -> No
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     sidecar_keys = [s.key for shard in corpus.shard_names for s in read_shard(shards, shard)]
     assert corpus.keys == sidecar_keys
+
+
+def test_a_scan_holds_only_the_spaces_its_detectors_read(store: Path) -> None:
+    full = load_corpus(store)
+    image_only = load_corpus(store, {"model": {"image"}})
+    view = image_only.model()
+    assert list(view.vectors) == ["image"] and view.spaces == ["image", "text"]  # every mask, for the tables
+    assert np.array_equal(view.space("image")[0], full.model().space("image")[0])
+    assert np.array_equal(view.ok["text"], full.model().ok["text"])
+    with pytest.raises(MissingSpaceError, match="'text' .* was not loaded: a detector reading it must declare it"):
+        view.space("text")
 
 
 def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Path, store: Path) -> None:
