@@ -142,7 +142,7 @@ def one_line_error(res: object, *words: str) -> str:
 
 @pytest.fixture(scope="session")
 def badnets_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The shipped ``recipes/badnets.yaml`` run once per session (about 35 minutes on 2 cores, first in the session): its victim,
+    """The shipped ``recipes/badnets.yaml`` run once per session (about 40 minutes on 2 cores, first in the session): its victim,
     clean baseline and cleaned model serve every science check that needs a trained tiny CLIP (the
     federated check continues its clean baseline). Returns the experiment's result plus ``root``."""
     from poisonlab.flows.experiment import load_experiment, run_experiment

@@ -3,7 +3,9 @@
 Runs the shipped ``recipes/badnets.yaml`` unchanged (20,000 generated pairs, badnets at 0.5%) through the
 experiment runner: victim, clean baseline, detection on the victim's embeddings, cleaning at a 2% budget
 with the detector the recipe names (kdist at k = 400: chosen without the manifest, no oracle), retraining with
-the same settings, evaluation of all three. About 21 minutes on 2 cores (three trainings of ~7 minutes).
+the same settings, evaluation of all three. About 35 minutes on 2 cores (three trainings of ~10 minutes).
+Measured (10 epochs): victim zero-shot 0.968 and ASR 1.000, baseline 0.966 / 0.000, cleaned 0.969 / 0.000;
+kdist_k400 AUROC 1.000 with all 100 poisoned pairs in the top 2%, dao_k400 0.996, default 0.992 (0.92).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def test_badnets_is_learned_then_removed_by_cleaning(badnets_experiment: dict[st
     assert detectors["kdist_k400"]["recall_at_budget"] >= 0.95  # the top 2% by kdist hold >= 95% of the poison
     assert detectors["dao_k400"]["auroc"] >= 0.98
     assert detectors["clip_score"]["auroc"] <= 0.6
-    # the rate-free default (no k, rate or trigger chosen for this attack) finds it too: measured 0.995 and
-    # 0.95 on this victim (benchmarks/results/2026-12-03-default-detector.md)
+    # the rate-free default (no k, rate or trigger chosen for this attack) finds it too: measured 0.992 and
+    # 0.92 on this victim (0.995 and 0.95 on the 6-epoch one: benchmarks/results/2026-12-03-default-detector.md)
     assert detectors["default"]["auroc"] >= 0.98
     assert detectors["default"]["recall_at_budget"] >= 0.9
     # cleaning at a 2% budget with the detector the recipe names removes it, and costs (almost) no accuracy
