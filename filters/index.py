@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import faiss
@@ -207,19 +208,22 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
 
 
 def knn_among(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, k: int,
-              params: IndexParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+              params: IndexParams | None = None, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of a (small) reference set for every query, never the query itself: ``query_pos[i]`` is
     query i's position among ``refs`` (-1 when it is not a reference). Exact (a flat FAISS index, on the GPU
-    when there is one), since a reference subset is small. Returns Euclidean distances and reference ids."""
+    when there is one), since a reference subset is small. Returns Euclidean distances and reference ids.
+    With ``rows``, the queries are ``queries[rows]``, gathered one search chunk at a time (never all at once)."""
     params = params or IndexParams()
     queries, refs = _check(queries), _check(refs)
     if len(refs) < k + 1:
         raise ValueError(f"{len(refs)} references cannot give every query k={k} neighbours")
     index = _flat_index(refs, params)
-    dist = np.empty((len(queries), k), np.float32)
-    ids = np.empty((len(queries), k), np.int64)
-    for start, end in _chunks(len(queries), params.chunk):
-        sims, found = index.search(queries[start:end], k + 1)
+    n = len(queries) if rows is None else len(rows)
+    dist = np.empty((n, k), np.float32)
+    ids = np.empty((n, k), np.int64)
+    for start, end in chunks(n, params.chunk):
+        block = queries[start:end] if rows is None else queries[rows[start:end]]
+        sims, found = index.search(block, k + 1)
         kept_sims, kept_ids, _ = drop_excluded(sims, found.astype(np.int64, copy=False),
                                                np.asarray(query_pos[start:end], np.int64), None, k)
         ids[start:end], dist[start:end] = kept_ids, ip_to_distance(kept_sims)
@@ -235,7 +239,8 @@ def sampled_recall(x: np.ndarray, ids: np.ndarray, queries: int, seed: int,
     return float((truth[:, :, None] == ids[rows][:, None, :]).any(axis=2).mean())
 
 
-def _chunks(n: int, size: int):
+def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive blocks of ``size`` over ``n`` rows (the last one shorter)."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
@@ -252,7 +257,7 @@ def _exact_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str,
     started = time.perf_counter()
     index = _flat_index(x, params)
     seconds["build"] = round(time.perf_counter() - started, 3)
-    for start, end in _chunks(len(x), params.chunk):
+    for start, end in chunks(len(x), params.chunk):
         sims, ids = index.search(x[start:end], k)
         yield start, ids, sims
 
@@ -264,7 +269,7 @@ def _hnsw_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, 
     index.add(x)
     seconds["build"] = round(time.perf_counter() - started, 3)
     index.hnsw.efSearch = max(params.ef_search, k)
-    for start, end in _chunks(len(x), params.chunk):
+    for start, end in chunks(len(x), params.chunk):
         sims, ids = index.search(x[start:end], k)
         yield start, ids, sims
 
@@ -313,7 +318,7 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
     quantizer.add(kmeans.centroids)
     coarse = np.empty((n, nprobe), np.float32)
     lists = np.empty((n, nprobe), np.int64)
-    for start, end in _chunks(n, params.chunk * 4):
+    for start, end in chunks(n, params.chunk * 4):
         coarse[start:end], lists[start:end] = quantizer.search(xp[start:end], nprobe)
     if (code or params.code) == "sq8":
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
@@ -333,7 +338,7 @@ def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, f
     seconds["build"] = round(time.perf_counter() - started, 3)
     candidates = max(k, int(math.ceil(params.refine * k)))
     d = x.shape[1]
-    for start, end in _chunks(len(x), params.chunk):
+    for start, end in chunks(len(x), params.chunk):
         _, cand = search_preassigned(ivf.index, ivf.projected[start:end], candidates, ivf.lists[start:end],
                                      ivf.coarse[start:end])
         cand = np.ascontiguousarray(cand, dtype=np.int64)
@@ -357,7 +362,7 @@ def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = 
     if kind == "ivf":
         ivf = build_ivf(x, params, code="flat")  # exact projected distances: a candidate superset
         radius = float(max(0.0, 2.0 - 2.0 * threshold)) * (1 + 1e-4) + 1e-6
-        for start, end in _chunks(n, params.chunk):
+        for start, end in chunks(n, params.chunk):
             lims, _, found = range_search_preassigned(ivf.index, ivf.projected[start:end], radius,
                                                       ivf.lists[start:end], ivf.coarse[start:end])
             rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
@@ -369,7 +374,7 @@ def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = 
             seconds.append(found[ok])
     else:  # exact, on the CPU (GPU flat indexes have no range search; neither has HNSW, reliably)
         index = _flat_index(x, params.model_copy(update={"gpu": False}))
-        for start, end in _chunks(n, params.chunk):
+        for start, end in chunks(n, params.chunk):
             lims, _, found = index.range_search(x[start:end], float(threshold))
             rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
             keep = found > rows

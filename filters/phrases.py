@@ -42,6 +42,7 @@ from scipy.sparse import csr_matrix
 
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.detectors import DETECTORS, Detector, EmbeddingSpace, normalise_caption
+from poisonlab.filters.index import chunks
 from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.registry import Params
 
@@ -59,18 +60,14 @@ def token_pairs(captions: list[str], rows: np.ndarray, ngrams: int) -> tuple[np.
         for gram in grams:
             pair_rows.append(r)
             pair_tokens.append(vocab.setdefault(gram, len(vocab)))
-    return np.frombuffer(pair_rows, np.int64).copy(), np.frombuffer(pair_tokens, np.int64).copy(), len(vocab)
-
-
-def _row_blocks(n: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + ROW_BLOCK)) for s in range(0, n, ROW_BLOCK)]
+    return np.frombuffer(pair_rows, np.int64), np.frombuffer(pair_tokens, np.int64), len(vocab)  # views, no copy
 
 
 def concept_sums(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.ndarray, n_tokens: int) -> np.ndarray:
     """S_t, the float64 sum of the image vectors of the captions carrying each token, one block of rows at
     a time (``pair_rows`` ascending, as ``token_pairs`` makes them)."""
     sums = np.zeros((n_tokens, vectors.shape[1]))
-    blocks = _row_blocks(len(vectors))
+    blocks = list(chunks(len(vectors), ROW_BLOCK))
     bounds = np.searchsorted(pair_rows, [s for s, _ in blocks] + [len(vectors)])
     for (start, end), lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True):
         incidence = csr_matrix((np.ones(hi - lo), (pair_tokens[lo:hi], pair_rows[lo:hi] - start)),
@@ -82,7 +79,7 @@ def concept_sums(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.nda
 def mean_vector(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The float64 mean of ``vectors[rows]``, summed block by block."""
     total = np.zeros(vectors.shape[1])
-    for start, end in _row_blocks(len(rows)):
+    for start, end in chunks(len(rows), ROW_BLOCK):
         total += vectors[rows[start:end]].astype(np.float64).sum(axis=0)
     return total / max(1, len(rows))
 
@@ -90,7 +87,7 @@ def mean_vector(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def background(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """v_i · mu for every row, block by block."""
     out = np.empty(len(vectors))
-    for start, end in _row_blocks(len(vectors)):
+    for start, end in chunks(len(vectors), ROW_BLOCK):
         out[start:end] = vectors[start:end].astype(np.float64) @ mean
     return out
 

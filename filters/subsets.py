@@ -62,19 +62,12 @@ def keyed_subset(rows: np.ndarray, hashes: np.ndarray, size: int, salt: int) -> 
 
 def subset_kdistance(vectors: np.ndarray, order: np.ndarray, subset: np.ndarray, k: int,
                      index: IndexParams) -> np.ndarray:
-    """k-distance of every row ``order[i]`` among the rows ``order[subset]`` (a row in the subset skips itself).
-
-    Queries are gathered one search chunk at a time, so no copy of all vectors is ever made: the chunks
-    are the ones ``knn_among`` would cut from the whole arranged array, so the bytes are the same."""
+    """k-distance of every row ``order[i]`` among the rows ``order[subset]`` (a row in the subset skips
+    itself). ``knn_among`` gathers the queries a search chunk at a time: no copy of the store is made."""
     position = np.full(len(order), -1, np.int64)
     position[subset] = np.arange(len(subset))
-    refs = vectors[order[subset]]
-    out = np.empty(len(order), np.float32)
-    for start in range(0, len(order), index.chunk):
-        end = min(len(order), start + index.chunk)
-        dist, _ = knn_among(vectors[order[start:end]], refs, position[start:end], k, index)
-        out[start:end] = k_distance(dist, k)
-    return out
+    dist, _ = knn_among(vectors, vectors[order[subset]], position, k, index, rows=order)
+    return k_distance(dist, k)
 
 
 def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,
