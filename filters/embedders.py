@@ -74,6 +74,15 @@ class Embedder(ABC):
     def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
         """Embed a batch (space -> decoded inputs) into float32 arrays (space -> (n, dim)), L2-normalised."""
 
+    def prepare(self, batch: Mapping[str, Sequence[Any]]) -> Mapping[str, Any]:
+        """The model-free part of ``embed`` (pixels, tokens), which the embed step runs in a reading thread
+        ahead of the model. It must not touch the model; by default there is none."""
+        return batch
+
+    def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``embed`` of a batch that went through ``prepare``: ``embed(b) == embed_prepared(prepare(b))``."""
+        return self.embed(prepared)
+
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """What the outputs depend on (architecture, weight digests, seeds): recorded with the store."""

@@ -121,16 +121,24 @@ class OpenClipEmbedder(ModelEmbedder):
         return out.cpu().numpy()
 
     def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+        return self.embed_prepared(self.prepare(batch))
+
+    def prepare(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Pixels and tokens: CPU work without the model (the embed step runs it ahead, in a thread)."""
         from poisonlab.models.pixels import batch_pixels
 
         self.setup()
-        model, out = self.loaded.model, {}
+        prepared: dict[str, Any] = {}
         if batch.get("image"):
-            pixels = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
-            out["image"] = self._run(model.encode_image, pixels)
+            prepared["image"] = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
         if batch.get("text"):
-            out["text"] = self._run(model.encode_text, self.loaded.tokenizer(list(batch["text"])))
-        return out
+            prepared["text"] = self.loaded.tokenizer(list(batch["text"]))
+        return prepared
+
+    def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        self.setup()
+        encoders = {"image": self.loaded.model.encode_image, "text": self.loaded.model.encode_text}
+        return {space: self._run(encoders[space], inputs) for space, inputs in prepared.items()}
 
     def identity(self) -> dict[str, Any]:
         return {"arch": _arch_identity(self.params.arch), "weights": weights_identity(self.params.weights, self.params.seed, self.params.arch)}

@@ -75,17 +75,28 @@ class GraphClipEmbedder(ModelEmbedder):
         return out
 
     def embed(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
-        import torch
+        return self.embed_prepared(self.prepare(batch))
 
+    def prepare(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """A PyG batch of the graphs and the captions' tokens (the embed step builds them ahead, in a thread)."""
         from poisonlab.graph.codec import to_batch
 
         self.setup()
-        model, out = self.loaded.model, {}
+        prepared: dict[str, Any] = {}
+        if batch.get("graph"):
+            prepared["graph"] = to_batch(list(batch["graph"]))
+        if batch.get("text"):
+            prepared["text"] = self.loaded.tokenizer(list(batch["text"]))
+        return prepared
+
+    def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        self.setup()
+        model = self.loaded.model
+        encoders = {"graph": model.encode_graph, "text": model.encode_text}
         with torch.inference_mode():
-            if batch.get("graph"):
-                out["graph"] = model.encode_graph(to_batch(list(batch["graph"])).to(self.device))
-            if batch.get("text"):
-                out["text"] = model.encode_text(self.loaded.tokenizer(list(batch["text"])).to(self.device))
+            out = {space: encoders[space](inputs.to(self.device)) for space, inputs in prepared.items()}
         return {space: v.float().cpu().numpy().astype(np.float32) for space, v in out.items()}
 
     def identity(self) -> dict[str, Any]:

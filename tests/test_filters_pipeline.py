@@ -110,6 +110,17 @@ def test_a_scan_holds_only_the_spaces_its_detectors_read(store: Path) -> None:
         view.space("text")
 
 
+def test_reading_ahead_in_a_thread_writes_the_same_bytes(shards: Path, store: Path, tmp_path: Path) -> None:
+    """The store fixture read ahead (threads=1, the automatic choice); reading serially changes no byte,
+    the truncated image's reason included, with batches that end inside a shard (7 rows of 60)."""
+    serial = Path(embed_shards(shards, tmp_path / "serial", EmbedConfig(TINY, batch_size=64, read_ahead=False))["store"])
+    assert {p.name: p.read_bytes() for p in serial.glob("*.npz")} == {p.name: p.read_bytes() for p in store.glob("*.npz")}
+    odd = [Path(embed_shards(shards, tmp_path / f"odd-{ahead}", EmbedConfig(TINY, batch_size=7, read_ahead=ahead))["store"])
+           for ahead in (False, True)]
+    assert sorted(p.name for p in odd[0].glob("*.npz")) == sorted(p.name for p in store.glob("*.npz"))
+    assert all((odd[0] / p.name).read_bytes() == (odd[1] / p.name).read_bytes() for p in odd[0].glob("*.npz"))
+
+
 def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Path, store: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in store.glob("*.npz")}
     again = embed_shards(shards, store.parent, EmbedConfig(TINY, batch_size=17))

@@ -21,8 +21,8 @@ class TrainSettings(Params):
     model: str = Field("poisonlab-tiny-32", description="the model the objective builds (CLIP: open_clip "
                        "architecture name or JSON config file)")
     epochs: int = Field(5, ge=1)
-    # batch 64 at lr 1e-3: on the built-in 20,000 pairs 6 epochs reach zero-shot 0.87 (badnets ASR 0.95);
-    # batch 128 reached 0.71, and at lr 2e-3 the model learned colour only (recipes/badnets.yaml)
+    # batch 64 at lr 1e-3: on the built-in 20,000 badnets pairs 6 epochs reach zero-shot 0.77-0.88 (badnets
+    # ASR 0.99) and 10 epochs 0.97; batch 128 reached 0.71, batch 32 and lr 2e-3 learned colour only (README)
     batch_size: int = Field(64, ge=2, description="pairs per step (the contrastive loss needs >= 2)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
