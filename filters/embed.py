@@ -10,7 +10,8 @@ shard is an error rather than a silent mix of versions.
 Float results of a CPU forward pass depend (in the last bits) on torch's thread count and on how samples
 are batched, so both are part of the configuration, not of the machine: ``threads`` defaults to 1 (the
 parallelism is one worker per core) and batches never cross shards, so the same config writes the same
-bytes with any number of workers.
+bytes with any number of workers. Reading, decoding and the embedder's ``prepare`` (pixels, tokens) may run
+in a thread ahead of the model (``read_ahead``); that changes when the CPU does the work, not the batches.
 """
 
 from __future__ import annotations
