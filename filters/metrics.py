@@ -6,7 +6,9 @@ at each budget (0.1%, 1%, 2% (the cleaning budget of `clean` and the demo) and 5
 by key, as the ``top_fraction`` decision does). Computed for all positives together and for each attack of
 the manifest separately, by the recipe's attack id (that attack's positives against the clean samples;
 other attacks' samples left out): two attacks of one type with different triggers or targets are two
-sections. Samples a detector could not score rank below every scored one. ROC (linear or log false
+sections. Leaving the other attacks out answers "how well does the detector see this attack"; what one
+cleaning budget over the whole set removes of each attack is ``joint_recall`` beside it (the other
+attacks' pairs take places in that budget too, so it is never higher). Samples a detector could not score rank below every scored one. ROC (linear or log false
 positive rate) and PR curves are written as PNG, the numbers as JSON and a markdown summary.
 
 The scores and the manifest must describe the same shard folder: the scan's ``dataset`` (the folder that
@@ -71,6 +73,24 @@ def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndar
         result["budgets"][budget_label(b)] = {"removed": removed, "recall": tp / positives,
                                               "precision": tp / removed if removed else None}
     return result
+
+
+def joint_recall(scores: np.ndarray, attack_of: np.ndarray, attacks: Sequence[str], tie_break: np.ndarray,
+                 budgets: Sequence[float] = BUDGETS) -> dict[str, dict[str, float]]:
+    """attack -> budget -> the share of that attack's samples among the top ``budget`` of *all* samples:
+    what one cleaning pass removes of each attack when several share the budget."""
+    order = ranking(scores, tie_break)
+    ranked = attack_of[order]
+    n = len(scores)
+    out: dict[str, dict[str, float]] = {}
+    for attack in attacks:
+        found = np.cumsum(ranked == attack)
+        total = int(found[-1]) if n else 0
+        out[attack] = {}
+        for b in budgets:
+            removed = min(n, math.ceil(b * n - 1e-9))
+            out[attack][budget_label(b)] = (int(found[removed - 1]) if removed else 0) / total if total else 0.0
+    return out
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -171,9 +191,11 @@ def recall_report(scores: Path | ScoreTable, manifest: Path | dict[str, str], ou
     for name in names:
         column = table.column(name)[live]
         entry = {"all": detection_metrics(column, labels, tie, budgets), "per_attack": {}}
+        joint = joint_recall(column, attack_of, attacks, tie, budgets)
         for attack in attacks:
             subset = (attack_of == attack) | ~labels
-            entry["per_attack"][attack] = detection_metrics(column[subset], labels[subset], tie[subset], budgets)
+            entry["per_attack"][attack] = {**detection_metrics(column[subset], labels[subset], tie[subset], budgets),
+                                           "joint_recall": joint[attack]}
         report["detectors"][name] = entry
     if out is not None:
         report["files"] = write_report(Path(out), report, table, live, labels, attack_of, names, roc_scale)
@@ -267,13 +289,15 @@ def markdown_summary(report: dict[str, Any]) -> str:
         + ".", "",
     ]
 
-    def table(scope_of: Any) -> list[str]:
-        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def table(scope_of: Any, joint: bool = False) -> list[str]:
+        columns = head + ([f"J@{b}" for b in budgets] if joint else [])
+        rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for name, entry in report["detectors"].items():
             m = scope_of(entry)
             cells = [name, _cell(m["auroc"]), _cell(m["pr_auc"]), _cell(m["fpr_at_95_tpr"])]
             cells += [_cell(m["budgets"].get(b, {}).get("recall")) for b in budgets]
             cells += [_cell(m["budgets"].get(b, {}).get("precision")) for b in budgets]
+            cells += [_cell(m.get("joint_recall", {}).get(b)) for b in budgets] if joint else []
             rows.append("| " + " | ".join(cells) + " |")
         return rows
 
@@ -282,6 +306,10 @@ def markdown_summary(report: dict[str, Any]) -> str:
     if len(report["attacks"]) > 1:
         for attack in report["attacks"]:
             kind = f" ({types[attack]})" if types.get(attack, attack) != attack else ""
-            lines += [f"## {attack}{kind}", "", *table(lambda e, a=attack: e["per_attack"][a]), ""]
+            lines += [f"## {attack}{kind}", "", *table(lambda e, a=attack: e["per_attack"][a], joint=True), ""]
     lines.append("R@b / P@b: recall and precision when the top b of the samples by score are removed.")
+    if len(report["attacks"]) > 1:
+        lines.append("Per attack, R@b ranks that attack's samples against the clean ones only; J@b is the share of "
+                     "them among the top b of all samples, where the other attacks take places too (what one "
+                     "cleaning budget removes).")
     return "\n".join(lines)

@@ -49,8 +49,9 @@ def _model_rows(exp: Experiment) -> list[ModelRow]:
         if label == "resumed" or not per_attack:
             continue
         first = next(iter(per_attack.values()))
+        success = {attack: result["attack_success"] for attack, result in per_attack.items()}
         rows.append(ModelRow(label=label, trained_on=trained_on.get(label, label), zero_shot=first["zero_shot"],
-                             attack_success=first["attack_success"], linear_probe=first["linear_probe"],
+                             attack_success=success, linear_probe=first["linear_probe"],
                              retrieval_r1=first.get("retrieval_r1"),
                              loss_csv=exp.run_dir(label) / "metrics_steps.csv"))
     return rows
@@ -87,15 +88,22 @@ def report(exp: Experiment) -> dict[str, Any]:
         facts["cleaning"] = (f"{clean['detector']} ({chosen}) at a {budget:.1%} budget: removed {clean['removed']} pairs, "
                              f"{clean['poisoned_removed']} of {clean['poisoned_total']} poisoned")
     paths = write_report(exp.report_dir, f"poisonlab experiment: {exp.spec.name}", models, detectors, facts, budget)
-    table = [{"model": m.label, "zero_shot": m.zero_shot, "attack_success": m.attack_success,
-              "linear_probe": m.linear_probe} for m in models]
+    table = [{"model": m.label, "zero_shot": m.zero_shot, "attack_success": m.first_success,
+              "attack_success_by_attack": dict(m.attack_success), "linear_probe": m.linear_probe} for m in models]
     lines = [f"experiment {exp.spec.name}: report in {paths['markdown']} and {paths['html']}"]
-    lines += [f"  {m.label:<9} zero-shot {m.zero_shot:.3f}  attack success "
-              + (f"{m.attack_success:.3f}" if m.attack_success is not None else "n/a") for m in models]
+    lines += [f"  {m.label:<9} zero-shot {m.zero_shot:.3f}  attack success {attack_success_text(m)}" for m in models]
     lines += [f"  detector {d.name:<14} AUROC {d.auroc:.3f}  recall@budget {d.recall_at_budget:.3f}"
               + ("  (used)" if d.chosen else "") for d in detectors]
     return {"paths": paths, "table": table, "summary": "\n".join(lines),
             "detectors": [{"name": d.name, "auroc": d.auroc, "recall_at_budget": d.recall_at_budget} for d in detectors]}
+
+
+def attack_success_text(model: ModelRow) -> str:
+    """``0.990`` for one attack; ``badnets 1.000, blended 0.717`` for several."""
+    cells = {a: f"{v:.3f}" if v is not None else "n/a" for a, v in model.attack_success.items()}
+    if len(cells) <= 1:
+        return next(iter(cells.values()), "n/a")
+    return ", ".join(f"{a} {v}" for a, v in cells.items())
 
 
 def _shard_runner(exp: Experiment, label: str):  # type: ignore[no-untyped-def]

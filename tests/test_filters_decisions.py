@@ -109,3 +109,15 @@ def test_recall_report_per_attack_on_a_score_table() -> None:
     assert a["per_attack"]["badnets"]["auroc"] == pytest.approx(1.0)
     assert a["per_attack"]["caption"]["auroc"] == pytest.approx(1 / 6)  # above the unscored sample only
     assert "## caption" in markdown_summary(report)
+
+
+def test_joint_recall_counts_the_places_other_attacks_take_in_one_budget() -> None:
+    # column b ranks k01 (caption) first and k08 (badnets) second: alone against the clean samples badnets is
+    # found within a 10% budget, but one budget over all nine samples removes only the caption pair
+    report = recall_report(table(), {"k01": "caption", "k08": "badnets"}, budgets=(0.1, 0.25))
+    badnets = report["detectors"]["b"]["per_attack"]["badnets"]
+    assert badnets["budgets"]["10%"]["recall"] == 1.0
+    assert badnets["joint_recall"] == {"10%": 0.0, "25%": 1.0}
+    assert report["detectors"]["b"]["per_attack"]["caption"]["joint_recall"]["10%"] == 1.0
+    text = markdown_summary(report)
+    assert "J@10%" in text and "J@b is the share" in text

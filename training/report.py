@@ -20,13 +20,21 @@ from poisonlab.training.metrics import plot_losses
 
 @dataclasses.dataclass(frozen=True)
 class ModelRow:
+    """One trained model's headline numbers; ``attack_success`` holds one entry per attack of the recipe
+    (attack id -> success), so a victim of several backdoors shows every one of them."""
+
     label: str
     trained_on: str
     zero_shot: float
-    attack_success: float | None
+    attack_success: dict[str, float | None]
     linear_probe: float
     retrieval_r1: float | None
     loss_csv: Path | None = None
+
+    @property
+    def first_success(self) -> float | None:
+        """The first attack's success (the plot's bar; the only one in a single-attack recipe)."""
+        return next(iter(self.attack_success.values()), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +72,14 @@ def _plot_roc(detectors: Sequence[DetectorRow], out: Path) -> Path | None:
 
 
 def _plot_success(models: Sequence[ModelRow], out: Path) -> Path | None:
-    rows = [m for m in models if m.attack_success is not None]
+    rows = [m for m in models if m.first_success is not None]
     if not rows:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.4), dpi=110)
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [m.attack_success for m in rows], width=0.4, label="attack success")
+    ax.bar([i - 0.2 for i in x], [m.first_success for m in rows], width=0.4,
+           label=f"attack success ({next(iter(rows[0].attack_success))})")
     ax.bar([i + 0.2 for i in x], [m.zero_shot for m in rows], width=0.4, label="zero-shot accuracy")
     ax.set_xticks(list(x), [m.label for m in rows])
     ax.set_ylim(0, 1.05)
@@ -96,6 +105,21 @@ def _save(fig, out: Path) -> Path:  # type: ignore[no-untyped-def]
     return out
 
 
+def success_headers(models: Sequence[ModelRow]) -> list[str]:
+    """The attack ids every model was evaluated on, in recipe order."""
+    return list(dict.fromkeys(attack for m in models for attack in m.attack_success))
+
+
+def _model_table(models: Sequence[ModelRow]) -> list[list[str]]:
+    attacks = success_headers(models)
+    success = ["attack success"] if len(attacks) <= 1 else [f"attack success ({a})" for a in attacks]
+    table = [["model", "trained on", "zero-shot acc", *success, "linear probe", "retrieval R@1 (i->t)"]]
+    for m in models:
+        cells = [_fmt(m.attack_success.get(a)) for a in attacks] or ["n/a"]
+        table.append([m.label, m.trained_on, _fmt(m.zero_shot), *cells, _fmt(m.linear_probe), _fmt(m.retrieval_r1)])
+    return table
+
+
 def write_report(out_dir: Path, title: str, models: Sequence[ModelRow], detectors: Sequence[DetectorRow],
                  facts: dict[str, Any], budget: float | None) -> dict[str, str]:
     """Write ``report.md``, ``report.html`` and the plots into ``out_dir``; returns their paths."""
@@ -112,9 +136,7 @@ def write_report(out_dir: Path, title: str, models: Sequence[ModelRow], detector
     if curves:
         plots["Loss curves"] = plot_losses(curves, out_dir / "loss_curves.png", "training loss")  # type: ignore[arg-type]
 
-    model_table = [["model", "trained on", "zero-shot acc", "attack success", "linear probe", "retrieval R@1 (i->t)"]]
-    model_table += [[m.label, m.trained_on, _fmt(m.zero_shot), _fmt(m.attack_success), _fmt(m.linear_probe),
-                     _fmt(m.retrieval_r1)] for m in models]
+    model_table = _model_table(models)
     budget_txt = f"{budget:.1%}" if budget is not None else "budget"
     det_table = [["detector", "AUROC", f"recall @ {budget_txt}", f"precision @ {budget_txt}", "removed"]]
     det_table += [[d.name + (" (used to clean)" if d.chosen else ""), _fmt(d.auroc), _fmt(d.recall_at_budget),
