@@ -22,10 +22,12 @@ from poisonlab.filters.store import (
     REEMBED,
     EmbeddingMismatchError,
     MissingSpaceError,
+    ShardEmbeddings,
     StoreInfo,
     list_store_shards,
     read_info,
     read_shard_embeddings,
+    read_shard_rows,
 )
 
 
@@ -82,29 +84,51 @@ class Corpus:
         return slice(int(self.shard_bounds[index]), int(self.shard_bounds[index + 1]))
 
 
-def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | None) -> tuple[StoreInfo, list[str], list]:
+@dataclasses.dataclass
+class _LoadedStore:
+    info: StoreInfo
+    names: list[str]
+    parts: list[ShardEmbeddings]  # strings, masks and flags per shard; their vectors are in ``vectors``
+    vectors: dict[str, np.ndarray]  # kept space -> (rows, dim) float32, every shard's rows in shard order
+
+
+def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | None) -> _LoadedStore:
     """Every shard of ``store`` (checked against its record), holding only the vectors of the spaces in
-    ``keep`` (all when None)."""
+    ``keep`` (all when None). Each kept space is one array allocated up front (its size read from the shards'
+    row counts) and filled shard by shard, so no shard's copy outlives its read: the largest arrays of a
+    scan are never held twice, and freed blocks do not fragment the heap between long-lived strings."""
     info = read_info(store)
     names = list_store_shards(store) if shards is None else shards
     if not names:
         raise FileNotFoundError(f"no embedded shards (NNNNN.npz) in {store}")
-    parts = []
-    for shard in names:
-        part = read_shard_embeddings(store, shard)
-        if set(part.vectors) != set(info.spaces):
-            raise EmbeddingMismatchError(f"{store}/{shard}.npz holds the spaces {sorted(part.vectors)} but the store's "
-                                         f"embedder {info.model_id} writes {sorted(info.spaces)}; {REEMBED}")
-        for space, dim in info.spaces.items():
-            if len(part) and part.vectors[space].shape[1] != dim:
-                raise EmbeddingMismatchError(
-                    f"{store}/{shard}.npz holds {part.vectors[space].shape[1]}-d {space} embeddings but the store's "
-                    f"model {info.model_id} has {dim} dimensions"
-                )
-        if keep is not None:
-            part.vectors = {space: v for space, v in part.vectors.items() if space in keep}
+    counts = [read_shard_rows(store, shard) for shard in names]
+    kept = [s for s in info.spaces if keep is None or s in keep]
+    vectors = {s: np.empty((sum(counts), info.spaces[s]), np.float32) for s in kept}
+    parts, start = [], 0
+    for shard, count in zip(names, counts, strict=True):
+        part = read_shard_embeddings(store, shard, kept)
+        _check_shard(store, shard, info, part, count)
+        for space in kept:
+            if count:
+                vectors[space][start:start + count] = part.vectors[space]
+        part.vectors, part.status = {}, []  # placed, and not part of the corpus: not held until the last shard
         parts.append(part)
-    return info, names, parts
+        start += count
+    return _LoadedStore(info, names, parts, vectors)
+
+
+def _check_shard(store: Path, shard: str, info: StoreInfo, part: ShardEmbeddings, rows: int) -> None:
+    if set(part.ok) != set(info.spaces):
+        raise EmbeddingMismatchError(f"{store}/{shard}.npz holds the spaces {sorted(part.ok)} but the store's "
+                                     f"embedder {info.model_id} writes {sorted(info.spaces)}; {REEMBED}")
+    if len(part) != rows:
+        raise EmbeddingMismatchError(f"{store}/{shard}.npz changed while it was read ({rows} rows, then {len(part)})")
+    for space, vectors in part.vectors.items():
+        if len(part) and vectors.shape[1] != info.spaces[space]:
+            raise EmbeddingMismatchError(
+                f"{store}/{shard}.npz holds {vectors.shape[1]}-d {space} embeddings but the store's "
+                f"model {info.model_id} has {info.spaces[space]} dimensions"
+            )
 
 
 def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collection[str]] | None = None) -> Corpus:
@@ -115,31 +139,32 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
         raise ValueError("no embedding store given")
     keep = dict(spaces or {})
     primary = next(iter(named))
-    info, shard_names, parts = _load_store(named[primary], None, keep.get(primary))
-    keys = [k for p in parts for k in p.keys]
+    first = _load_store(named[primary], None, keep.get(primary))
+    keys = [k for p in first.parts for k in p.keys]
     if len(set(keys)) != len(keys):
         raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]}: keys must be unique")
-    bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-    models = {primary: _view(info, parts)}
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in first.parts])]).astype(np.int64)
+    models = {primary: _view(first)}
     for name, store in list(named.items())[1:]:
-        if list_store_shards(store) != shard_names:
+        if list_store_shards(store) != first.names:
             raise EmbeddingMismatchError(
                 f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
-                f"shards {list_store_shards(store)} vs {shard_names}; embed the same shards with both models"
+                f"shards {list_store_shards(store)} vs {first.names}; embed the same shards with both models"
             )
-        other_info, _, other_parts = _load_store(store, shard_names, keep.get(name))
-        other_keys = [k for p in other_parts for k in p.keys]
+        other = _load_store(store, first.names, keep.get(name))
+        other_keys = [k for p in other.parts for k in p.keys]
         if other_keys != keys:
             missing = len(set(keys) - set(other_keys))
             raise EmbeddingMismatchError(
                 f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
                 f"{missing} keys missing or out of order; embed the same shards with both models"
             )
-        models[name] = _view(other_info, other_parts)
+        models[name] = _view(other)
+    parts = first.parts
     return Corpus(
         keys=keys,
         captions=[c for p in parts for c in p.captions],
-        shard_names=shard_names,
+        shard_names=first.names,
         shard_bounds=bounds,
         live=np.concatenate([p.live for p in parts]).astype(bool),
         reasons=[r for p in parts for r in p.reasons],
@@ -150,14 +175,9 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
     )
 
 
-def _view(info: StoreInfo, parts: list) -> ModelView:
-    """Join the shards' arrays space by space, dropping each shard's copy once joined."""
-    vectors: dict[str, np.ndarray] = {}
-    for s in info.spaces:
-        if all(s in p.vectors for p in parts):
-            vectors[s] = np.ascontiguousarray(np.concatenate([p.vectors.pop(s) for p in parts]), dtype=np.float32)
-    ok = {s: np.concatenate([p.ok[s] for p in parts]).astype(bool) for s in info.spaces}
-    return ModelView(info=info, vectors=vectors, ok=ok)
+def _view(loaded: _LoadedStore) -> ModelView:
+    ok = {s: np.concatenate([p.ok[s] for p in loaded.parts]).astype(bool) for s in loaded.info.spaces}
+    return ModelView(info=loaded.info, vectors=loaded.vectors, ok=ok)
 
 
 def in_memory_info(spaces: dict[str, int]) -> StoreInfo:

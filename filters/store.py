@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +179,14 @@ def pack_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unpack_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The strings ``pack_strings`` stored. ASCII text (keys, most captions) is decoded once and sliced, so
+    no temporary bytes object is made per string: a million of them, freed between the strings that are
+    kept, would leave the heap fragmented long after."""
     raw = data.tobytes()
     starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    text = raw.decode("utf-8")
+    if len(text) == len(raw):  # one byte per character: byte offsets are character offsets
+        return [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     return [raw[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
@@ -229,27 +235,43 @@ def write_shard(store: Path, shard: str, emb: ShardEmbeddings, dtype: str) -> Pa
     return final
 
 
+def read_shard_rows(store: Path, shard: str) -> int:
+    """How many samples a shard file holds (its ``live`` flags: no vector is read)."""
+    with np.load(shard_file(store, shard), allow_pickle=False) as data:
+        try:
+            return len(data["live"])
+        except KeyError:
+            raise StoreFormatError(f"{shard_file(store, shard)} lacks 'live': not an embedding shard this poisonlab "
+                                   f"reads; {REEMBED}") from None
+
+
 def read_shard_digest(store: Path, shard: str) -> str:
     with np.load(shard_file(store, shard), allow_pickle=False) as data:
         return data["digest"].tobytes().decode()
 
 
-def _spaces_of(data: Any, path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _spaces_of(data: Any, path: Path,
+               keep: Collection[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Vectors of the stored spaces in ``keep`` (all when None) and the masks of every stored space: a space
+    nobody reads is never decompressed (at a million rows the text space alone is half a gigabyte)."""
     version = int(data["version"][0]) if "version" in data.files else 1
     if version == 1:
-        return ({"image": data["image"].astype(np.float32), "text": data["text"].astype(np.float32)},
-                {"image": data["image_ok"], "text": data["text_ok"]})
-    if version != STORE_VERSION:
+        names, fields = ["image", "text"], {"image": ("image", "image_ok"), "text": ("text", "text_ok")}
+    elif version == STORE_VERSION:
+        names = unpack_strings(data["spaces_bytes"], data["spaces_ends"])
+        fields = {n: (f"emb.{n}", f"ok.{n}") for n in names}
+    else:
         raise StoreFormatError(f"{path} is in embedding format {version}, which this poisonlab cannot read; {REEMBED}")
-    names = unpack_strings(data["spaces_bytes"], data["spaces_ends"])
-    return ({n: data[f"emb.{n}"].astype(np.float32) for n in names}, {n: data[f"ok.{n}"] for n in names})
+    loaded = [n for n in names if keep is None or n in keep]
+    return ({n: data[fields[n][0]].astype(np.float32) for n in loaded}, {n: data[fields[n][1]] for n in names})
 
 
-def read_shard_embeddings(store: Path, shard: str) -> ShardEmbeddings:
+def read_shard_embeddings(store: Path, shard: str, spaces: Collection[str] | None = None) -> ShardEmbeddings:
+    """One shard's embeddings; with ``spaces``, only those spaces' vectors are read (every mask is)."""
     path = shard_file(store, shard)
     with np.load(path, allow_pickle=False) as data:
         try:
-            vectors, ok = _spaces_of(data, path)
+            vectors, ok = _spaces_of(data, path, spaces)
             strings = {name: unpack_strings(data[f"{name}_bytes"], data[f"{name}_ends"]) for name in _STRING_FIELDS}
         except KeyError as exc:
             raise StoreFormatError(f"{path} lacks {exc}: not an embedding shard this poisonlab reads; {REEMBED}") from None

@@ -12,7 +12,7 @@ own subset size), after rank normalisation (so no k or subset dominates by scale
 
 Subsets are drawn by keyed randomness on the sample keys (rank of a keyed hash per subset), so the same
 seed gives the same scores whatever the worker count, shard order or reruns. The search is exact, with
-a flat FAISS index over each subset (``index.knn_among``): a subset is small by construction.
+a flat FAISS index over each subset (``index.kth_among``): a subset is small by construction.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from poisonlab.filters.context import ScanContext
 from poisonlab.filters.detectors import DETECTORS, Detector, EmbeddingSpace
-from poisonlab.filters.index import IndexParams, knn_among
+from poisonlab.filters.index import IndexParams, kth_among
 from poisonlab.filters.outliers import k_distance
 from poisonlab.filters.ranks import rank_normalise
 from poisonlab.filters.store import PAYLOAD_SPACE
@@ -63,11 +63,11 @@ def keyed_subset(rows: np.ndarray, hashes: np.ndarray, size: int, salt: int) -> 
 def subset_kdistance(vectors: np.ndarray, order: np.ndarray, subset: np.ndarray, k: int,
                      index: IndexParams) -> np.ndarray:
     """k-distance of every row ``order[i]`` among the rows ``order[subset]`` (a row in the subset skips
-    itself). ``knn_among`` gathers the queries a search chunk at a time: no copy of the store is made."""
+    itself). ``kth_among`` gathers the queries a search chunk at a time and keeps only each chunk's
+    k-distances: no copy of the store and no (rows, k) neighbour table is made."""
     position = np.full(len(order), -1, np.int64)
     position[subset] = np.arange(len(subset))
-    dist, _ = knn_among(vectors, vectors[order[subset]], position, k, index, rows=order)
-    return k_distance(dist, k)
+    return kth_among(vectors, vectors[order[subset]], position, k, lambda dist: k_distance(dist, k), index, rows=order)
 
 
 def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,

@@ -1,0 +1,83 @@
+"""Loading a store for a scan reads only the spaces the detectors read, into one array per space, and
+keeps every row where it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poisonlab.filters.corpus import load_corpus
+from poisonlab.filters.index import IndexParams, knn_among, kth_among
+from poisonlab.filters.outliers import k_distance
+from poisonlab.filters.store import (
+    EmbeddingMismatchError,
+    ShardEmbeddings,
+    StoreInfo,
+    pack_strings,
+    read_shard_embeddings,
+    read_shard_rows,
+    unpack_strings,
+    write_info,
+    write_shard,
+)
+from poisonlab.pipelines.keyed import keyed_rng
+
+
+def _store(root: Path, sizes: list[int]) -> tuple[Path, np.ndarray, np.ndarray]:
+    rng = keyed_rng(0, "test", "store-loading")
+    image = rng.standard_normal((sum(sizes), 8)).astype(np.float32)
+    text = rng.standard_normal((sum(sizes), 4)).astype(np.float32)
+    store = root / "emb"
+    write_info(store, StoreInfo("two-spaces", "test", {"image": 8, "text": 4}, "float32", str(root / "shards")))
+    start = 0
+    for i, m in enumerate(sizes):
+        ones, rows = np.ones(m, bool), slice(start, start + m)
+        write_shard(store, f"{i:05d}", ShardEmbeddings(
+            keys=[f"k{start + j:05d}" for j in range(m)], captions=[f"a caption, café {start + j}" for j in range(m)],
+            vectors={"image": image[rows], "text": text[rows]}, ok={"image": ones, "text": ones}, live=ones,
+            status=["ok"] * m, reasons=[""] * m, source_status=[""] * m, hash_status=[""] * m, digest="d"), "float32")
+        start += m
+    return store, image, text
+
+
+def test_only_the_spaces_asked_for_are_read_and_every_mask_is(tmp_path: Path) -> None:
+    store, image, _ = _store(tmp_path, [5, 0, 7])
+    part = read_shard_embeddings(store, "00002", ["image"])
+    assert list(part.vectors) == ["image"] and set(part.ok) == {"image", "text"}
+    np.testing.assert_array_equal(part.vectors["image"], image[5:])
+    assert [read_shard_rows(store, s) for s in ("00000", "00001", "00002")] == [5, 0, 7]
+    corpus = load_corpus(store, {"model": ["image"]})
+    assert list(corpus.model().vectors) == ["image"] and len(corpus) == 12
+    np.testing.assert_array_equal(corpus.model().vectors["image"], image)
+    assert corpus.captions[11] == "a caption, café 11" and list(corpus.shard_bounds) == [0, 5, 5, 12]
+    both = load_corpus(store)
+    assert set(both.model().vectors) == {"image", "text"}
+
+
+def test_a_shard_of_another_width_is_refused(tmp_path: Path) -> None:
+    store, _, _ = _store(tmp_path, [3])
+    write_info(tmp_path / "wide", StoreInfo("two-spaces", "test", {"image": 16, "text": 4}, "float32",
+                                            str(tmp_path / "shards")))
+    (tmp_path / "wide" / "00000.npz").write_bytes((store / "00000.npz").read_bytes())
+    with pytest.raises(EmbeddingMismatchError, match="8-d image embeddings"):
+        load_corpus(tmp_path / "wide", {"model": ["image"]})
+
+
+def test_strings_round_trip_ascii_or_not() -> None:
+    for values in (["k1", "", "a photo of a red circle"], ["café", "", "x"], []):
+        assert unpack_strings(*pack_strings(values)) == values
+
+
+def test_kth_among_keeps_what_knn_among_finds() -> None:
+    rng = keyed_rng(1, "test", "kth-among")
+    x = rng.standard_normal((900, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    refs = np.arange(0, 900, 3)
+    position = np.full(900, -1, np.int64)
+    position[refs] = np.arange(len(refs))
+    params = IndexParams(chunk=256)  # four search chunks
+    dist, _ = knn_among(x, x[refs], position, 5, params)
+    kth = kth_among(x, x[refs], position, 5, lambda d: k_distance(d, 5), params)
+    np.testing.assert_array_equal(kth, k_distance(dist, 5))
