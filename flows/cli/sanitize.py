@@ -45,7 +45,7 @@ DetectorOpt = typer.Option(None, "--detector", metavar="<spec>", help="[column=]
                            "--detector, repeatable: --detector knn50=kdist:k=50 --detector dao:k=50 --detector "
                            "both=ensemble:detectors=[knn50;dao]. Values are YAML, a list is [a;b], a dotted key sets a "
                            "nested parameter (index.kind=exact); a JSON object or @file.yaml works too. Default: "
-                           "default (kdist_subsets and phrase_burst, rank-max combined: needs no knowledge of the "
+                           "default (kdist_subsets, phrase_burst and kdist at k=16, rank-max combined: needs no knowledge of the "
                            "attack or its rate); "
                            "see `poisonlab components detector`")
 ForceOpt = typer.Option(False, "--force", help="combine outputs that describe different shard folders "
