@@ -8,8 +8,9 @@ the manifest separately, by the recipe's attack id (that attack's positives agai
 other attacks' samples left out): two attacks of one type with different triggers or targets are two
 sections. Leaving the other attacks out answers "how well does the detector see this attack"; what one
 cleaning budget over the whole set removes of each attack is ``joint_recall`` beside it (the other
-attacks' pairs take places in that budget too, so it is never higher). Samples a detector could not score rank below every scored one. ROC (linear or log false
-positive rate) and PR curves are written as PNG, the numbers as JSON and a markdown summary.
+attacks' pairs take places in that budget too, so it is never higher). Samples a detector could not score
+rank below every scored one. ROC (linear or log false positive rate) and PR curves are written as PNG,
+the numbers as JSON and a markdown summary.
 
 The scores and the manifest must describe the same shard folder: the scan's ``dataset`` (the folder that
 was embedded) must be the poisoned output the manifest was written for (its parquet metadata records that
@@ -42,6 +43,11 @@ def budget_label(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
+def budget_rows(budget: float, n: int) -> int:
+    """How many of ``n`` ranked samples a removal budget takes (the ``top_fraction`` decision's count)."""
+    return min(n, math.ceil(budget * n - 1e-9))
+
+
 def _finite(scores: np.ndarray) -> np.ndarray:
     ok = np.isfinite(scores)
     if ok.all():
@@ -68,7 +74,7 @@ def detection_metrics(scores: np.ndarray, labels: np.ndarray, tie_break: np.ndar
     found = np.cumsum(labels[order])
     result["budgets"] = {}
     for b in budgets:
-        removed = min(n, math.ceil(b * n - 1e-9))
+        removed = budget_rows(b, n)
         tp = int(found[removed - 1]) if removed else 0
         result["budgets"][budget_label(b)] = {"removed": removed, "recall": tp / positives,
                                               "precision": tp / removed if removed else None}
@@ -88,7 +94,7 @@ def joint_recall(scores: np.ndarray, attack_of: np.ndarray, attacks: Sequence[st
         total = int(found[-1]) if n else 0
         out[attack] = {}
         for b in budgets:
-            removed = min(n, math.ceil(b * n - 1e-9))
+            removed = budget_rows(b, n)
             out[attack][budget_label(b)] = (int(found[removed - 1]) if removed else 0) / total if total else 0.0
     return out
 

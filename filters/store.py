@@ -179,14 +179,8 @@ def pack_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unpack_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
-    """The strings ``pack_strings`` stored. ASCII text (keys, most captions) is decoded once and sliced, so
-    no temporary bytes object is made per string: a million of them, freed between the strings that are
-    kept, would leave the heap fragmented long after."""
     raw = data.tobytes()
     starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-    text = raw.decode("utf-8")
-    if len(text) == len(raw):  # one byte per character: byte offsets are character offsets
-        return [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     return [raw[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
