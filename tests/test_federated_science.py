@@ -1,7 +1,7 @@
 """Science check (slow): client inspection finds the malicious clients; defenses keep fedavg's accuracy.
 
-Continued pretraining of the session's clean baseline (the badnets science run's tiny CLIP, trained on
-20,000 generated pairs: zero-shot 0.84 here) by 10 clients, 4 per round, 2 malicious with BadNets on half of
+Continued pretraining of the session's clean baseline (the science run's tiny CLIP, ``recipes/multi_attack.yaml``,
+trained on 20,000 generated pairs: zero-shot 0.84 here) by 10 clients, 4 per round, 2 malicious with BadNets on half of
 their partitions, 5 rounds of 10 local steps (``federated_science.CONFIG``).
 
 What is asserted is what was measured to hold within the CPU budget. The issue's attack floor is NOT
@@ -26,10 +26,10 @@ DEFENSES = ("median", "inspection_fedavg")
 
 
 @pytest.fixture(scope="module")
-def science(tmp_path_factory: pytest.TempPathFactory, badnets_experiment: dict[str, Any]) -> dict[str, Any]:
-    """Continues the session's clean baseline (trained on 20,000 pairs by the badnets science run)."""
+def science(tmp_path_factory: pytest.TempPathFactory, science_experiment: dict[str, Any]) -> dict[str, Any]:
+    """Continues the session's clean baseline (trained on the 20,000 clean pairs of ``recipes/multi_attack.yaml``)."""
     root = tmp_path_factory.mktemp("fedscience")
-    start = badnets_experiment["root"] / "runs" / "baseline"
+    start = science_experiment["root"] / "runs" / "baseline"
     result = run_science(root, {**CONFIG, "start": str(start)})
     result["root"] = root
     print(f"federated science: clean model {result['clean_seconds']} s, everything {result['seconds']} s")

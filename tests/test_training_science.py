@@ -1,52 +1,92 @@
-"""The science check: a backdoor is learned, found by a detector, and gone after cleaning and retraining.
+"""The science check: four backdoors planted in one victim, found by the default detector, gone after cleaning.
 
-Runs the shipped ``recipes/badnets.yaml`` unchanged (20,000 generated pairs, badnets at 0.5%) through the
-experiment runner: victim, clean baseline, detection on the victim's embeddings, cleaning at a 2% budget
-with the detector the recipe names (kdist at k = 400: chosen without the manifest, no oracle), retraining with
-the same settings, evaluation of all three. About 35 minutes on 2 cores (three trainings of ~10 minutes).
-Measured (10 epochs): victim zero-shot 0.968 and ASR 1.000, baseline 0.966 / 0.000, cleaned 0.969 / 0.000;
-kdist_k400 AUROC 1.000 with all 100 poisoned pairs in the top 2%, dao_k400 0.996, default 0.992 (0.92).
+Runs the shipped ``recipes/multi_attack.yaml`` unchanged through the experiment runner (the
+``science_experiment`` fixture): 20,000 generated pairs with badnets, blended, wanet and a dirty-label
+caption trigger at 0.5% each (100 pairs each, each with its own trigger and target class), a victim and a
+clean baseline trained 10 epochs, detection on the victim's own embeddings, cleaning by the rate-free
+``default`` detector at a 3% budget (chosen without the manifest: no oracle), retraining with the same
+settings, evaluation of the three models on every attack. About 35 minutes on 2 cores (three trainings of
+~10 minutes). One victim serves every check below; the numbers quoted are those measured here
+(``benchmarks/results/2026-12-04-multi-attack.md``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+LEARNED = ("badnets", "blended", "text_trigger")  # what a 10-epoch victim of this recipe learns (wanet: see below)
+
+
+def _per_attack(result: dict[str, Any], detector: str) -> dict[str, dict[str, Any]]:
+    """attack id -> that attack's metrics for ``detector`` (the other attacks' pairs left out of the ranking)."""
+    report = json.loads((result["root"] / "detection" / "recall.json").read_text())
+    return report["detectors"][detector]["per_attack"]
+
+
+def _models(result: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """model -> attack id -> zero-shot and attack success."""
+    return result["steps"]["evaluate"]
+
 
 @pytest.mark.slow
-def test_badnets_is_learned_then_removed_by_cleaning(badnets_experiment: dict[str, Any]) -> None:
-    """The session's run of ``recipes/badnets.yaml`` (the ``badnets_experiment`` fixture)."""
-    result = badnets_experiment
+def test_the_victim_learns_the_backdoors_and_the_task(science_experiment: dict[str, Any]) -> None:
+    result = science_experiment
     assert result["spec"].data.synth is not None and result["spec"].data.synth.samples >= 20_000
     print("\n" + result["summary"])
-    steps = result["steps"]
-    assert steps["poison"]["poisoned"] == 100  # 0.5% of 20,000
-    models = {label: per_attack["badnets"] for label, per_attack in steps["evaluate"].items()}
-    victim, cleaned, baseline = models["victim"], models["cleaned"], models["baseline"]
-    # the backdoor is learned without hurting the task
-    assert victim["zero_shot"] >= 0.8
-    assert victim["attack_success"] >= 0.9
-    # a model trained on the same data without poison is not fooled by the trigger
-    assert baseline["attack_success"] <= 0.1
-    # on the victim's own embeddings the neighbourhood sparsity of Huang et al. finds the poison once the
-    # neighbourhood reaches past the 100 pairs that share the trigger, while the victim's image-caption
-    # similarity is no detector: it fits its poisoned pairs at least as well as its clean ones
-    detectors = steps["detect"]["detectors"]
-    print({name: round(d["auroc"], 4) for name, d in detectors.items()})
-    assert detectors["kdist_k400"]["auroc"] >= 0.98
-    assert detectors["kdist_k400"]["recall_at_budget"] >= 0.95  # the top 2% by kdist hold >= 95% of the poison
-    assert detectors["dao_k400"]["auroc"] >= 0.98
-    assert detectors["clip_score"]["auroc"] <= 0.6
-    # the rate-free default (no k, rate or trigger chosen for this attack) finds it too: measured 0.992 and
-    # 0.92 on this victim (0.995 and 0.95 on the 6-epoch one: benchmarks/results/2026-12-03-default-detector.md)
-    assert detectors["default"]["auroc"] >= 0.98
-    assert detectors["default"]["recall_at_budget"] >= 0.9
-    # cleaning at a 2% budget with the detector the recipe names removes it, and costs (almost) no accuracy
-    clean = steps["clean"]
-    assert clean["detector"] == "kdist_k400" and not clean["oracle"]
-    assert clean["removed"] == 400
-    assert cleaned["attack_success"] <= 0.05
-    assert abs(cleaned["zero_shot"] - victim["zero_shot"]) <= 0.03
+    assert result["steps"]["poison"]["poisoned"] == 400  # 4 x 0.5% of 20,000
+    victim, baseline = _models(result)["victim"], _models(result)["baseline"]
+    # measured: zero-shot 0.966; ASR badnets 1.000, blended 0.717, caption trigger 0.930
+    assert victim["badnets"]["zero_shot"] >= 0.9
+    assert victim["badnets"]["attack_success"] >= 0.9
+    assert victim["text_trigger"]["attack_success"] >= 0.8
+    assert victim["blended"]["attack_success"] >= 0.5
+    # the warp (s = 0.5 at 32 px, 0.5%) is not learned (measured 0.002): the wanet rows test no detector
+    print({attack: round(m["attack_success"], 3) for attack, m in victim.items()})
+    # a model trained on the same data without poison is fooled by none of the triggers
+    for attack, metrics in baseline.items():
+        assert metrics["attack_success"] <= 0.1, (attack, metrics)
+
+
+@pytest.mark.slow
+def test_the_default_finds_every_learned_backdoor(science_experiment: dict[str, Any]) -> None:
+    """Issue 15's bars, with no k, rate or trigger chosen for any of the attacks (per attack, at a 2% budget)."""
+    default = _per_attack(science_experiment, "default")
+    print({a: (round(m["auroc"], 3), m["budgets"]["2%"]["recall"], m["joint_recall"]) for a, m in default.items()})
+    # measured: 0.993 / 0.94 (badnets), 0.998 / 0.99 (blended), 0.999 / 1.00 (caption trigger)
+    for attack in ("badnets", "blended"):
+        assert default[attack]["auroc"] >= 0.98, attack
+        assert default[attack]["budgets"]["2%"]["recall"] >= 0.9, attack
+    assert default["text_trigger"]["auroc"] >= 0.95
+
+
+@pytest.mark.slow
+def test_what_each_ingredient_and_baseline_detector_sees(science_experiment: dict[str, Any]) -> None:
+    """The image side finds the image triggers, the caption side the caption trigger, and the victim's own
+    image-caption similarity is inverted on what it learned (it fits its poisoned pairs best)."""
+    result = science_experiment
+    subsets, phrases = _per_attack(result, "kdist_subsets"), _per_attack(result, "phrase_burst")
+    tuned, clip = _per_attack(result, "kdist_k400"), _per_attack(result, "clip_score")
+    # measured: kdist_subsets 1.000 / 0.990 on badnets / blended, phrase_burst 1.000 on the caption trigger
+    assert subsets["badnets"]["auroc"] >= 0.98 and subsets["blended"]["auroc"] >= 0.98
+    assert phrases["text_trigger"]["auroc"] >= 0.98
+    # kdist tuned to 100 pairs sharing a trigger (k = 400, recipes/badnets.yaml): 1.000, all 100 in its top 2%
+    assert tuned["badnets"]["auroc"] >= 0.98 and tuned["badnets"]["budgets"]["2%"]["recall"] >= 0.95
+    for attack in LEARNED:  # measured 0.04-0.24
+        assert clip[attack]["auroc"] <= 0.6, attack
+
+
+@pytest.mark.slow
+def test_cleaning_with_the_default_removes_the_backdoors(science_experiment: dict[str, Any]) -> None:
+    result = science_experiment
+    clean = result["steps"]["clean"]
+    assert clean["detector"] == "default" and not clean["oracle"]
+    assert clean["removed"] == 600  # 3% of 20,000
+    victim, cleaned = _models(result)["victim"], _models(result)["cleaned"]
+    print({attack: round(m["attack_success"], 3) for attack, m in cleaned.items()}, clean)
+    for attack in LEARNED:
+        assert cleaned[attack]["attack_success"] <= 0.1, (attack, cleaned[attack])
+    assert abs(cleaned["badnets"]["zero_shot"] - victim["badnets"]["zero_shot"]) <= 0.03
     assert (result["root"] / "report" / "report.html").exists()
