@@ -114,14 +114,14 @@ def with_index_memory(specs: list[DetectorSpec], memory: str | None) -> list[Det
     return out
 
 
-def check_spaces(specs: list[DetectorSpec], stores: Mapping[str, Path], primary: str) -> dict[str, set[str]]:
+def check_spaces(created: Mapping[str, Detector], specs: list[DetectorSpec], infos: Mapping[str, StoreInfo],
+                 stores: Mapping[str, Path], primary: str) -> dict[str, set[str]]:
     """Every detector's declared spaces must be in the store it reads: refused before anything is loaded.
     Returns the stored spaces each store is read for (what the scan loads)."""
-    infos = {name: read_info(path) for name, path in stores.items()}
     needed: dict[str, set[str]] = {name: set() for name in stores}
     for spec in specs:
         store = spec.embeddings or primary
-        reads = spec.create().reads()
+        reads = created[spec.column].reads()
         infos[store].require(reads, f"detector {spec.column!r}", str(stores[store]))
         needed[store].update(map(infos[store].resolve, reads))
     return needed
@@ -159,15 +159,41 @@ def scanned_dataset(corpus: Corpus, stores: Mapping[str, Path]) -> tuple[Dataset
     return primary, warnings
 
 
-def _config(corpus: Corpus, stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
+def _config(infos: Mapping[str, StoreInfo], stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
+    """What a scan's scores depend on, from the stores' info files alone: a rerun with the same config is
+    recognised before any vector is loaded."""
     return {
-        "stores": {name: {"path": str(Path(p).resolve()), "model_id": corpus.models[name].info.model_id,
-                          "embedder": corpus.models[name].info.embedder, "spaces": corpus.models[name].info.spaces,
-                          "source": corpus.models[name].info.source, "dataset": _dataset_of(corpus.models[name].info)}
+        "stores": {name: {"path": str(Path(p).resolve()), "model_id": infos[name].model_id,
+                          "embedder": infos[name].embedder, "spaces": infos[name].spaces,
+                          "source": infos[name].source, "dataset": _dataset_of(infos[name])}
                    for name, p in stores.items()},
-        "primary": corpus.primary,
+        "primary": next(iter(stores)),
         "detectors": {s.column: s.describe() for s in specs},
     }
+
+
+def _claim(out: Path, config: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The finished scan in ``out`` when it has the same config (nothing to do); otherwise make ``out``
+    ready for this scan, or refuse a folder holding something else."""
+    existing = out / SCAN_FILE
+    if existing.exists() and not overwrite:
+        previous = json.loads(existing.read_text())
+        if previous.get("config") == config:
+            return {**previous, "skipped": True}
+        raise FileExistsError(f"{out} holds a scan with other stores or detectors; use another folder or overwrite")
+    if not existing.exists() and out.exists() and (list_score_shards(out) or any(out.glob("*.tar"))):
+        raise FileExistsError(f"{out} holds other data (NNNNN.parquet or tars) and no scan; use an empty folder")
+    return None
+
+
+def _drop_previous(out: Path, shard_names: Sequence[str]) -> None:
+    """Overwriting an earlier scan of ``out``: its summary goes first, and tables of shards this scan lacks."""
+    existing = out / SCAN_FILE
+    if existing.exists():
+        existing.unlink()
+        for stale in list_score_shards(out):
+            if stale not in shard_names:
+                score_path(out, stale).unlink()
 
 
 def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None,
@@ -183,38 +209,31 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         if spec.embeddings is not None and spec.embeddings not in stores:
             raise ValueError(f"detector {spec.column!r} asks for embeddings {spec.embeddings!r}; "
                              f"given: {', '.join(stores)}")
-    needed = check_spaces(specs, stores, next(iter(stores)))
+    primary = next(iter(stores))
+    created = {s.column: s.create() for s in specs}
+    infos = {name: read_info(path) for name, path in stores.items()}
+    needed = check_spaces(created, specs, infos, stores, primary)
+    config = _config(infos, stores, specs)
+    done = _claim(out, config, overwrite)
+    if done is not None:
+        return done
     started = time.perf_counter()
     corpus = load_corpus(stores, needed)
     dataset, warnings = scanned_dataset(corpus, stores)
-    config = _config(corpus, stores, specs)
-    existing = out / SCAN_FILE
-    if existing.exists() and not overwrite:
-        previous = json.loads(existing.read_text())
-        if previous.get("config") == config:
-            return {**previous, "skipped": True}
-        raise FileExistsError(f"{out} holds a scan with other stores or detectors; use another folder or overwrite")
-    if existing.exists():
-        existing.unlink()
-        for stale in list_score_shards(out):  # an earlier scan of this folder: its tables are replaced
-            if stale not in corpus.shard_names:
-                score_path(out, stale).unlink()
-    elif out.exists() and (list_score_shards(out) or any(out.glob("*.tar"))):
-        raise FileExistsError(f"{out} holds other data (NNNNN.parquet or tars) and no scan; use an empty folder")
+    _drop_previous(out, corpus.shard_names)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ScanContext(corpus, shard_runner)
-    created = {s.column: s.create() for s in specs}
     for spec in specs:
         created[spec.column].plan(ctx, spec.embeddings or corpus.primary)
     for spec in _order(specs, created):
         start = time.perf_counter()
         ctx.columns[spec.column] = created[spec.column].score(ctx, spec.embeddings or corpus.primary)
         ctx.timings[spec.column] = round(time.perf_counter() - start, 3)
-    primary = corpus.model()
+    stored = corpus.model()
     for i, shard in enumerate(corpus.shard_names):
         rows = corpus.shard_rows(i)
         base = {"key": corpus.keys[rows], "live": corpus.live[rows], "reason": corpus.reasons[rows],
-                **{f"{EMBEDDED_PREFIX}{s}": primary.ok[s][rows] for s in primary.spaces}}
+                **{f"{EMBEDDED_PREFIX}{s}": stored.ok[s][rows] for s in stored.spaces}}
         write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
     summary = {
         "config": config,
@@ -228,5 +247,5 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
         "seconds": {"total": round(time.perf_counter() - started, 3), **ctx.timings},
         "out": str(out),
     }
-    atomic_write_json(existing, summary)
+    atomic_write_json(out / SCAN_FILE, summary)
     return summary

@@ -81,3 +81,25 @@ def test_kth_among_keeps_what_knn_among_finds() -> None:
     dist, _ = knn_among(x, x[refs], position, 5, params)
     kth = kth_among(x, x[refs], position, 5, lambda d: k_distance(d, 5), params)
     np.testing.assert_array_equal(kth, k_distance(dist, 5))
+
+
+def test_a_finished_scan_with_the_same_config_is_recognised_before_loading(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun (a resumed pipeline) costs the info files, not the store: at a million pairs loading it is
+    most of a scan's memory and a minute of its time."""
+    import poisonlab.filters.scan as scan_module
+
+    store, _, _ = _store(tmp_path, [6, 6])
+    out = tmp_path / "scores"
+    first = scan_module.scan(store, ["kdist:k=2"], out)
+    tables = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the store was loaded")
+
+    monkeypatch.setattr(scan_module, "load_corpus", no_loading)
+    again = scan_module.scan(store, ["kdist:k=2"], out)
+    assert again["skipped"] and again["config"] == first["config"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == tables
+    with pytest.raises(FileExistsError, match="other stores or detectors"):
+        scan_module.scan(store, ["kdist:k=3"], out)
