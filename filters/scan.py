@@ -173,8 +173,8 @@ def _config(infos: Mapping[str, StoreInfo], stores: Mapping[str, Path], specs: l
 
 
 def _claim(out: Path, config: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The finished scan in ``out`` when it has the same config (nothing to do); otherwise make ``out``
-    ready for this scan, or refuse a folder holding something else."""
+    """The finished scan in ``out`` when it has the same config (nothing to do), None when this scan is to
+    run; a folder holding another scan (without ``overwrite``) or other data is refused."""
     existing = out / SCAN_FILE
     if existing.exists() and not overwrite:
         previous = json.loads(existing.read_text())
