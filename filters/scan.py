@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from poisonlab.filters.budget import parse_bytes
 from poisonlab.filters.context import ScanContext
-from poisonlab.filters.corpus import Corpus, load_corpus
+from poisonlab.filters.corpus import load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
 from poisonlab.filters.index import IndexParams
 from poisonlab.filters.scores import (
@@ -147,16 +147,17 @@ def _dataset_of(info: StoreInfo) -> dict[str, str] | None:
     return info.dataset.to_dict() if info.dataset is not None else None
 
 
-def scanned_dataset(corpus: Corpus, stores: Mapping[str, Path]) -> tuple[DatasetRef | None, list[str]]:
-    """The shard folder the scores describe (the primary store's); every other store must have embedded
-    the same one (a reference model's embeddings of another dataset are refused). Returns warnings too."""
-    primary = corpus.models[corpus.primary].info.dataset
+def scanned_dataset(infos: Mapping[str, StoreInfo], stores: Mapping[str, Path]) -> tuple[DatasetRef | None, list[str]]:
+    """The shard folder the scores describe (the primary store's, the first); every other store must have
+    embedded the same one (a reference model's embeddings of another dataset are refused). Returns warnings
+    too. Read from the stores' info files: checked before any vector is loaded."""
+    first = next(iter(stores))
     warnings: list[str] = []
     for name, store in stores.items():
-        if name != corpus.primary:
-            warnings += check_same_dataset((f"the embeddings {stores[corpus.primary]}", primary),
-                                           (f"the embeddings {store}", corpus.models[name].info.dataset))
-    return primary, warnings
+        if name != first:
+            warnings += check_same_dataset((f"the embeddings {stores[first]}", infos[first].dataset),
+                                           (f"the embeddings {store}", infos[name].dataset))
+    return infos[first].dataset, warnings
 
 
 def _config(infos: Mapping[str, StoreInfo], stores: Mapping[str, Path], specs: list[DetectorSpec]) -> dict[str, Any]:
@@ -213,13 +214,13 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     created = {s.column: s.create() for s in specs}
     infos = {name: read_info(path) for name, path in stores.items()}
     needed = check_spaces(created, specs, infos, stores, primary)
+    dataset, warnings = scanned_dataset(infos, stores)
     config = _config(infos, stores, specs)
     done = _claim(out, config, overwrite)
     if done is not None:
         return done
     started = time.perf_counter()
     corpus = load_corpus(stores, needed)
-    dataset, warnings = scanned_dataset(corpus, stores)
     _drop_previous(out, corpus.shard_names)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ScanContext(corpus, shard_runner)
