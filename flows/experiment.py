@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,27 @@ class DetectSpec(Params):
 
 
 ORACLE_DETECTOR = "best"  # chosen against the ground truth: an upper bound for reports, never a user's choice
+# An attack parameter with this value names the experiment's own clean baseline run (e.g. the surrogate of
+# optimised_patch): the baseline is then trained before the data is poisoned, on the same clean shards.
+OWN_BASELINE = "@baseline"
+
+
+def mentions(value: Any, token: str) -> bool:
+    """Whether ``token`` is a value anywhere in nested mappings and lists."""
+    if isinstance(value, Mapping):
+        return any(mentions(v, token) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(mentions(v, token) for v in value)
+    return value == token
+
+
+def replaced(value: Any, token: str, by: str) -> Any:
+    """``value`` with every occurrence of the value ``token`` in nested mappings and lists replaced by ``by``."""
+    if isinstance(value, Mapping):
+        return {k: replaced(v, token, by) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [replaced(v, token, by) for v in value]
+    return by if value == token else value
 
 
 class CleanSpec(Params):
@@ -134,10 +155,24 @@ class ExperimentSpec(Params):
                 raise ValueError(f"clean.detector {self.clean.detector!r} is not one of the detectors {labels}")
         return self
 
-    def attack_recipe(self):  # type: ignore[no-untyped-def]
+    @model_validator(mode="after")
+    def _own_baseline_is_trained(self) -> ExperimentSpec:
+        if self.poisons_with_baseline and not self.baseline:
+            raise ValueError(f"an attack names {OWN_BASELINE!r} (this experiment's clean baseline), so 'baseline' "
+                             "must be true")
+        return self
+
+    @property
+    def poisons_with_baseline(self) -> bool:
+        """An attack needs the clean baseline (a surrogate model) before the data can be poisoned."""
+        return mentions(self.attacks, OWN_BASELINE)
+
+    def attack_recipe(self, baseline_run: Path | None = None):  # type: ignore[no-untyped-def]
+        """The attacks as a recipe; with ``baseline_run``, every ``@baseline`` parameter names that run folder."""
         from poisonlab.attacks.recipe import parse_recipe
 
-        return parse_recipe({"seed": self.seed, "attacks": list(self.attacks)}, where=f"experiment {self.name} attacks")
+        attacks = list(self.attacks) if baseline_run is None else replaced(self.attacks, OWN_BASELINE, str(baseline_run))
+        return parse_recipe({"seed": self.seed, "attacks": attacks}, where=f"experiment {self.name} attacks")
 
     def run(self, out: Path, runner: RunnerSpec, base_dir: Path | None = None) -> dict[str, Any]:
         return run_experiment(self, out, runner, base_dir)
@@ -249,9 +284,10 @@ class Experiment:
         from poisonlab.flows import experiment_steps as S
         from poisonlab.flows import train as T
 
-        steps = [Step("data", S.prepare_data), Step("poison", S.poison), Step("train_victim", T.train_victim)]
-        if self.spec.baseline:
-            steps.append(Step("train_baseline", T.train_baseline))
+        baseline = [Step("train_baseline", T.train_baseline)] if self.spec.baseline else []
+        first, later = (baseline, []) if self.spec.poisons_with_baseline else ([], baseline)
+        steps = [Step("data", S.prepare_data), *first, Step("poison", S.poison), Step("train_victim", T.train_victim),
+                 *later]
         if self.spec.detect is not None:
             steps += [Step("embed", S.embed), Step("detect", S.detect)]
         if self.spec.clean is not None:

@@ -38,7 +38,8 @@ def poison(exp: Experiment) -> dict[str, Any]:
     """Poison the clean shards with the recipe's attacks (manifest and attack.json beside the shards)."""
     from poisonlab.flows.poison import poison_dataset
 
-    return poison_dataset(exp.data_dir, exp.poisoned_dir, exp.spec.attack_recipe(), exp.runner, exp.base_dir)
+    recipe = exp.spec.attack_recipe(exp.run_dir("baseline").resolve() if exp.spec.poisons_with_baseline else None)
+    return poison_dataset(exp.data_dir, exp.poisoned_dir, recipe, exp.runner, exp.base_dir)
 
 
 def _model_rows(exp: Experiment) -> list[ModelRow]:

@@ -20,7 +20,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from poisonlab.flows.experiment import DataSpec, DetectSpec, Experiment, ExperimentSpec, run_experiment
+from poisonlab.flows.experiment import (
+    OWN_BASELINE,
+    DataSpec,
+    DetectSpec,
+    Experiment,
+    ExperimentSpec,
+    mentions,
+    replaced,
+    run_experiment,
+)
 from poisonlab.flows.runtime import RunnerSpec
 from poisonlab.pipelines.registry import Params
 from poisonlab.shards.layout import atomic_write_json, atomic_write_text
@@ -60,11 +69,19 @@ class GridSpec(Params):
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     detect: DetectSpec
 
-    def cells(self, data_dir: Path, eval_dir: Path) -> dict[str, ExperimentSpec]:
-        """Each (attack, rate) as an experiment on the shared data: poison, victim, detect, evaluate."""
+    @property
+    def poisons_with_baseline(self) -> bool:
+        """An attack names ``@baseline``: the grid trains one clean baseline on its shared data first."""
+        return mentions(self.grid.attacks, OWN_BASELINE)
+
+    def cells(self, data_dir: Path, eval_dir: Path, baseline_run: Path | None = None) -> dict[str, ExperimentSpec]:
+        """Each (attack, rate) as an experiment on the shared data: poison, victim, detect, evaluate. With
+        ``baseline_run``, ``@baseline`` parameters name that run (the grid's shared clean baseline)."""
         data = DataSpec(shards=str(data_dir), eval=str(eval_dir))
         cells = {}
         for entry in self.grid.attacks:
+            if baseline_run is not None:
+                entry = replaced(entry, OWN_BASELINE, str(baseline_run))
             for rate in self.grid.rates:
                 cell = f"{entry.get('id') or entry['attack']}-{rate:g}"
                 cells[cell] = ExperimentSpec(name=f"{self.name}-{cell}", seed=self.seed, data=data,
@@ -83,12 +100,17 @@ class GridSpec(Params):
 
 
 def _shared_data(spec: GridSpec, out: Path, runner: RunnerSpec, base_dir: Path) -> Experiment:
-    """The grid folder as an experiment that only prepares the data (generated once, or checked)."""
+    """The grid folder as an experiment that only prepares the data (generated once, or checked) and, when an
+    attack names ``@baseline``, trains the clean baseline on it (``OUT/runs/baseline``)."""
+    needs = spec.poisons_with_baseline
+    first = next((a for a in spec.grid.attacks if mentions(a, OWN_BASELINE)), spec.grid.attacks[0])
     holder = ExperimentSpec(name=spec.name, seed=spec.seed, data=spec.data, train=spec.train, detect=spec.detect,
-                            attacks=({**spec.grid.attacks[0], "rate": spec.grid.rates[0]},), baseline=False)
+                            attacks=({**first, "rate": spec.grid.rates[0]},), baseline=needs)
     exp = Experiment(holder, out, runner, base_dir)
     exp.claim_folder()
     exp.run_step("data")
+    if needs:
+        exp.run_step("train_baseline")
     return exp
 
 
@@ -118,7 +140,8 @@ def run_grid(spec: GridSpec, out: Path, runner: RunnerSpec, base_dir: Path | Non
     out, base = Path(out), Path(base_dir or Path.cwd())
     data = _shared_data(spec, out, runner, base)
     rows: list[dict[str, Any]] = []
-    for cell, cell_spec in spec.cells(data.data_dir, data.eval_dir).items():
+    baseline = data.run_dir("baseline").resolve() if spec.poisons_with_baseline else None
+    for cell, cell_spec in spec.cells(data.data_dir, data.eval_dir, baseline).items():
         folder = out / "cells" / cell
         run_experiment(cell_spec, folder, runner, base)
         rows += cell_rows(cell, cell_spec, folder, spec.grid.budgets)

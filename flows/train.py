@@ -11,7 +11,7 @@ from typing import Any
 
 from poisonlab.flows.experiment import Experiment
 from poisonlab.shards.layout import atomic_write_json
-from poisonlab.training import evaluate_run, headline, train_run
+from poisonlab.training import evaluate_run_attacks, headline, train_run
 
 MODEL_LABELS = ("victim", "baseline", "cleaned")
 
@@ -49,8 +49,8 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
         if not (run / "train_summary.json").exists():
             continue
         per_attack = {}
-        for attack_id in attack_ids(exp):
-            result = evaluate_run(run, exp.eval_dir, exp.poisoned_dir, attack_id, exp.spec.train.device)
+        results = evaluate_run_attacks(run, exp.eval_dir, exp.poisoned_dir, attack_ids(exp), exp.spec.train.device)
+        for attack_id, result in results.items():
             path = exp.out / "eval" / f"{label}.{attack_id}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, json.loads(json.dumps(result, default=float)))

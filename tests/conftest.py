@@ -143,14 +143,18 @@ def one_line_error(res: object, *words: str) -> str:
 @pytest.fixture(scope="session")
 def science_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shipped ``recipes/multi_attack.yaml`` run once per session (about 35 minutes on 2 cores, first in the
-    session): one victim with four backdoors, its clean baseline and the model cleaned by the default detector
+    session): one victim with five backdoors, its clean baseline and the model cleaned by the default detector
     serve every science check that needs a trained tiny CLIP (the federated check continues the clean
-    baseline). Returns the experiment's result plus ``root`` and ``spec``."""
+    baseline). Returns the experiment's result plus ``root`` and ``spec``.
+
+    ``POISONLAB_SCIENCE_DIR=DIR`` runs it in ``DIR/multi_attack`` instead of a fresh folder: an experiment
+    resumes from its step markers, so checking the tests again against the same trained models takes seconds."""
     from poisonlab.flows.experiment import load_experiment, run_experiment
     from poisonlab.flows.runtime import RunnerSpec
 
     spec, base = load_experiment(Path(__file__).parents[1] / "recipes" / "multi_attack.yaml")
-    root = tmp_path_factory.mktemp("science") / "multi_attack"
+    kept = os.environ.get("POISONLAB_SCIENCE_DIR")
+    root = (Path(kept) if kept else tmp_path_factory.mktemp("science")) / "multi_attack"
     result = run_experiment(spec, root, RunnerSpec(executor="local", progress=False), base)
     return {**result, "root": root, "spec": spec}
 

@@ -35,14 +35,14 @@ def clean_model(root: Path, cfg: dict[str, Any]) -> Path:
     from poisonlab.training.trainer import train
 
     data = make_synth(root / "clean_data", samples=cfg["clean_samples"], seed=1, per_shard=1000)
-    settings = TrainSettings(epochs=cfg["clean_epochs"], batch_size=64, lr=cfg["clean_lr"], warmup_steps=50,
+    settings = TrainSettings(epochs=cfg["clean_epochs"], batch_size=64, lr=cfg["clean_lr"], warmup_steps=50, decay_fraction=1.0,
                              workers=0, device="cpu", log_every=50, threads=cfg["threads"])
     train(data, root / "clean_run", settings, resume=True, progress=False)
     return root / "clean_run"
 
 
 def recipe(root: Path, start: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    train = {"model": "poisonlab-tiny-32", "batch_size": cfg["batch_size"], "lr": cfg["lr"], "warmup_steps": 0,
+    train = {"model": "poisonlab-tiny-32", "batch_size": cfg["batch_size"], "lr": cfg["lr"], "warmup_steps": 0, "decay_fraction": 1.0,
              "epochs": 100, "workers": 0, "device": "cpu", "threads": cfg["threads"], "log_every": 100}
     return {
         "name": "science", "seed": 0,

@@ -16,7 +16,14 @@ from poisonlab.attacks.recipe import parse_recipe
 from poisonlab.pipelines.executor import run_local
 from poisonlab.shards.plan import finalize_folder, plan_source_tasks
 from poisonlab.shards.synth import SynthSource, SynthSpec, write_eval_metadata
-from poisonlab.training import EvalError, TrainSettings, evaluate_run, format_evaluation, train_run
+from poisonlab.training import (
+    EvalError,
+    TrainSettings,
+    evaluate_run,
+    evaluate_run_attacks,
+    format_evaluation,
+    train_run,
+)
 from poisonlab.training.attack_eval import ASR_DEFINITION, image_asr, load_attack_under_test, triggered_images
 from poisonlab.training.eval_data import load_eval_split
 from poisonlab.training.probe import probe_split
@@ -58,6 +65,23 @@ def test_every_metric_on_a_trained_run(lab: dict[str, Path]) -> None:
     assert "NOT the target" in text and "zero-shot top-1" in text
     json.dumps(result)
     assert evaluate_run(lab["run"], lab["eval"], lab["poisoned"]) | {"seconds": 0} == result | {"seconds": 0}
+
+
+def test_several_attacks_at_once_give_each_attack_its_own_evaluation(lab: dict[str, Path], tiny_shards: Path,
+                                                                     tmp_path: Path) -> None:
+    """The experiment measures every attack of a multi-attack folder from one model load: each result is the
+    one evaluate_run gives for that attack alone, and the attacks differ where they should."""
+    two = {"seed": 2, "attacks": [{"id": "patch", "attack": "badnets", "target": "red circle", "count": 6},
+                                  {"id": "words", "attack": "text_trigger", "target": "blue square", "count": 6,
+                                   "params": {"dirty_label": True, "phrase": "cf"}}]}
+    poisoned = tmp_path / "two"
+    poison_local(tiny_shards, poisoned, parse_recipe(two))
+    together = evaluate_run_attacks(lab["run"], lab["eval"], poisoned, ["patch", "words"], force=True)
+    for attack_id in ("patch", "words"):
+        alone = evaluate_run(lab["run"], lab["eval"], poisoned, attack_id, force=True)
+        assert together[attack_id] | {"seconds": 0} == alone | {"seconds": 0}
+    assert together["patch"]["attack"]["target"] == "red circle" and "asr" in together["patch"]["attack"]
+    assert together["words"]["attack"]["target"] == "blue square" and "text_asr" in together["words"]["attack"]
 
 
 def test_trigger_is_the_one_the_poisoning_run_used(lab: dict[str, Path]) -> None:

@@ -96,6 +96,8 @@ def test_folder_of_another_experiment_is_refused(finished: tuple[Path, dict], tm
     ({"data": {"shards": "somewhere"}}, "needs 'eval'"),
     ({"train": {"epochs": 0}}, "epochs"),
     ({"trian": {}}, "trian"),
+    ({"baseline": False, "attacks": [{"attack": "optimised_patch", "target": "red circle", "count": 4,
+                                      "params": {"surrogate": "@baseline"}}]}, "'baseline' must be true"),
 ])
 def test_bad_recipes_fail_before_any_step(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ExperimentError, match=message):
@@ -109,6 +111,22 @@ def test_shipped_recipes_are_valid() -> None:
     for path in recipes:
         spec, _ = load_experiment(path)
         assert spec.attack_recipe().attacks and spec.train.epochs >= 1  # a grid spec has no attacks list of its own
+
+
+def test_an_attack_can_use_the_experiments_own_clean_baseline_as_its_surrogate(tmp_path: Path) -> None:
+    """``surrogate: "@baseline"``: the clean baseline trains first, on the unpoisoned shards, and the patch is
+    optimised on it (BadCLIP's surrogate without a second experiment)."""
+    body = {**TINY, "name": "tiny-own-surrogate", "detect": None, "clean": None,
+            "attacks": [{"id": "patch", "attack": "optimised_patch", "target": "red circle", "count": 12,
+                         "params": {"surrogate": "@baseline", "steps": 5, "images": 16}}]}
+    spec, base = load_experiment(write_recipe(tmp_path, body))
+    out = tmp_path / "out"
+    result = run_experiment(spec, out, LOCAL, base)
+    assert list(result["steps"]) == ["data", "train_baseline", "poison", "train_victim", "evaluate", "report"]
+    assert result["steps"]["poison"]["poisoned"] == 12
+    attack = json.loads((out / "poisoned" / "attack.json").read_text())
+    assert str((out / "runs" / "baseline").resolve()) in json.dumps(attack)
+    assert json.loads((out / "experiment.json").read_text())["recipe"]["attacks"][0]["params"]["surrogate"] == "@baseline"
 
 
 def test_experiment_runs_as_a_prefect_flow(tmp_path: Path, prefect_harness) -> None:  # type: ignore[no-untyped-def]

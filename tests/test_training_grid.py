@@ -91,3 +91,21 @@ def test_a_grid_attack_with_its_own_amount_is_refused(tmp_path: Path) -> None:
     body["grid"]["attacks"][0]["params"] = {"no_such_parameter": 1}
     with pytest.raises(ExperimentError, match="no_such_parameter"):
         load_experiment(_recipe(tmp_path, body))
+
+
+def test_a_grid_optimises_its_patch_on_one_shared_clean_baseline(tmp_path: Path) -> None:
+    """``surrogate: "@baseline"`` in a grid: one clean baseline is trained on the shared data, and every cell's
+    patch is optimised on it (no second experiment to run first)."""
+    body = {**GRID, "name": "tinygrid-own",
+            "grid": {"attacks": [{"attack": "optimised_patch", "target": "red circle",
+                                  "params": {"surrogate": "@baseline", "steps": 4, "images": 16}}],
+                     "rates": [0.05], "budgets": [0.1]},
+            "detect": {"detectors": [{"name": "kdist", "id": "kdist_k8", "params": {"k": 8}}]}}
+    spec, base = load_experiment(_recipe(tmp_path, body))
+    result = spec.run(tmp_path / "out", LOCAL, base)
+    baseline = (tmp_path / "out" / "runs" / "baseline").resolve()
+    assert (baseline / "model.safetensors").exists()
+    cell = tmp_path / "out" / "cells" / "optimised_patch-0.05"
+    assert str(baseline) in (cell / "poisoned" / "attack.json").read_text()
+    assert sorted(p.name for p in (cell / "runs").iterdir()) == ["victim"]
+    assert [r["cell"] for r in result["rows"]] == ["optimised_patch-0.05"]

@@ -94,6 +94,29 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert sched(20) == pytest.approx(0.0) and sched(25) == pytest.approx(0.0)
 
 
+def test_a_stable_phase_holds_the_full_rate_before_the_decay() -> None:
+    sched = CosineWarmup(1.0, warmup_steps=4, total_steps=20, stable_steps=8)
+    assert [sched(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [sched(i) for i in range(4, 12)] == [1.0] * 8
+    assert sched(16) == pytest.approx(0.5) and sched(20) == pytest.approx(0.0)
+    plain = CosineWarmup(1.0, warmup_steps=4, total_steps=20)
+    assert [CosineWarmup(1.0, 4, 20, stable_steps=0)(i) for i in range(22)] == [plain(i) for i in range(22)]
+
+
+def test_decay_fraction_sets_the_stable_phase(tiny_shards: Path) -> None:
+    from poisonlab.training.data import open_shard_set
+    from poisonlab.training.session import schedule_for
+
+    shards = open_shard_set(tiny_shards)
+    whole = schedule_for(shards, TrainSettings(epochs=2, batch_size=8, warmup_steps=6, decay_fraction=1.0))
+    late = schedule_for(shards, TrainSettings(epochs=2, batch_size=8, warmup_steps=6, decay_fraction=0.25))
+    default = schedule_for(shards, TrainSettings(epochs=2, batch_size=8, warmup_steps=6))
+    assert whole.stable_steps == 0
+    assert late.stable_steps == round((late.total_steps - 6) * 0.75)
+    assert default.stable_steps == round((default.total_steps - 6) * 0.7)  # the default decays over the last 30%
+    assert late(6 + late.stable_steps - 1) == 1e-3 and late(late.total_steps) == pytest.approx(0.0)
+
+
 def test_bad_input_fails_before_training(tmp_path: Path, tiny_shards: Path) -> None:
     with pytest.raises(DataError):
         train_run(tmp_path / "nothing", tmp_path / "run", SETTINGS, progress=False)

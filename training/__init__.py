@@ -10,7 +10,7 @@ backdoor was learned or removed.
 
 from poisonlab.training.config import TrainSettings
 from poisonlab.training.eval_data import EvalError
-from poisonlab.training.evaluation import evaluate_run, format_evaluation, headline
+from poisonlab.training.evaluation import evaluate_run, evaluate_run_attacks, format_evaluation, headline
 from poisonlab.training.loop import UpdateStats, init_state, local_update
 from poisonlab.training.objectives import OBJECTIVES, Built, LossOutput, TrainingObjective
 from poisonlab.training.state import Progress, TrainState
@@ -18,5 +18,6 @@ from poisonlab.training.trainer import TrainResult
 from poisonlab.training.trainer import train as train_run
 
 __all__ = ["OBJECTIVES", "Built", "EvalError", "LossOutput", "Progress", "TrainResult", "TrainSettings",
-           "TrainState", "TrainingObjective", "UpdateStats", "evaluate_run", "format_evaluation", "headline",
+           "TrainState", "TrainingObjective", "UpdateStats", "evaluate_run", "evaluate_run_attacks",
+           "format_evaluation", "headline",
            "init_state", "local_update", "train_run"]

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +81,32 @@ def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | 
 
     ``run_dir`` is a run folder or a ``ModelSpec`` (a model trained elsewhere, e.g. by open_clip_train).
     A run that names a registered evaluator (``run_evaluator``: a graph run) is measured by it."""
+    return evaluate_run_attacks(run_dir, eval_dir, attack_from, [attack_id], device, probe_seed, force)[attack_id]
+
+
+def evaluate_run_attacks(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | None,
+                         attack_ids: Sequence[str | None], device: str = "auto", probe_seed: int = 0,
+                         force: bool = False) -> dict[str | None, dict[str, Any]]:
+    """``evaluate_run`` for each of several attacks of one poisoned folder: the model is loaded and its clean
+    metrics (zero-shot, linear probe, retrieval) computed once, not once per attack, and each attack's result
+    is the one ``evaluate_run`` gives for it."""
     evaluator = None if isinstance(run_dir, ModelSpec) else run_component(Path(run_dir), "evaluator")
     if evaluator is not None:
         measure = RUN_EVALUATORS.create(evaluator, {})
-        return measure(Path(run_dir), Path(eval_dir), attack_from, attack_id, device, probe_seed, force)
+        return {a: measure(Path(run_dir), Path(eval_dir), attack_from, a, device, probe_seed, force) for a in attack_ids}
     started = time.perf_counter()
     split = load_eval_split(Path(eval_dir))  # bad splits fail before the model is built
-    attack = load_attack_under_test(attack_from, attack_id) if attack_from is not None else None
+    attacks = {a: load_attack_under_test(attack_from, a) if attack_from is not None else None for a in attack_ids}
+    targets = {a: split.label_of(attack.target) if attack is not None else None for a, attack in attacks.items()}
     warnings = _attack_warnings(run_dir, attack_from, force)
-    target = split.label_of(attack.target) if attack is not None else None
     dev = pick_device(device)
     loaded = load_run_model(run_dir if isinstance(run_dir, ModelSpec) else Path(run_dir), dev)
     model = loaded.model.eval()
     fmt = ImageFormat.for_model(model, loaded.image_size)
-
     feats = image_features(model, fmt, split.images, dev)
     weights = zero_shot_weights(model, loaded.tokenizer, split.classnames, split.templates, dev)
     preds = predict(feats, weights)
-    result: dict[str, Any] = {
+    clean: dict[str, Any] = {
         "run": _described(run_dir), "eval": str(eval_dir), "images": len(split), "classes": len(split.classnames),
         "skipped": split.skipped, "warnings": warnings,
         "zero_shot": {"top1": float((preds == split.labels).mean()), "n": len(split)},
@@ -105,11 +115,19 @@ def evaluate_run(run_dir: Path | ModelSpec, eval_dir: Path, attack_from: Path | 
     with_caption = [i for i, c in enumerate(split.captions) if c]
     if with_caption:
         texts = text_features(model, loaded.tokenizer, [split.captions[i] for i in with_caption], dev)  # type: ignore[misc]
-        result["retrieval"] = recall_at_k(feats[with_caption], texts, [split.captions[i] for i in with_caption])  # type: ignore[misc]
-    if attack is not None and target is not None:
-        result["attack"] = _attack_metrics(attack, target, split, model, loaded.tokenizer, fmt, dev, feats, preds, weights)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
+        clean["retrieval"] = recall_at_k(feats[with_caption], texts, [split.captions[i] for i in with_caption])  # type: ignore[misc]
+    shared = time.perf_counter() - started
+    results: dict[str | None, dict[str, Any]] = {}
+    for attack_id, attack in attacks.items():
+        begun = time.perf_counter()
+        result = copy.deepcopy(clean)
+        target = targets[attack_id]
+        if attack is not None and target is not None:
+            result["attack"] = _attack_metrics(attack, target, split, model, loaded.tokenizer, fmt, dev, feats, preds,
+                                               weights)
+        result["seconds"] = round(shared + time.perf_counter() - begun, 2)
+        results[attack_id] = result
+    return results
 
 
 def _attack_metrics(attack: AttackUnderTest, target: int, split: EvalSplit, model: torch.nn.Module, tokenizer,  # type: ignore[no-untyped-def]

@@ -40,10 +40,12 @@ class Session:
 
 
 def schedule_for(shard_set: ShardSet, settings: TrainSettings) -> CosineWarmup:
-    """Warm-up then cosine over all epochs of the settings: a pure function of the optimiser step."""
+    """Warm-up, the full rate until the last ``decay_fraction`` of the remaining steps, then cosine to zero:
+    a pure function of the optimiser step."""
     total_steps = max(1, shard_set.samples // settings.batch_size) * settings.epochs
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, total_steps // 20)
-    return CosineWarmup(settings.lr, warmup, total_steps)
+    stable = round(max(0, total_steps - warmup) * (1.0 - settings.decay_fraction))
+    return CosineWarmup(settings.lr, warmup, total_steps, stable_steps=stable)
 
 
 @contextlib.contextmanager

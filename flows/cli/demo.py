@@ -21,7 +21,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "seed": 0,
     "data": {"synth": {"samples": 4000, "image_size": 32, "samples_per_shard": 1000, "eval_per_class": 20}},
     "attacks": [{"attack": "badnets", "target": "red circle", "rate": 0.02}],
-    "train": {"model": "poisonlab-tiny-32", "epochs": 5, "batch_size": 64, "lr": 0.001, "warmup_steps": 20,
+    "train": {"model": "poisonlab-tiny-32", "epochs": 5, "batch_size": 64, "lr": 0.001, "warmup_steps": 20, "decay_fraction": 1.0,
               "workers": 0},
     "detect": {"detectors": [{"name": "default"}, {"name": "clip_score"}]},
     "clean": {"budget": 0.05, "detector": "default"},

@@ -35,6 +35,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     weight_decay: float = typer.Option(0.1, "--weight-decay", "--wd", min=0.0),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", "--warmup", min=0, help="default: 5% of all steps"),
+    decay_fraction: float | None = typer.Option(None, "--decay-fraction", min=0.0, max=1.0,
+                                                help="share of the steps after warm-up over which the rate decays "
+                                                "to zero (the rest hold lr)  [default: TrainSettings']"),
     data_workers: int = typer.Option(1, "--data-workers", "--workers", min=0,
                                      help="DataLoader worker processes (0: in this process)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
@@ -53,7 +56,8 @@ def train(
     try:
         settings = TrainSettings(objective=objective, objective_params=_key_values(objective_param), model=model,
                                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, weight_decay=weight_decay, warmup_steps=warmup_steps, workers=data_workers,
-                                 device=device, precision=precision)  # type: ignore[arg-type]
+                                 device=device, precision=precision,  # type: ignore[arg-type]
+                                 **({} if decay_fraction is None else {"decay_fraction": decay_fraction}))
         outputs.guard(out, "run", shards)
         result = train_run(shards, out, settings, resume=resume, progress=not as_json)
     except (ValidationError, DataError, ResumeError, CheckpointError, RegistryError, ValueError) as exc:
