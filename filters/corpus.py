@@ -1,4 +1,5 @@
-"""All embeddings of a dataset in memory, row-aligned across shards and models, for the global detectors.
+"""All embeddings of a dataset, row-aligned across shards and models, for the global detectors: in memory, or
+spilled to a folder and memory-mapped (``load_corpus(..., spill=)``, what ``scan`` does).
 
 Each store holds named spaces (``image``, ``text``, ``graph``, ...) with their own dimensions; a reader
 asks ``ModelView.space(name)`` and a missing space is a one-line error naming the spaces there are.
@@ -13,6 +14,8 @@ order: anything else is a model/shard mismatch and is refused.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from poisonlab.filters.store import (
     read_shard_embeddings,
     read_shard_rows,
 )
+from poisonlab.filters.vectors import release_pages
 
 
 @dataclasses.dataclass
@@ -92,18 +96,20 @@ class _LoadedStore:
     vectors: dict[str, np.ndarray]  # kept space -> (rows, dim) float32, every shard's rows in shard order
 
 
-def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | None) -> _LoadedStore:
+def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | None,
+                spill: Path | None = None) -> _LoadedStore:
     """Every shard of ``store`` (checked against its record), holding only the vectors of the spaces in
     ``keep`` (all when None). Each kept space is one array allocated up front (its size read from the shards'
     row counts) and filled shard by shard, so no shard's copy outlives its read: the largest arrays of a
-    scan are never held twice, and freed blocks do not fragment the heap between long-lived strings."""
+    scan are never held twice, and freed blocks do not fragment the heap between long-lived strings. With
+    ``spill`` (a folder), that array is a ``.npy`` file there, memory-mapped (see ``load_corpus``)."""
     info = read_info(store)
     names = list_store_shards(store) if shards is None else shards
     if not names:
         raise FileNotFoundError(f"no embedded shards (NNNNN.npz) in {store}")
     counts = [read_shard_rows(store, shard) for shard in names]
     kept = [s for s in info.spaces if keep is None or s in keep]
-    vectors = {s: np.empty((sum(counts), info.spaces[s]), np.float32) for s in kept}
+    vectors = {s: _allocate(spill, s, (sum(counts), info.spaces[s])) for s in kept}
     parts, start = [], 0
     for shard, count in zip(names, counts, strict=True):
         part = read_shard_embeddings(store, shard, kept)
@@ -111,10 +117,32 @@ def _load_store(store: Path, shards: list[str] | None, keep: Collection[str] | N
         for space in kept:
             if count:
                 vectors[space][start:start + count] = part.vectors[space]
+                release_pages(vectors[space])
         part.vectors, part.status = {}, []  # placed, and not part of the corpus: not held until the last shard
         parts.append(part)
         start += count
-    return _LoadedStore(info, names, parts, vectors)
+    return _LoadedStore(info, names, parts, {s: _read_only(v) for s, v in vectors.items()})
+
+
+def _allocate(spill: Path | None, space: str, shape: tuple[int, int]) -> np.ndarray:
+    """An uninitialised (rows, dim) float32 array: in memory, or a new ``.npy`` file in ``spill`` mapped for
+    writing (a file of no rows cannot be mapped, and needs no file)."""
+    if spill is None or shape[0] == 0:
+        return np.empty(shape, np.float32)
+    spill.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f"{space}-", suffix=".npy", dir=spill)
+    os.close(handle)
+    return np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _read_only(vectors: np.ndarray) -> np.ndarray:
+    """A spilled space mapped again read-only (no detector can write into the file); an array in memory as is."""
+    if not isinstance(vectors, np.memmap):
+        return vectors
+    vectors.flush()
+    path = vectors.filename
+    del vectors
+    return np.load(path, mmap_mode="r")
 
 
 def _check_shard(store: Path, shard: str, info: StoreInfo, part: ShardEmbeddings, rows: int) -> None:
@@ -131,15 +159,21 @@ def _check_shard(store: Path, shard: str, info: StoreInfo, part: ShardEmbeddings
             )
 
 
-def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collection[str]] | None = None) -> Corpus:
+def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collection[str]] | None = None,
+                spill: Path | None = None) -> Corpus:
     """Load one store, or several (``{name: store}``; the first is the primary) aligned by key. ``spaces``
-    names, per store, the stored spaces whose vectors to hold (all of them for a store it does not name)."""
+    names, per store, the stored spaces whose vectors to hold (all of them for a store it does not name).
+
+    ``spill`` (a folder, which the caller removes afterwards) keeps the vectors out of this process's memory:
+    each space is written there as one ``.npy`` and memory-mapped, and readers release the pages they
+    touch block by block (``vectors.release_pages``). Every reader sees the same float32 values either way,
+    so scores do not change; at a million 128-d vectors that is half a gigabyte the scan no longer holds."""
     named = {"model": Path(stores)} if isinstance(stores, (str, Path)) else {k: Path(v) for k, v in stores.items()}
     if not named:
         raise ValueError("no embedding store given")
     keep = dict(spaces or {})
     primary = next(iter(named))
-    first = _load_store(named[primary], None, keep.get(primary))
+    first = _load_store(named[primary], None, keep.get(primary), spill)
     keys = [k for p in first.parts for k in p.keys]
     if len(set(keys)) != len(keys):
         raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]}: keys must be unique")
@@ -151,7 +185,7 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
                 f"embeddings {name!r} ({store}) do not cover the same samples as {primary!r} ({named[primary]}): "
                 f"shards {list_store_shards(store)} vs {first.names}; embed the same shards with both models"
             )
-        other = _load_store(store, first.names, keep.get(name))
+        other = _load_store(store, first.names, keep.get(name), spill)
         other_keys = [k for p in other.parts for k in p.keys]
         if other_keys != keys:
             missing = len(set(keys) - set(other_keys))

@@ -37,7 +37,7 @@ from poisonlab.filters.index_shard import ShardSettings
 from poisonlab.filters.knn_merge import drop_excluded
 from poisonlab.filters.sharded_knn import ShardRunner, needs_recall_check, plan_for, sharded_self_knn
 from poisonlab.filters.sharded_knn import sampled_recall as source_recall
-from poisonlab.filters.vectors import ArraySource, VectorSource
+from poisonlab.filters.vectors import ArraySource, VectorSource, release_pages, take_rows
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params
 
@@ -134,6 +134,7 @@ def _top_inner_products(queries: np.ndarray, x: np.ndarray, k: int, block: int =
     sims_parts, ids_parts = [], []
     for start in range(0, len(x), block):
         sims = queries @ x[start:start + block].T
+        release_pages(x)
         take = min(k, sims.shape[1])
         part = np.argpartition(-sims, take - 1, axis=1)[:, :take]
         sims_parts.append(np.take_along_axis(sims, part, axis=1))
@@ -148,7 +149,7 @@ def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | 
     out_ids, out_sims = np.empty((len(rows), k), np.int64), np.empty((len(rows), k), np.float32)
     for start in range(0, len(rows), 1024):
         chunk = rows[start:start + 1024]
-        sims, found = _top_inner_products(np.ascontiguousarray(x[chunk]), x, k + extra)
+        sims, found = _top_inner_products(_gather(x, chunk), x, k + extra)
         sims, ids, short = drop_excluded(sims, found.astype(np.int64, copy=False), chunk, partner, k)
         if short.any():
             raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
@@ -242,8 +243,9 @@ def _among_blocks(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, 
     index = _flat_index(refs, params)
     n = len(queries) if rows is None else len(rows)
     for start, end in chunks(n, params.chunk):
-        block = queries[start:end] if rows is None else queries[rows[start:end]]
-        sims, found = index.search(block, k + 1)
+        block = queries[start:end] if rows is None else take_rows(queries, rows[start:end])
+        sims, found = index.search(np.ascontiguousarray(block), k + 1)
+        release_pages(queries)
         kept_sims, kept_ids, _ = drop_excluded(sims, found.astype(np.int64, copy=False),
                                                np.asarray(query_pos[start:end], np.int64), None, k)
         yield (start, end), ip_to_distance(kept_sims), kept_ids
@@ -295,12 +297,26 @@ def _hnsw_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, 
 
 @dataclasses.dataclass
 class _Ivf:
-    """An IVF over projected vectors with every vector's probe lists precomputed (the self-join)."""
+    """An IVF over projected vectors with every vector's probe lists precomputed (the self-join). The
+    projection is applied block by block (``projected``), never held for every vector at once."""
 
-    projected: np.ndarray
+    x: np.ndarray
+    projection: np.ndarray | None  # (d, pca_dim), or None: the lists are over the vectors themselves
     index: faiss.IndexIVF
     lists: np.ndarray  # (n, nprobe) probe lists of every vector, nearest first
     coarse: np.ndarray  # (n, nprobe) squared distances to those centroids
+
+    def projected(self, start: int, end: int) -> np.ndarray:
+        return project(self.x, self.projection, start, end)
+
+
+def project(x: np.ndarray, projection: np.ndarray | None, start: int, end: int) -> np.ndarray:
+    """Rows start..end-1 of ``x`` in the index's space (projected when there is a projection), as a
+    C-contiguous array of their own; the pages of a memory-mapped ``x`` are released after the read."""
+    block = x[start:end]
+    out = np.ascontiguousarray(block @ projection if projection is not None else block, dtype=np.float32)
+    release_pages(x)
+    return out
 
 
 def _sample_rows(n: int, size: int, seed: int, what: str) -> np.ndarray:
@@ -314,7 +330,7 @@ def pca_projection(x: np.ndarray, dim: int, seed: int = 0, sample: int = 65_536)
     """The top principal directions (d x dim) from a keyed sample, or None when no projection applies."""
     if dim <= 0 or dim >= x.shape[1]:
         return None
-    rows = x[_sample_rows(len(x), sample, seed, "pca")]
+    rows = _gather(x, _sample_rows(len(x), sample, seed, "pca"))
     centred = rows - rows.mean(axis=0, keepdims=True)
     cov = (centred.T @ centred).astype(np.float64) / max(1, len(rows) - 1)
     _, vecs = np.linalg.eigh(cov)
@@ -324,21 +340,18 @@ def pca_projection(x: np.ndarray, dim: int, seed: int = 0, sample: int = 65_536)
 def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _Ivf:
     n = len(x)
     proj = pca_projection(x, params.pca_dim, params.seed)
-    xp = np.ascontiguousarray(x @ proj) if proj is not None else x
-    d = xp.shape[1]
+    d = proj.shape[1] if proj is not None else x.shape[1]
     nlist = params.nlist or auto_nlist(n)
     nlist = max(1, min(nlist, n))
     nprobe = min(params.nprobe or auto_nprobe(n), nlist)
-    train = xp[_sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans")]
+    train = _gather(x, _sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans"))
+    if proj is not None:
+        train = np.ascontiguousarray(train @ proj)
     kmeans = faiss.Kmeans(d, nlist, niter=10, seed=params.seed, max_points_per_centroid=params.train_per_list,
                           min_points_per_centroid=1, verbose=False)  # a small sample is intended: no warning
     kmeans.train(train)
     quantizer = faiss.IndexFlatL2(d)
     quantizer.add(kmeans.centroids)
-    coarse = np.empty((n, nprobe), np.float32)
-    lists = np.empty((n, nprobe), np.int64)
-    for start, end in chunks(n, params.chunk * 4):
-        coarse[start:end], lists[start:end] = quantizer.search(xp[start:end], nprobe)
     if (code or params.code) == "sq8":
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
         index.train(train)  # trains the codec only: the quantizer already holds nlist centroids
@@ -346,9 +359,19 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
         index.is_trained = True
     index.referenced_objects = [quantizer]  # keep the quantizer alive as long as the index
-    add_preassigned(index, xp, np.ascontiguousarray(lists[:, 0]))
+    coarse = np.empty((n, nprobe), np.float32)
+    lists = np.empty((n, nprobe), np.int64)
+    for start, end in chunks(n, params.chunk * 4):  # rows are added in order: their ids are their row numbers
+        block = project(x, proj, start, end)
+        coarse[start:end], lists[start:end] = quantizer.search(block, nprobe)
+        add_preassigned(index, block, np.ascontiguousarray(lists[start:end, 0]))
     index.nprobe = nprobe
-    return _Ivf(projected=xp, index=index, lists=lists, coarse=coarse)
+    return _Ivf(x=x, projection=proj, index=index, lists=lists, coarse=coarse)
+
+
+def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as an array of its own (a memory-mapped ``x`` read block by block: ``take_rows``)."""
+    return np.ascontiguousarray(take_rows(x, rows))
 
 
 def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, float]):
@@ -358,7 +381,7 @@ def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, f
     candidates = max(k, int(math.ceil(params.refine * k)))
     d = x.shape[1]
     for start, end in chunks(len(x), params.chunk):
-        _, cand = search_preassigned(ivf.index, ivf.projected[start:end], candidates, ivf.lists[start:end],
+        _, cand = search_preassigned(ivf.index, ivf.projected(start, end), candidates, ivf.lists[start:end],
                                      ivf.coarse[start:end])
         cand = np.ascontiguousarray(cand, dtype=np.int64)
         m = end - start
@@ -368,6 +391,7 @@ def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, f
             faiss.swig_ptr(x[start:end]), faiss.swig_ptr(x), faiss.swig_ptr(cand), d, m, len(x), candidates, k,
             faiss.swig_ptr(sims), faiss.swig_ptr(ids), candidates,
         )
+        release_pages(x)
         yield start, ids, sims
 
 
@@ -382,7 +406,7 @@ def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = 
         ivf = build_ivf(x, params, code="flat")  # exact projected distances: a candidate superset
         radius = float(max(0.0, 2.0 - 2.0 * threshold)) * (1 + 1e-4) + 1e-6
         for start, end in chunks(n, params.chunk):
-            lims, _, found = range_search_preassigned(ivf.index, ivf.projected[start:end], radius,
+            lims, _, found = range_search_preassigned(ivf.index, ivf.projected(start, end), radius,
                                                       ivf.lists[start:end], ivf.coarse[start:end])
             rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
             keep = found > rows

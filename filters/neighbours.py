@@ -21,6 +21,7 @@ from poisonlab.filters.corpus import ModelView
 from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
 from poisonlab.filters.sharded_knn import ShardRunner
 from poisonlab.filters.store import PAYLOAD_SPACE
+from poisonlab.filters.vectors import take_rows
 from poisonlab.pipelines.keyed import keyed_u64
 
 CROSS: dict[str, tuple[str, str]] = {"cross": (PAYLOAD_SPACE, "text")}  # query space, then the other references
@@ -39,7 +40,7 @@ class RefSet:
 
 def _rows_of(vectors: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = np.flatnonzero(ok)
-    return (vectors if len(rows) == len(vectors) else vectors[rows]), rows  # no copy when every row has one
+    return (vectors if len(rows) == len(vectors) else take_rows(vectors, rows)), rows  # no copy when every row has one
 
 
 def space_reads(space: str) -> tuple[str, ...]:
@@ -53,7 +54,7 @@ def reference_set(view: ModelView, space: str) -> RefSet:
         return RefSet(vectors, rows, len(rows), None)
     (query_vecs, query_ok), (other_vecs, other_ok) = (view.space(s) for s in CROSS[space])
     img_rows, txt_rows = np.flatnonzero(query_ok), np.flatnonzero(other_ok)
-    vectors = np.concatenate([query_vecs[img_rows], other_vecs[txt_rows]])
+    vectors = np.concatenate([take_rows(query_vecs, img_rows), take_rows(other_vecs, txt_rows)])
     rows = np.concatenate([img_rows, txt_rows])
     # partner: query ref j <-> the other-space ref of the same corpus row (when that row has one)
     text_ref_of_row = np.full(len(query_ok), -1, np.int64)

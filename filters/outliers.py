@@ -34,7 +34,10 @@ def _floored(dist: np.ndarray, k: int) -> np.ndarray:
 
 
 def k_distance(dist: np.ndarray, k: int) -> np.ndarray:
-    return _floored(dist, k)[:, k - 1]
+    """The k-th column only, floored (a float64 copy of one column, not of the whole (n, k) table)."""
+    if dist.shape[1] < k:
+        raise ValueError(f"the neighbour graph holds {dist.shape[1]} neighbours, fewer than k={k}")
+    return np.maximum(dist[:, k - 1].astype(np.float64), EPS)
 
 
 def lid_mle(dist: np.ndarray, k: int) -> np.ndarray:

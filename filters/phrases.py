@@ -44,6 +44,7 @@ from poisonlab.filters.context import ScanContext
 from poisonlab.filters.detectors import DETECTORS, Detector, EmbeddingSpace, normalise_caption
 from poisonlab.filters.index import chunks
 from poisonlab.filters.store import PAYLOAD_SPACE
+from poisonlab.filters.vectors import release_pages, take_rows
 from poisonlab.pipelines.registry import Params
 
 CHUNK = 16_384  # (row, token) pairs whose dot products are computed at once
@@ -53,14 +54,14 @@ ROW_BLOCK = 65_536  # image vectors widened to float64 at once (never the whole 
 def token_pairs(captions: list[str], rows: np.ndarray, ngrams: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(row, token id) for every distinct word (and word n-gram up to ``ngrams``) of each row's caption."""
     vocab: dict[str, int] = {}
-    pair_rows, pair_tokens = array("q"), array("q")  # 8 bytes a pair, where a list of ints takes 36
+    pair_rows, pair_tokens = array("i"), array("i")  # 4 bytes a pair (a list of ints takes 36): 2^31 rows
     for r in rows.tolist():
         words = normalise_caption(captions[r]).split()
         grams = {" ".join(words[i:i + n]) for n in range(1, ngrams + 1) for i in range(len(words) - n + 1)}
         for gram in grams:
             pair_rows.append(r)
             pair_tokens.append(vocab.setdefault(gram, len(vocab)))
-    return np.frombuffer(pair_rows, np.int64), np.frombuffer(pair_tokens, np.int64), len(vocab)  # views, no copy
+    return np.frombuffer(pair_rows, np.int32), np.frombuffer(pair_tokens, np.int32), len(vocab)  # views, no copy
 
 
 def concept_sums(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.ndarray, n_tokens: int) -> np.ndarray:
@@ -73,6 +74,7 @@ def concept_sums(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.nda
         incidence = csr_matrix((np.ones(hi - lo), (pair_tokens[lo:hi], pair_rows[lo:hi] - start)),
                                shape=(n_tokens, end - start))
         sums += incidence @ vectors[start:end].astype(np.float64)
+        release_pages(vectors)
     return sums
 
 
@@ -80,7 +82,7 @@ def mean_vector(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The float64 mean of ``vectors[rows]``, summed block by block."""
     total = np.zeros(vectors.shape[1])
     for start, end in chunks(len(rows), ROW_BLOCK):
-        total += vectors[rows[start:end]].astype(np.float64).sum(axis=0)
+        total += take_rows(vectors, rows[start:end]).astype(np.float64).sum(axis=0)
     return total / max(1, len(rows))
 
 
@@ -89,6 +91,7 @@ def background(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     out = np.empty(len(vectors))
     for start, end in chunks(len(vectors), ROW_BLOCK):
         out[start:end] = vectors[start:end].astype(np.float64) @ mean
+        release_pages(vectors)
     return out
 
 
@@ -100,7 +103,7 @@ def token_agreement(vectors: np.ndarray, pair_rows: np.ndarray, pair_tokens: np.
     out = np.empty(len(pair_rows))
     for s in range(0, len(pair_rows), CHUNK):
         r, t = pair_rows[s:s + CHUNK], pair_tokens[s:s + CHUNK]
-        v = vectors[r].astype(np.float64)
+        v = take_rows(vectors, r).astype(np.float64)
         dot = np.einsum("ij,ij->i", v, sums[t]) - np.einsum("ij,ij->i", v, v) + prior * (v @ mean)
         out[s:s + CHUNK] = dot / (counts[t] - 1.0 + prior)
     return out

@@ -2,7 +2,9 @@
 
 The global step happens once: all embeddings are loaded, each neighbour graph is built with one index over
 the whole dataset (FAISS parallelises its search over the machine's cores), and then the tables are written
-shard by shard. With an index memory budget (``index_memory``, or ``index.memory`` per detector) the index
+shard by shard. The loaded vectors are spilled to a temporary folder (``TMPDIR``) and memory-mapped, and the
+detectors read them block by block, releasing the pages they touched: the driver does not hold them (at a
+million 128-d vectors, half a gigabyte), and the scores are the same bytes as from vectors in memory. With an index memory budget (``index_memory``, or ``index.memory`` per detector) the index
 is chosen to fit it and, when it does not fit one worker, split into index shards: searched one after
 another in this process, or one per Dask worker when a shard runner is given (``flows/knn_dask.py``); the
 chosen codes, shards, memory estimate and sampled recall@k go into ``scan.json`` under ``graphs``.
@@ -24,16 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from poisonlab.filters.budget import parse_bytes
 from poisonlab.filters.context import ScanContext
-from poisonlab.filters.corpus import load_corpus
+from poisonlab.filters.corpus import Corpus, load_corpus
 from poisonlab.filters.detectors import DETECTORS, Detector
 from poisonlab.filters.index import IndexParams
 from poisonlab.filters.scores import (
@@ -197,6 +201,29 @@ def _drop_previous(out: Path, shard_names: Sequence[str]) -> None:
                 score_path(out, stale).unlink()
 
 
+def _score(corpus: Corpus, specs: list[DetectorSpec], created: Mapping[str, Detector],
+           shard_runner: ShardRunner | None) -> ScanContext:
+    """Every detector's column, ensembles after the columns they combine (timed per column)."""
+    ctx = ScanContext(corpus, shard_runner)
+    for spec in specs:
+        created[spec.column].plan(ctx, spec.embeddings or corpus.primary)
+    for spec in _order(specs, dict(created)):
+        start = time.perf_counter()
+        ctx.columns[spec.column] = created[spec.column].score(ctx, spec.embeddings or corpus.primary)
+        ctx.timings[spec.column] = round(time.perf_counter() - start, 3)
+    return ctx
+
+
+def _write_tables(out: Path, corpus: Corpus, specs: list[DetectorSpec], columns: Mapping[str, np.ndarray]) -> None:
+    """One score table per shard: the keys, what the store says of each row, and every column."""
+    stored = corpus.model()
+    for i, shard in enumerate(corpus.shard_names):
+        rows = corpus.shard_rows(i)
+        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "reason": corpus.reasons[rows],
+                **{f"{EMBEDDED_PREFIX}{s}": stored.ok[s][rows] for s in stored.spaces}}
+        write_score_shard(out, shard, base, {s.column: columns[s.column][rows] for s in specs})
+
+
 def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None,
          out: Path, overwrite: bool = False, index_memory: str | None = None,
          shard_runner: ShardRunner | None = None) -> dict[str, Any]:
@@ -220,22 +247,12 @@ def scan(emb: Path | Mapping[str, Path], detectors: Mapping[str, Mapping[str, An
     if done is not None:
         return done
     started = time.perf_counter()
-    corpus = load_corpus(stores, needed)
-    _drop_previous(out, corpus.shard_names)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = ScanContext(corpus, shard_runner)
-    for spec in specs:
-        created[spec.column].plan(ctx, spec.embeddings or corpus.primary)
-    for spec in _order(specs, created):
-        start = time.perf_counter()
-        ctx.columns[spec.column] = created[spec.column].score(ctx, spec.embeddings or corpus.primary)
-        ctx.timings[spec.column] = round(time.perf_counter() - start, 3)
-    stored = corpus.model()
-    for i, shard in enumerate(corpus.shard_names):
-        rows = corpus.shard_rows(i)
-        base = {"key": corpus.keys[rows], "live": corpus.live[rows], "reason": corpus.reasons[rows],
-                **{f"{EMBEDDED_PREFIX}{s}": stored.ok[s][rows] for s in stored.spaces}}
-        write_score_shard(out, shard, base, {s.column: ctx.columns[s.column][rows] for s in specs})
+    with tempfile.TemporaryDirectory(prefix="poisonlab-scan-") as spill:
+        corpus = load_corpus(stores, needed, spill=Path(spill))
+        _drop_previous(out, corpus.shard_names)
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = _score(corpus, specs, created, shard_runner)
+        _write_tables(out, corpus, specs, ctx.columns)
     summary = {
         "config": config,
         "dataset": dataset.to_dict() if dataset is not None else None,  # what `clean` and `recall` check

@@ -28,6 +28,7 @@ from poisonlab.filters.index import IndexParams, kth_among
 from poisonlab.filters.outliers import k_distance
 from poisonlab.filters.ranks import rank_normalise
 from poisonlab.filters.store import PAYLOAD_SPACE
+from poisonlab.filters.vectors import take_rows
 from poisonlab.pipelines.keyed import keyed_u64
 from poisonlab.pipelines.registry import Params
 
@@ -67,7 +68,8 @@ def subset_kdistance(vectors: np.ndarray, order: np.ndarray, subset: np.ndarray,
     k-distances: no copy of the store and no (rows, k) neighbour table is made."""
     position = np.full(len(order), -1, np.int64)
     position[subset] = np.arange(len(subset))
-    return kth_among(vectors, vectors[order[subset]], position, k, lambda dist: k_distance(dist, k), index, rows=order)
+    references = take_rows(vectors, order[subset])
+    return kth_among(vectors, references, position, k, lambda dist: k_distance(dist, k), index, rows=order)
 
 
 def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,

@@ -103,3 +103,72 @@ def test_a_finished_scan_with_the_same_config_is_recognised_before_loading(tmp_p
     assert {p.name: p.read_bytes() for p in out.iterdir()} == tables
     with pytest.raises(FileExistsError, match="other stores or detectors"):
         scan_module.scan(store, ["kdist:k=3"], out)
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = keyed_rng(seed, "test", "spill").standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_a_spilled_corpus_holds_the_same_vectors_in_a_read_only_map(tmp_path: Path) -> None:
+    store, image, text = _store(tmp_path, [5, 0, 7])
+    spilled = load_corpus(store, spill=tmp_path / "spill")
+    view = spilled.model()
+    assert all(isinstance(v, np.memmap) for v in view.vectors.values())
+    np.testing.assert_array_equal(view.vectors["image"], image)
+    np.testing.assert_array_equal(view.vectors["text"], text)
+    assert len(list((tmp_path / "spill").glob("*.npy"))) == 2
+    with pytest.raises(ValueError, match="read-only"):
+        view.vectors["image"][0, 0] = 1.0  # no detector can change what the next one reads
+
+
+def test_an_empty_store_spills_nothing(tmp_path: Path) -> None:
+    store, _, _ = _store(tmp_path, [0])
+    corpus = load_corpus(store, spill=tmp_path / "spill")
+    assert len(corpus) == 0 and not list((tmp_path / "spill").glob("*.npy"))
+
+
+def test_take_rows_from_a_map_is_fancy_indexing_in_any_order(tmp_path: Path) -> None:
+    from poisonlab.filters.vectors import take_rows
+
+    x = _unit(5000, 32, 2)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = keyed_rng(3, "test", "take").permutation(5000)[:3000]
+    rows[:10] = rows[0]  # repeated rows too
+    for source in (mapped, np.ascontiguousarray(mapped), x):
+        np.testing.assert_array_equal(take_rows(source, rows), x[rows])
+    assert take_rows(mapped, rows[:0]).shape == (0, 32)
+
+
+def test_detectors_score_a_spilled_corpus_byte_for_byte_as_one_in_memory(tmp_path: Path) -> None:
+    """What a scan computes does not depend on where its vectors are: the IVF (its projection read block by
+    block), the keyed subsets (their queries gathered from the map) and the phrase statistics."""
+    from poisonlab.filters.context import ScanContext
+    from poisonlab.filters.scan import detector_specs
+
+    n = 3000
+    image, text = _unit(n, 24, 4), _unit(n, 24, 5)
+    store = tmp_path / "emb"
+    write_info(store, StoreInfo("spill", "test", {"image": 24, "text": 24}, "float32", str(tmp_path / "shards")))
+    words = ["red", "green", "blue", "circle", "square", "cf"]
+    for i in range(3):
+        rows, ones = slice(i * 1000, (i + 1) * 1000), np.ones(1000, bool)
+        write_shard(store, f"{i:05d}", ShardEmbeddings(
+            keys=[f"k{j:05d}" for j in range(i * 1000, (i + 1) * 1000)],
+            captions=[f"a {words[j % 6]} {words[(j // 6) % 6]}" for j in range(i * 1000, (i + 1) * 1000)],
+            vectors={"image": image[rows], "text": text[rows]}, ok={"image": ones, "text": ones}, live=ones,
+            status=["ok"] * 1000, reasons=[""] * 1000, source_status=[""] * 1000, hash_status=[""] * 1000,
+            digest="d"), "float32")
+    detectors = ["kdist_subsets", "phrase_burst", "kdist:k=8,index.exact_max=100,index.chunk=512,index.nprobe=32",
+                 "slof:k=8,index.kind=exact"]
+    columns = []
+    for spill in (None, tmp_path / "spill"):
+        ctx = ScanContext(load_corpus(store, spill=spill))
+        specs = detector_specs(detectors)
+        for spec in specs:
+            spec.create().plan(ctx, "model")
+        columns.append({s.column: spec_score for s in specs for spec_score in [s.create().score(ctx, "model")]})
+    assert columns[0].keys() == columns[1].keys()
+    for column, values in columns[0].items():
+        assert values.tobytes() == columns[1][column].tobytes(), column
