@@ -140,9 +140,7 @@ def _read_only(vectors: np.ndarray) -> np.ndarray:
     if not isinstance(vectors, np.memmap):
         return vectors
     vectors.flush()
-    path = vectors.filename
-    del vectors
-    return np.load(path, mmap_mode="r")
+    return np.load(vectors.filename, mmap_mode="r")
 
 
 def _check_shard(store: Path, shard: str, info: StoreInfo, part: ShardEmbeddings, rows: int) -> None:

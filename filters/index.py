@@ -149,7 +149,7 @@ def _brute_force(x: np.ndarray, rows: np.ndarray, k: int, partner: np.ndarray | 
     out_ids, out_sims = np.empty((len(rows), k), np.int64), np.empty((len(rows), k), np.float32)
     for start in range(0, len(rows), 1024):
         chunk = rows[start:start + 1024]
-        sims, found = _top_inner_products(_gather(x, chunk), x, k + extra)
+        sims, found = _top_inner_products(take_rows(x, chunk), x, k + extra)
         sims, ids, short = drop_excluded(sims, found.astype(np.int64, copy=False), chunk, partner, k)
         if short.any():
             raise ValueError(f"{len(x)} vectors cannot each have k={k} neighbours")
@@ -244,7 +244,7 @@ def _among_blocks(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, 
     n = len(queries) if rows is None else len(rows)
     for start, end in chunks(n, params.chunk):
         block = queries[start:end] if rows is None else take_rows(queries, rows[start:end])
-        sims, found = index.search(np.ascontiguousarray(block), k + 1)
+        sims, found = index.search(block, k + 1)
         release_pages(queries)
         kept_sims, kept_ids, _ = drop_excluded(sims, found.astype(np.int64, copy=False),
                                                np.asarray(query_pos[start:end], np.int64), None, k)
@@ -330,7 +330,7 @@ def pca_projection(x: np.ndarray, dim: int, seed: int = 0, sample: int = 65_536)
     """The top principal directions (d x dim) from a keyed sample, or None when no projection applies."""
     if dim <= 0 or dim >= x.shape[1]:
         return None
-    rows = _gather(x, _sample_rows(len(x), sample, seed, "pca"))
+    rows = take_rows(x, _sample_rows(len(x), sample, seed, "pca"))
     centred = rows - rows.mean(axis=0, keepdims=True)
     cov = (centred.T @ centred).astype(np.float64) / max(1, len(rows) - 1)
     _, vecs = np.linalg.eigh(cov)
@@ -344,7 +344,7 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
     nlist = params.nlist or auto_nlist(n)
     nlist = max(1, min(nlist, n))
     nprobe = min(params.nprobe or auto_nprobe(n), nlist)
-    train = _gather(x, _sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans"))
+    train = take_rows(x, _sample_rows(n, nlist * params.train_per_list, params.seed, "kmeans"))
     if proj is not None:
         train = np.ascontiguousarray(train @ proj)
     kmeans = faiss.Kmeans(d, nlist, niter=10, seed=params.seed, max_points_per_centroid=params.train_per_list,
@@ -367,11 +367,6 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
         add_preassigned(index, block, np.ascontiguousarray(lists[start:end, 0]))
     index.nprobe = nprobe
     return _Ivf(x=x, projection=proj, index=index, lists=lists, coarse=coarse)
-
-
-def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``x[rows]`` as an array of its own (a memory-mapped ``x`` read block by block: ``take_rows``)."""
-    return np.ascontiguousarray(take_rows(x, rows))
 
 
 def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, float]):

@@ -27,16 +27,19 @@ EPS = 1e-4  # below the resolution of sqrt(2 - 2cos) computed in float32
 LID_CAP = 1e3  # a neighbourhood of identical distances has no measurable dimension: capped, not infinite
 
 
-def _floored(dist: np.ndarray, k: int) -> np.ndarray:
+def _require(dist: np.ndarray, k: int) -> None:
     if dist.shape[1] < k:
         raise ValueError(f"the neighbour graph holds {dist.shape[1]} neighbours, fewer than k={k}")
+
+
+def _floored(dist: np.ndarray, k: int) -> np.ndarray:
+    _require(dist, k)
     return np.maximum(dist[:, :k].astype(np.float64), EPS)
 
 
 def k_distance(dist: np.ndarray, k: int) -> np.ndarray:
     """The k-th column only, floored (a float64 copy of one column, not of the whole (n, k) table)."""
-    if dist.shape[1] < k:
-        raise ValueError(f"the neighbour graph holds {dist.shape[1]} neighbours, fewer than k={k}")
+    _require(dist, k)
     return np.maximum(dist[:, k - 1].astype(np.float64), EPS)
 
 

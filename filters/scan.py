@@ -4,10 +4,12 @@ The global step happens once: all embeddings are loaded, each neighbour graph is
 the whole dataset (FAISS parallelises its search over the machine's cores), and then the tables are written
 shard by shard. The loaded vectors are spilled to a temporary folder (``TMPDIR``) and memory-mapped, and the
 detectors read them block by block, releasing the pages they touched: the driver does not hold them (at a
-million 128-d vectors, half a gigabyte), and the scores are the same bytes as from vectors in memory. With an index memory budget (``index_memory``, or ``index.memory`` per detector) the index
-is chosen to fit it and, when it does not fit one worker, split into index shards: searched one after
-another in this process, or one per Dask worker when a shard runner is given (``flows/knn_dask.py``); the
-chosen codes, shards, memory estimate and sampled recall@k go into ``scan.json`` under ``graphs``.
+million 128-d vectors, half a gigabyte), and the scores are the same bytes as from vectors in memory.
+
+With an index memory budget (``index_memory``, or ``index.memory`` per detector) the index is chosen to
+fit it and, when it does not fit one worker, split into index shards: searched one after another in this
+process, or one per Dask worker when a shard runner is given (``flows/knn_dask.py``); the chosen codes,
+shards, memory estimate and sampled recall@k go into ``scan.json`` under ``graphs``.
 
 Detector specs map a column name to parameters; two keys are reserved: ``detector`` (the registered
 name, when the column is named otherwise, e.g. ``{"kdist_k5": {"detector": "kdist", "k": 5}}``) and

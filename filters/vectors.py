@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-TAKE_BLOCK = 4_096  # rows read by id before their pages are unmapped again
 GATHER_SPAN = 16 * 2**20  # bytes of a memory-mapped file a gather may map before its pages are released
 
 
@@ -97,14 +96,7 @@ class NpySource(_RowsOfX):
         return {"path": self.path, "_x": None}
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        flat = ids.reshape(-1)
-        order = np.argsort(flat, kind="stable")  # ascending reads touch each page once
-        out = np.empty((len(flat), self.dim), np.float32)
-        for s in range(0, len(order), TAKE_BLOCK):  # scattered rows map many pages: unmapped block by block
-            part = order[s:s + TAKE_BLOCK]
-            out[part] = self.x[flat[part]]
-            self.release()
-        return out.reshape(*ids.shape, self.dim)
+        return take_rows(self.x, ids.reshape(-1)).reshape(*ids.shape, self.dim)
 
     def array(self) -> np.ndarray:
         if self.x.dtype != np.float32 or not self.x.flags["C_CONTIGUOUS"]:
@@ -124,14 +116,15 @@ def take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     fault was measured here), so a few hundred scattered rows read in one go map most of the file."""
     if _mapping(x) is None:
         return np.asarray(x[rows], dtype=np.float32)
+    rows = np.asarray(rows)
     order = np.argsort(rows, kind="stable")
-    ascending = np.asarray(rows)[order]
+    ascending = rows[order]
     row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * x.itemsize)
     window = ascending // max(1, GATHER_SPAN // row_bytes)
     cuts = np.flatnonzero(np.diff(window)) + 1
     out = np.empty((len(order), *x.shape[1:]), np.float32)
     for part in np.split(order, cuts):
-        out[part] = x[np.asarray(rows)[part]]
+        out[part] = x[rows[part]]
         release_pages(x)
     return out
 
