@@ -16,8 +16,14 @@ import numpy as np
 
 from poisonlab.filters.corpus import Corpus
 from poisonlab.filters.index import IndexParams
-from poisonlab.filters.neighbours import NeighbourGraph, batch_local_graph, global_graph, reference_set
-from poisonlab.filters.outliers import LID_ESTIMATORS, k_distance
+from poisonlab.filters.neighbours import (
+    NeighbourGraph,
+    batch_local_graph,
+    global_graph,
+    global_kth_distances,
+    reference_set,
+)
+from poisonlab.filters.outliers import LID_ESTIMATORS
 from poisonlab.filters.sharded_knn import ShardRunner
 
 RECALL_WARNING = 0.9  # below this sampled recall@k, a scan warns that its neighbourhoods are unreliable
@@ -44,7 +50,10 @@ class ScanContext:
         self.timings: dict[str, float] = {}
         self.graph_info: dict[str, dict] = {}
         self._planned: dict[NeighbourhoodKey, int] = {}
+        self._planned_ks: dict[NeighbourhoodKey, set[int]] = {}
+        self._read_lists: set[NeighbourhoodKey] = set()
         self._graphs: dict[NeighbourhoodKey, NeighbourGraph] = {}
+        self._kth: dict[NeighbourhoodKey, NeighbourGraph] = {}
         self._stats: dict[tuple, np.ndarray] = {}
 
     @property
@@ -58,10 +67,14 @@ class ScanContext:
         space = self.corpus.model(key.model).info.resolve(key.space)
         return key if space == key.space else dataclasses.replace(key, space=space)
 
-    def plan(self, key: NeighbourhoodKey, k: int) -> None:
-        """Announce that a detector will need k neighbours, so the graph is built once, large enough."""
+    def plan(self, key: NeighbourhoodKey, k: int, lists: bool = True) -> None:
+        """Announce that a detector will need k neighbours, so the graph is built once, large enough.
+        ``lists=False``: it reads only each point's k-distance, never who the neighbours are."""
         key = self.resolved(key)
         self._planned[key] = max(self._planned.get(key, 0), k)
+        self._planned_ks.setdefault(key, set()).add(k)
+        if lists:
+            self._read_lists.add(key)
 
     def graph(self, key: NeighbourhoodKey, k: int) -> NeighbourGraph:
         key = self.resolved(key)
@@ -78,23 +91,44 @@ class ScanContext:
         else:
             raise ValueError(f"unknown neighbourhood mode {key.mode!r}; use global or batch_local")
         self._graphs[key] = graph
-        self.graph_info[_describe(key)] = {"k": want, "references": len(refs.rows), "queries": refs.queries,
+        self._record(key, graph, want, start)
+        return graph
+
+    def kth_graph(self, key: NeighbourhoodKey, k: int) -> NeighbourGraph:
+        """A graph to read k-distances from. When the only use planned for this neighbourhood is one k's
+        distances, and the search is a single global index, it holds just those (``global_kth_distances``:
+        the same floats, without the (n, k) lists); otherwise it is ``graph(key, k)``."""
+        key = self.resolved(key)
+        index = key.index or IndexParams()
+        alone = key not in self._read_lists and self._planned_ks.get(key) == {k} and key not in self._graphs
+        if key.mode != "global" or index.memory is not None or not alone:
+            return self.graph(key, k)
+        if key not in self._kth:
+            start = time.perf_counter()
+            self._kth[key] = global_kth_distances(reference_set(self.corpus.model(key.model), key.space), k, index)
+            self._record(key, self._kth[key], k, start)
+        return self._kth[key]
+
+    def _record(self, key: NeighbourhoodKey, graph: NeighbourGraph, k: int, start: float) -> None:
+        refs = graph.refs
+        self.graph_info[_describe(key)] = {"k": k, "references": len(refs.rows), "queries": refs.queries,
                                            "index": graph.source, "recall_estimate": graph.recall_estimate,
                                            "seconds": round(time.perf_counter() - start, 3), "phases": graph.seconds}
         if graph.plan is not None:
             self.graph_info[_describe(key)]["plan"] = graph.plan
+        if graph.kth_only:
+            self.graph_info[_describe(key)]["kth_only"] = True
         if graph.recall_estimate is not None and graph.recall_estimate < RECALL_WARNING:
-            warnings.warn(f"the {graph.source} index found only {graph.recall_estimate:.1%} of the true {want} nearest "
+            warnings.warn(f"the {graph.source} index found only {graph.recall_estimate:.1%} of the true {k} nearest "
                           f"neighbours on a sample of queries ({_describe(key)}); raise index.nprobe or use "
-                          "index.kind=exact", stacklevel=2)
-        return graph
+                          "index.kind=exact", stacklevel=3)
 
     def kdist(self, key: NeighbourhoodKey, k: int) -> np.ndarray:
         """k-distance of every reference point (what a neighbour's density is measured by)."""
         key = self.resolved(key)
         cache = (key, "kdist", k)
         if cache not in self._stats:
-            self._stats[cache] = k_distance(self.graph(key, k).dist, k)
+            self._stats[cache] = self.kth_graph(key, k).k_distance(k)
         return self._stats[cache]
 
     def lid(self, key: NeighbourhoodKey, k: int, estimator: str) -> np.ndarray:

@@ -104,6 +104,9 @@ class KnnParams(Params):
 
 
 class KnnDetector(Detector):
+    # whether the detector reads who the neighbours are (its own k-distance alone needs only the distances)
+    reads_lists: bool = True
+
     def __init__(self, params: KnnParams) -> None:
         self.params = params
 
@@ -117,10 +120,12 @@ class KnnDetector(Detector):
         return NeighbourhoodKey(model, p.space, p.mode, index=p.index)
 
     def plan(self, ctx: ScanContext, model: str) -> None:
-        ctx.plan(self.key(model), self.params.k)
+        ctx.plan(self.key(model), self.params.k, lists=self.reads_lists)
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         key, k = self.key(model), self.params.k
+        if not self.reads_lists:
+            return ctx.scatter(ctx.kth_graph(key, k), ctx.kdist(key, k))
         graph = ctx.graph(key, k)
         return ctx.scatter(graph, self.from_graph(ctx, key, graph.dist, graph.ids, k))
 
@@ -132,6 +137,8 @@ class KnnDetector(Detector):
 @DETECTORS.register("kdist", KnnParams)
 class KDistance(KnnDetector):
     """Distance to the k-th nearest other sample: backdoor pairs sit in sparse neighbourhoods."""
+
+    reads_lists = False
 
     def from_graph(self, ctx, key, dist, ids, k):  # type: ignore[no-untyped-def]
         return k_distance(dist, k)

@@ -41,6 +41,7 @@ from poisonlab.filters.vectors import ArraySource, VectorSource, release_pages, 
 from poisonlab.pipelines.keyed import keyed_rng
 from poisonlab.pipelines.registry import Params
 
+REFINE_QUERIES = 2_048  # queries whose candidates are gathered at once for exact re-ranking (~35 MB at k=16)
 SHARD_BLOCK = 8_192  # queries per block under a memory budget: bounds what each shard reads and returns per call
 
 
@@ -128,7 +129,7 @@ def _check(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _top_inner_products(queries: np.ndarray, x: np.ndarray, k: int, block: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
+def _top_inner_products(queries: np.ndarray, x: np.ndarray, k: int, block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of a few queries over all of ``x`` by blocked matrix products (no index copy)."""
     k = min(k, len(x))
     sims_parts, ids_parts = [], []
@@ -183,29 +184,79 @@ def self_knn(x: np.ndarray, k: int, params: IndexParams | None = None,
     if params.memory is not None:
         return budget_knn(ArraySource(x), k, params, partner, runner)
     n = len(x)
-    extra = 1 + (partner is not None)
-    if n <= k + extra - 1:
-        raise ValueError(f"{n} vectors cannot each have k={k} neighbours")
-    kind = resolve_kind(n, params)
-    search = {"exact": _exact_search, "ivf": _ivf_search, "hnsw": _hnsw_search}[kind]
     dist = np.empty((n, k), np.float32)
     ids = np.empty((n, k), np.int64)
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    for start, cand_ids, cand_sims in search(x, min(n, k + extra), params, seconds):
-        rows = np.arange(start, start + len(cand_ids))
-        kept_sims, kept_ids, short = drop_excluded(cand_sims, cand_ids.astype(np.int64, copy=False), rows, partner, k)
-        if short.any():  # a query whose probed lists hold fewer than k others: brute force for it
-            kept_ids[short], kept_sims[short] = _brute_force(x, rows[short], k, partner)
+    searched = _Searched(x, k, params, partner)
+    for rows, kept_sims, kept_ids in searched.blocks():
         ids[rows] = kept_ids
         dist[rows] = ip_to_distance(kept_sims)
-    seconds["search"] = round(time.perf_counter() - started - seconds.get("build", 0.0), 3)
-    estimate = None
-    if kind != "exact" and params.check_queries > 0:
+    estimate = searched.recall(ids)
+    return KnnResult(dist=dist, ids=ids, kind=searched.kind, recall_estimate=estimate, seconds=searched.seconds)
+
+
+def self_kth_distance(x: np.ndarray, k: int, params: IndexParams | None = None,
+                      partner: np.ndarray | None = None) -> KnnResult:
+    """Only the distance to each vector's k-th nearest other vector: ``self_knn(...).dist[:, k - 1:]``, the
+    same floats, without the (n, k) tables (at a million vectors and k = 16 they are 0.19 GiB); the ids are
+    kept for the recall check's sample of rows only. ``ids`` of the result is empty."""
+    params = params or IndexParams()
+    x = _check(x)
+    n = len(x)
+    kth = np.empty((n, 1), np.float32)
+    searched = _Searched(x, k, params, partner)
+    sample = searched.recall_rows()
+    sample_ids = np.empty((len(sample), k), np.int64)
+    for rows, kept_sims, kept_ids in searched.blocks():
+        kth[rows, 0] = ip_to_distance(kept_sims[:, k - 1])
+        lo, hi = np.searchsorted(sample, rows[0]), np.searchsorted(sample, rows[-1], side="right")
+        sample_ids[lo:hi] = kept_ids[sample[lo:hi] - rows[0]]
+    estimate = searched.recall(sample_ids, sampled=True)
+    return KnnResult(dist=kth, ids=np.empty((n, 0), np.int64), kind=searched.kind, recall_estimate=estimate,
+                     seconds=searched.seconds)
+
+
+class _Searched:
+    """One search of every vector's k nearest others by the kind ``params`` resolve to, block by block
+    (rows, similarities, ids), and its recall check: what ``self_knn`` and ``self_kth_distance`` share."""
+
+    def __init__(self, x: np.ndarray, k: int, params: IndexParams, partner: np.ndarray | None) -> None:
+        n = len(x)
+        if n <= k + (partner is not None):
+            raise ValueError(f"{n} vectors cannot each have k={k} neighbours")
+        self.x, self.k, self.params, self.partner = x, k, params, partner
+        self.kind = resolve_kind(n, params)
+        self.seconds: dict[str, float] = {}
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        x, k, partner = self.x, self.k, self.partner
+        search = {"exact": _exact_search, "ivf": _ivf_search, "hnsw": _hnsw_search}[self.kind]
         started = time.perf_counter()
-        estimate = sampled_recall(x, ids, params.check_queries, params.seed, partner)
-        seconds["recall_check"] = round(time.perf_counter() - started, 3)
-    return KnnResult(dist=dist, ids=ids, kind=kind, recall_estimate=estimate, seconds=seconds)
+        for start, cand_ids, cand_sims in search(x, min(len(x), k + 1 + (partner is not None)), self.params,
+                                                 self.seconds):
+            rows = np.arange(start, start + len(cand_ids))
+            kept_sims, kept_ids, short = drop_excluded(cand_sims, cand_ids.astype(np.int64, copy=False), rows,
+                                                       partner, k)
+            if short.any():  # a query whose probed lists hold fewer than k others: brute force for it
+                kept_ids[short], kept_sims[short] = _brute_force(x, rows[short], k, partner)
+            yield rows, kept_sims, kept_ids
+        self.seconds["search"] = round(time.perf_counter() - started - self.seconds.get("build", 0.0), 3)
+
+    def recall_rows(self) -> np.ndarray:
+        """The keyed sample of rows whose neighbours are checked by brute force (empty without a check)."""
+        if self.kind == "exact" or self.params.check_queries <= 0:
+            return np.empty(0, np.int64)
+        return _sample_rows(len(self.x), self.params.check_queries, self.params.seed, "recall-check")
+
+    def recall(self, ids: np.ndarray, sampled: bool = False) -> float | None:
+        """Recall@k on ``recall_rows()``; ``ids`` holds every row's neighbours, or only the sample's."""
+        rows = self.recall_rows()
+        if not len(rows):
+            return None
+        started = time.perf_counter()
+        truth, _ = _brute_force(self.x, rows, self.k, self.partner)
+        found = ids if sampled else ids[rows]
+        self.seconds["recall_check"] = round(time.perf_counter() - started, 3)
+        return float((truth[:, :, None] == found[:, None, :]).any(axis=2).mean())
 
 
 def knn_among(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, k: int,
@@ -249,15 +300,6 @@ def _among_blocks(queries: np.ndarray, refs: np.ndarray, query_pos: np.ndarray, 
         kept_sims, kept_ids, _ = drop_excluded(sims, found.astype(np.int64, copy=False),
                                                np.asarray(query_pos[start:end], np.int64), None, k)
         yield (start, end), ip_to_distance(kept_sims), kept_ids
-
-
-def sampled_recall(x: np.ndarray, ids: np.ndarray, queries: int, seed: int,
-                   partner: np.ndarray | None = None) -> float:
-    """Recall@k of neighbour lists on a keyed sample of rows, against brute force (no index copy)."""
-    n, k = ids.shape
-    rows = _sample_rows(n, queries, seed, "recall-check")
-    truth, _ = _brute_force(x, rows, k, partner)
-    return float((truth[:, :, None] == ids[rows][:, None, :]).any(axis=2).mean())
 
 
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -374,20 +416,43 @@ def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, f
     ivf = build_ivf(x, params)
     seconds["build"] = round(time.perf_counter() - started, 3)
     candidates = max(k, int(math.ceil(params.refine * k)))
-    d = x.shape[1]
     for start, end in chunks(len(x), params.chunk):
         _, cand = search_preassigned(ivf.index, ivf.projected(start, end), candidates, ivf.lists[start:end],
                                      ivf.coarse[start:end])
-        cand = np.ascontiguousarray(cand, dtype=np.int64)
-        m = end - start
-        sims = np.empty((m, k), np.float32)
-        ids = np.empty((m, k), np.int64)
-        faiss.knn_inner_products_by_idx(
-            faiss.swig_ptr(x[start:end]), faiss.swig_ptr(x), faiss.swig_ptr(cand), d, m, len(x), candidates, k,
-            faiss.swig_ptr(sims), faiss.swig_ptr(ids), candidates,
-        )
-        release_pages(x)
+        sims, ids = _refine(x, start, np.ascontiguousarray(cand, dtype=np.int64), k)
         yield start, ids, sims
+
+
+def _refine(x: np.ndarray, start: int, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of queries ``start..`` with their candidates, the best k kept.
+
+    The candidates' vectors are gathered (``take_rows``) REFINE_QUERIES queries at a time into an array of
+    their own: handed the whole memory-mapped store, faiss would fault in the rows of every list the
+    queries probed, which is nearly all of the store at a million rows. The products are faiss's own over
+    the same floats, so the neighbours are the same either way."""
+    m, candidates = cand.shape
+    d = x.shape[1]
+    sims, ids = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
+    for lo in range(0, m, REFINE_QUERIES):
+        hi = min(m, lo + REFINE_QUERIES)
+        part = cand[lo:hi]
+        valid = part >= 0  # faiss marks a short list with -1 and stops reading a row at the first one
+        rows, local = np.unique(part[valid], return_inverse=True)
+        if not len(rows):
+            sims[lo:hi], ids[lo:hi] = -np.finfo(np.float32).max, -1  # what faiss gives a query without candidates
+            continue
+        compact = np.full(part.shape, -1, np.int64)
+        compact[valid] = local
+        base = take_rows(x, rows)
+        queries = np.ascontiguousarray(x[start + lo:start + hi], dtype=np.float32)
+        release_pages(x)
+        found = np.empty((hi - lo, k), np.int64)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(compact), d, hi - lo, len(base),
+            candidates, k, faiss.swig_ptr(sims[lo:hi]), faiss.swig_ptr(found), candidates,
+        )
+        ids[lo:hi] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
+    return sims, ids
 
 
 def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,8 @@ from typing import Literal
 import numpy as np
 
 from poisonlab.filters.corpus import ModelView
-from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn
+from poisonlab.filters.index import IndexParams, ip_to_distance, self_knn, self_kth_distance
+from poisonlab.filters.outliers import k_distance
 from poisonlab.filters.sharded_knn import ShardRunner
 from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.filters.vectors import take_rows
@@ -76,10 +77,19 @@ class NeighbourGraph:
     recall_estimate: float | None = None  # approximate indexes: recall@k measured on a sample of queries
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     plan: dict | None = None  # with a memory budget: codes, index shards, memory per shard
+    kth_only: int = 0  # > 0: ``dist`` holds only the distance to each point's kth_only-th neighbour, ``ids`` none
 
     @property
     def k(self) -> int:
         return int(self.dist.shape[1])
+
+    def k_distance(self, k: int) -> np.ndarray:
+        """Every point's floored distance to its k-th nearest other point."""
+        if not self.kth_only:
+            return k_distance(self.dist, k)
+        if k != self.kth_only:
+            raise ValueError(f"this graph holds the distance to the {self.kth_only}-th neighbour, not the {k}-th")
+        return k_distance(self.dist, 1)
 
 
 def global_graph(refs: RefSet, k: int, params: IndexParams, runner: ShardRunner | None = None) -> NeighbourGraph:
@@ -87,6 +97,13 @@ def global_graph(refs: RefSet, k: int, params: IndexParams, runner: ShardRunner 
     result = self_knn(refs.vectors, k, params, refs.partner, runner)
     return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate, result.seconds,
                           result.plan)
+
+
+def global_kth_distances(refs: RefSet, k: int, params: IndexParams) -> NeighbourGraph:
+    """Only each point's distance to its k-th nearest other point over the whole dataset (no lists)."""
+    result = self_kth_distance(refs.vectors, k, params, refs.partner)
+    return NeighbourGraph(refs, result.dist, result.ids, result.kind, result.recall_estimate, result.seconds,
+                          kth_only=k)
 
 
 def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:

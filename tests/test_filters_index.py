@@ -16,6 +16,7 @@ from poisonlab.filters.index import (
     gpu_count,
     resolve_kind,
     self_knn,
+    self_kth_distance,
     similar_pairs,
 )
 from poisonlab.filters.synthetic import PlantedSpec, planted_embeddings
@@ -90,6 +91,40 @@ def test_ivf_self_join_excludes_self_and_partner() -> None:
     rows = np.arange(6000)[:, None]
     assert not (result.ids == rows).any() and not (result.ids == partner[:, None]).any()
     assert (result.dist[:, 0] > 1e-3).all()  # the identical copy was excluded
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_the_kth_distance_alone_is_the_kth_column_of_the_lists(tmp_path, kind: str) -> None:
+    """Same floats and the same recall check without the (n, k) lists, from a memory map too (whose IVF
+    candidates are gathered a block at a time), with a partner excluded."""
+    x = planted_embeddings(PlantedSpec(n=6000, dim=32, latent_dim=8, tight_cluster=20, seed=6)).vectors
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    partner = np.where(np.arange(6000) % 2 == 0, np.arange(6000) + 1, np.arange(6000) - 1)
+    params = IndexParams(kind=kind, pca_dim=16, nlist=64, nprobe=4, chunk=1000, check_queries=300)
+    lists = self_knn(x, 8, params, partner=partner)
+    kth = self_kth_distance(mapped, 8, params, partner=partner)
+    assert kth.dist.shape == (6000, 1) and kth.ids.shape == (6000, 0)
+    np.testing.assert_array_equal(kth.dist[:, 0], lists.dist[:, 7])
+    assert kth.recall_estimate == lists.recall_estimate and (kind == "exact") == (kth.recall_estimate is None)
+
+
+def test_a_scan_keeps_neighbour_lists_only_when_a_detector_reads_them(planted) -> None:
+    """kdist alone gets its k-distances without lists; beside slof on the same neighbourhood it reads the
+    shared lists; either way its scores are the same bytes."""
+    index = {"kind": "ivf", "pca_dim": 32, "nprobe": 16}
+    alone, shared = (ScanContext(corpus_from_vectors(planted.vectors)) for _ in range(2))
+    kdist = DETECTORS.create("kdist", {"k": 12, "index": index})
+    slof = DETECTORS.create("slof", {"k": 12, "index": index})
+    kdist.plan(alone, "model")
+    kdist.plan(shared, "model")
+    slof.plan(shared, "model")
+    by_alone, by_shared = kdist.score(alone, "model"), kdist.score(shared, "model")
+    slof.score(shared, "model")
+    assert [info.get("kth_only", False) for info in alone.graph_info.values()] == [True]
+    assert [info.get("kth_only", False) for info in shared.graph_info.values()] == [False]
+    assert not alone.graphs and len(shared.graphs) == 1
+    assert by_alone.tobytes() == by_shared.tobytes()
 
 
 def test_auto_choice_and_list_count() -> None:
