@@ -21,7 +21,7 @@ from poisonlab.filters.context import NeighbourhoodKey, ScanContext
 from poisonlab.filters.embedders import known_spaces
 from poisonlab.filters.index import IndexParams, similar_pairs
 from poisonlab.filters.neighbours import CROSS, space_reads
-from poisonlab.filters.outliers import dao, k_distance, slof
+from poisonlab.filters.outliers import dao, slof
 from poisonlab.filters.ranks import RankMethod, combine_ranks
 from poisonlab.filters.store import PAYLOAD_SPACE
 from poisonlab.pipelines.keyed import keyed_rng
@@ -124,9 +124,7 @@ class KnnDetector(Detector):
 
     def score(self, ctx: ScanContext, model: str) -> np.ndarray:
         key, k = self.key(model), self.params.k
-        if not self.reads_lists:
-            return ctx.scatter(ctx.kth_graph(key, k), ctx.kdist(key, k))
-        graph = ctx.graph(key, k)
+        graph = ctx.graph(key, k) if self.reads_lists else ctx.kth_graph(key, k)
         return ctx.scatter(graph, self.from_graph(ctx, key, graph.dist, graph.ids, k))
 
     @abstractmethod
@@ -141,7 +139,7 @@ class KDistance(KnnDetector):
     reads_lists = False
 
     def from_graph(self, ctx, key, dist, ids, k):  # type: ignore[no-untyped-def]
-        return k_distance(dist, k)
+        return ctx.kdist(key, k)  # from the graph kth_graph chose: the k-th column, or the only one
 
 
 @DETECTORS.register("slof", KnnParams)
