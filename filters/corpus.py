@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from poisonlab.filters.packed import PackedStrings, first_duplicate
 from poisonlab.filters.store import (
     REEMBED,
     EmbeddingMismatchError,
@@ -64,14 +65,14 @@ class ModelView:
 class Corpus:
     """Keys, captions and per-model embeddings of every sample the embed step saw."""
 
-    keys: list[str]
-    captions: list[str]
+    keys: Sequence[str]  # PackedStrings when loaded from a store: a list of a million keys is 70 MB, packed 16
+    captions: Sequence[str]
     shard_names: list[str]
     shard_bounds: np.ndarray  # (shards + 1,) row offsets: shard i is rows bounds[i]:bounds[i+1]
     live: np.ndarray
-    reasons: list[str]
-    source_status: list[str]
-    hash_status: list[str]
+    reasons: Sequence[str]
+    source_status: Sequence[str]
+    hash_status: Sequence[str]
     models: dict[str, ModelView]
     primary: str
 
@@ -172,9 +173,11 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
     keep = dict(spaces or {})
     primary = next(iter(named))
     first = _load_store(named[primary], None, keep.get(primary), spill)
-    keys = [k for p in first.parts for k in p.keys]
-    if len(set(keys)) != len(keys):
-        raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]}: keys must be unique")
+    keys = _joined(first.parts, "keys")
+    duplicate = first_duplicate(keys)
+    if duplicate is not None:
+        raise EmbeddingMismatchError(f"duplicate keys across the shards of {named[primary]} ({duplicate!r} twice): "
+                                     "keys must be unique")
     bounds = np.concatenate([[0], np.cumsum([len(p) for p in first.parts])]).astype(np.int64)
     models = {primary: _view(first)}
     for name, store in list(named.items())[1:]:
@@ -184,7 +187,7 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
                 f"shards {list_store_shards(store)} vs {first.names}; embed the same shards with both models"
             )
         other = _load_store(store, first.names, keep.get(name), spill)
-        other_keys = [k for p in other.parts for k in p.keys]
+        other_keys = _joined(other.parts, "keys")
         if other_keys != keys:
             missing = len(set(keys) - set(other_keys))
             raise EmbeddingMismatchError(
@@ -195,16 +198,25 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
     parts = first.parts
     return Corpus(
         keys=keys,
-        captions=[c for p in parts for c in p.captions],
+        captions=_joined(parts, "captions"),
         shard_names=first.names,
         shard_bounds=bounds,
         live=np.concatenate([p.live for p in parts]).astype(bool),
-        reasons=[r for p in parts for r in p.reasons],
-        source_status=[s for p in parts for s in p.source_status],
-        hash_status=[s for p in parts for s in p.hash_status],
+        reasons=_joined(parts, "reasons"),
+        source_status=_joined(parts, "source_status"),
+        hash_status=_joined(parts, "hash_status"),
         models=models,
         primary=primary,
     )
+
+
+def _joined(parts: list[ShardEmbeddings], field: str) -> PackedStrings:
+    """One string field of every shard, in shard order, packed (a shard read from a store is packed already)."""
+    return PackedStrings.join([_packed(getattr(p, field)) for p in parts])
+
+
+def _packed(values: Sequence[str]) -> PackedStrings:
+    return values if isinstance(values, PackedStrings) else PackedStrings.of(values)
 
 
 def _view(loaded: _LoadedStore) -> ModelView:

@@ -345,11 +345,15 @@ class _Ivf:
     x: np.ndarray
     projection: np.ndarray | None  # (d, pca_dim), or None: the lists are over the vectors themselves
     index: faiss.IndexIVF
-    lists: np.ndarray  # (n, nprobe) probe lists of every vector, nearest first
+    lists: np.ndarray  # (n, nprobe) int32 probe lists of every vector, nearest first (half of faiss's int64)
     coarse: np.ndarray  # (n, nprobe) squared distances to those centroids
 
     def projected(self, start: int, end: int) -> np.ndarray:
         return project(self.x, self.projection, start, end)
+
+    def probes(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows start..end-1's probe lists (as the int64 faiss takes) and coarse distances."""
+        return np.ascontiguousarray(self.lists[start:end], np.int64), self.coarse[start:end]
 
 
 def project(x: np.ndarray, projection: np.ndarray | None, start: int, end: int) -> np.ndarray:
@@ -402,11 +406,12 @@ def build_ivf(x: np.ndarray, params: IndexParams, code: str | None = None) -> _I
         index.is_trained = True
     index.referenced_objects = [quantizer]  # keep the quantizer alive as long as the index
     coarse = np.empty((n, nprobe), np.float32)
-    lists = np.empty((n, nprobe), np.int64)
+    lists = np.empty((n, nprobe), np.int32)
     for start, end in chunks(n, params.chunk * 4):  # rows are added in order: their ids are their row numbers
         block = project(x, proj, start, end)
-        coarse[start:end], lists[start:end] = quantizer.search(block, nprobe)
-        add_preassigned(index, block, np.ascontiguousarray(lists[start:end, 0]))
+        coarse[start:end], found = quantizer.search(block, nprobe)
+        lists[start:end] = found
+        add_preassigned(index, block, np.ascontiguousarray(found[:, 0]))
     index.nprobe = nprobe
     return _Ivf(x=x, projection=proj, index=index, lists=lists, coarse=coarse)
 
@@ -417,8 +422,7 @@ def _ivf_search(x: np.ndarray, k: int, params: IndexParams, seconds: dict[str, f
     seconds["build"] = round(time.perf_counter() - started, 3)
     candidates = max(k, int(math.ceil(params.refine * k)))
     for start, end in chunks(len(x), params.chunk):
-        _, cand = search_preassigned(ivf.index, ivf.projected(start, end), candidates, ivf.lists[start:end],
-                                     ivf.coarse[start:end])
+        _, cand = search_preassigned(ivf.index, ivf.projected(start, end), candidates, *ivf.probes(start, end))
         sims, ids = _refine(x, start, np.ascontiguousarray(cand, dtype=np.int64), k)
         yield start, ids, sims
 
@@ -467,7 +471,7 @@ def similar_pairs(x: np.ndarray, threshold: float, params: IndexParams | None = 
         radius = float(max(0.0, 2.0 - 2.0 * threshold)) * (1 + 1e-4) + 1e-6
         for start, end in chunks(n, params.chunk):
             lims, _, found = range_search_preassigned(ivf.index, ivf.projected(start, end), radius,
-                                                      ivf.lists[start:end], ivf.coarse[start:end])
+                                                      *ivf.probes(start, end))
             rows = np.repeat(np.arange(start, end), np.diff(lims).astype(np.int64))
             keep = found > rows
             rows, found = rows[keep], found[keep]

@@ -13,6 +13,7 @@ dataset, as Huang et al. do for image-text pairs; a pair's own caption is never 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -106,7 +107,7 @@ def global_kth_distances(refs: RefSet, k: int, params: IndexParams) -> Neighbour
                           kth_only=k)
 
 
-def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:
+def keyed_batches(keys: Sequence[str], rows: np.ndarray, batch_size: int, seed: int, min_size: int) -> list[np.ndarray]:
     """Corpus rows in a keyed shuffle, cut into batches; a short last batch joins the one before it."""
     order = sorted(rows.tolist(), key=lambda r: keyed_u64(seed, "filters/batch_local", keys[r]))
     batches = [np.array(order[s:s + batch_size], dtype=np.int64) for s in range(0, len(order), batch_size)]
@@ -115,7 +116,7 @@ def keyed_batches(keys: list[str], rows: np.ndarray, batch_size: int, seed: int,
     return batches
 
 
-def batch_local_graph(refs: RefSet, keys: list[str], k: int, batch_size: int, seed: int) -> NeighbourGraph:
+def batch_local_graph(refs: RefSet, keys: Sequence[str], k: int, batch_size: int, seed: int) -> NeighbourGraph:
     """Neighbours within each keyed batch only, by brute force (Huang et al.'s batch of references)."""
     m = len(refs.rows)
     refs_of_row: dict[int, list[int]] = {}

@@ -35,6 +35,7 @@ and a phrase inserted without a target concept (clean-label ``text_trigger``: no
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field
@@ -51,7 +52,7 @@ CHUNK = 16_384  # (row, token) pairs whose dot products are computed at once
 ROW_BLOCK = 65_536  # image vectors widened to float64 at once (never the whole store: 1 GiB at 1M x 128)
 
 
-def token_pairs(captions: list[str], rows: np.ndarray, ngrams: int) -> tuple[np.ndarray, np.ndarray, int]:
+def token_pairs(captions: Sequence[str], rows: np.ndarray, ngrams: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(row, token id) for every distinct word (and word n-gram up to ``ngrams``) of each row's caption."""
     vocab: dict[str, int] = {}
     pair_rows, pair_tokens = array("i"), array("i")  # 4 bytes a pair (a list of ints takes 36): 2^31 rows

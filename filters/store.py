@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from poisonlab.filters.packed import PackedStrings
 from poisonlab.shards.fingerprint import DatasetRef
 from poisonlab.shards.layout import atomic_path, atomic_write_json, tar_path
 
@@ -173,30 +174,34 @@ def source_digest(source: Path, shard: str) -> str:
 
 def pack_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and end offsets: strings without object arrays (loadable with allow_pickle=False)."""
-    encoded = [v.encode("utf-8") for v in values]
-    ends = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(0, np.int64)
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
+    packed = values if isinstance(values, PackedStrings) else PackedStrings.of(values)
+    return packed.arrays()
+
+
+def read_strings(data: np.ndarray, ends: np.ndarray) -> PackedStrings:
+    """Strings as stored, kept packed (checked: offsets in order, every string UTF-8); ValueError otherwise."""
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise ValueError("string bytes must be a 1-d uint8 array")
+    return PackedStrings(data.tobytes(), ends)
 
 
 def unpack_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
-    raw = data.tobytes()
-    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-    return [raw[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return list(read_strings(data, ends))
 
 
 @dataclasses.dataclass
 class ShardEmbeddings:
     """Everything the embed step knows about one shard's samples, row-aligned."""
 
-    keys: list[str]
-    captions: list[str]
+    keys: Sequence[str]  # a list when embedding, PackedStrings when read back (filters/packed.py)
+    captions: Sequence[str]
     vectors: dict[str, np.ndarray]  # space -> (n, d); rows without an embedding in that space are zero
     ok: dict[str, np.ndarray]  # space -> bool (n,)
     live: np.ndarray  # the sample was live in the shard (non-live ones are carried for accounting)
-    status: list[str]  # the sample's status in the shard (ok, changed, added, error, ...)
-    reasons: list[str]  # why a row lacks an embedding ("" when it has every space)
-    source_status: list[str]  # status recorded upstream (img2dataset's, ingest's), "" when none
-    hash_status: list[str]  # "mismatch", "match" or "" (no hashes to compare)
+    status: Sequence[str]  # the sample's status in the shard (ok, changed, added, error, ...)
+    reasons: Sequence[str]  # why a row lacks an embedding ("" when it has every space)
+    source_status: Sequence[str]  # status recorded upstream (img2dataset's, ingest's), "" when none
+    hash_status: Sequence[str]  # "mismatch", "match" or "" (no hashes to compare)
     digest: str
 
     def __len__(self) -> int:
@@ -266,8 +271,14 @@ def read_shard_embeddings(store: Path, shard: str, spaces: Collection[str] | Non
     with np.load(path, allow_pickle=False) as data:
         try:
             vectors, ok = _spaces_of(data, path, spaces)
-            strings = {name: unpack_strings(data[f"{name}_bytes"], data[f"{name}_ends"]) for name in _STRING_FIELDS}
+            strings = {name: read_strings(data[f"{name}_bytes"], data[f"{name}_ends"]) for name in _STRING_FIELDS}
+            live = data["live"]
         except KeyError as exc:
             raise StoreFormatError(f"{path} lacks {exc}: not an embedding shard this poisonlab reads; {REEMBED}") from None
-        return ShardEmbeddings(vectors=vectors, ok=ok, live=data["live"], digest=data["digest"].tobytes().decode(),
+        except ValueError as exc:
+            raise StoreFormatError(f"{path}: {exc}; {REEMBED}") from None
+        uneven = sorted(name for name, values in strings.items() if len(values) != len(live))
+        if uneven:
+            raise StoreFormatError(f"{path}: {', '.join(uneven)} do not have one entry per row ({len(live)}); {REEMBED}")
+        return ShardEmbeddings(vectors=vectors, ok=ok, live=live, digest=data["digest"].tobytes().decode(),
                                **strings)

@@ -18,6 +18,7 @@ a flat FAISS index over each subset (``index.kth_among``): a subset is small by 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -40,7 +41,7 @@ def subset_size(k: int, max_rate: float, n: int) -> int:
     return int(min(n - 1, max(k + 1, math.floor(k / (2.0 * max_rate)))))
 
 
-def key_hashes(keys: list[str], rows: np.ndarray, seed: int) -> np.ndarray:
+def key_hashes(keys: Sequence[str], rows: np.ndarray, seed: int) -> np.ndarray:
     """One keyed 64-bit hash per row (hashed once; every subset is derived from it)."""
     return np.fromiter((keyed_u64(seed, STAGE, keys[r]) for r in rows.tolist()), dtype=np.uint64, count=len(rows))
 
@@ -72,7 +73,7 @@ def subset_kdistance(vectors: np.ndarray, order: np.ndarray, subset: np.ndarray,
     return kth_among(vectors, references, position, k, lambda dist: k_distance(dist, k), index, rows=order)
 
 
-def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: list[str], ks: list[int], subsets: int,
+def subsets_score(vectors: np.ndarray, rows: np.ndarray, keys: Sequence[str], ks: list[int], subsets: int,
                   max_rate: float, seed: int, index: IndexParams) -> np.ndarray:
     """Mean over (k, subset) of the rank-normalised k-distance among that subset, for ``rows``.
 
