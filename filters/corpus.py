@@ -212,11 +212,7 @@ def load_corpus(stores: Path | Mapping[str, Path], spaces: Mapping[str, Collecti
 
 def _joined(parts: list[ShardEmbeddings], field: str) -> PackedStrings:
     """One string field of every shard, in shard order, packed (a shard read from a store is packed already)."""
-    return PackedStrings.join([_packed(getattr(p, field)) for p in parts])
-
-
-def _packed(values: Sequence[str]) -> PackedStrings:
-    return values if isinstance(values, PackedStrings) else PackedStrings.of(values)
+    return PackedStrings.join([PackedStrings.of(getattr(p, field)) for p in parts])
 
 
 def _view(loaded: _LoadedStore) -> ModelView:

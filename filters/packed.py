@@ -60,6 +60,9 @@ class PackedStrings(Sequence[str]):
 
     @classmethod
     def of(cls, values: Iterable[str]) -> PackedStrings:
+        """``values`` packed (a PackedStrings is returned as it is: it never changes)."""
+        if isinstance(values, PackedStrings):
+            return values
         encoded = [v.encode("utf-8") for v in values]
         ends = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(0, np.int64)
         return cls(b"".join(encoded), ends, checked=True)

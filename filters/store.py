@@ -174,8 +174,7 @@ def source_digest(source: Path, shard: str) -> str:
 
 def pack_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and end offsets: strings without object arrays (loadable with allow_pickle=False)."""
-    packed = values if isinstance(values, PackedStrings) else PackedStrings.of(values)
-    return packed.arrays()
+    return PackedStrings.of(values).arrays()
 
 
 def read_strings(data: np.ndarray, ends: np.ndarray) -> PackedStrings:

@@ -44,6 +44,7 @@ def test_joined_parts_are_the_concatenated_lists() -> None:
     assert joined == [v for p in parts for v in p]
     assert joined == PackedStrings.of([v for p in parts for v in p])
     assert PackedStrings.join([]) == []
+    assert PackedStrings.of(joined) is joined  # immutable: packing it again is the same object
 
 
 def test_a_million_keys_take_a_fraction_of_a_list() -> None:
