@@ -35,7 +35,7 @@ def _check(data: bytes, ends: np.ndarray) -> None:
         if data:
             raise ValueError(f"{len(data)} bytes of strings but no offsets")
         return
-    if int(ends[0]) < 0 or bool(np.any(np.diff(ends) < 0)) or int(ends[-1]) != len(data):
+    if int(ends[0]) < 0 or bool(np.any(ends[1:] < ends[:-1])) or int(ends[-1]) != len(data):  # no diff: unsigned wraps
         raise ValueError(f"string offsets are not ascending from 0 to the {len(data)} bytes of data")
     try:
         data.decode("utf-8")

@@ -68,6 +68,9 @@ def test_a_million_keys_take_a_fraction_of_a_list() -> None:
 def test_offsets_that_would_not_decode_are_refused(data: bytes, ends: list[int], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         PackedStrings(data, np.array(ends, np.int64))
+    if ends and np.ndim(ends) == 1 and min(ends) >= 0:  # unsigned offsets from a file: same checks
+        with pytest.raises(ValueError, match=why):
+            PackedStrings(data, np.array(ends, np.uint64))
 
 
 def _store(root: Path, keys: list[list[str]]) -> Path:
