@@ -137,7 +137,8 @@ def first_duplicate(values: Sequence[str]) -> str | None:
     and only the strings whose hashes collide are compared."""
     hashes = np.fromiter((hash(v) for v in values), np.int64, len(values))
     order = np.argsort(hashes, kind="stable")
-    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    ordered = hashes[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
     suspects = sorted({int(order[i]) for i in same} | {int(order[i + 1]) for i in same})
     seen: set[str] = set()
     for row in suspects:
