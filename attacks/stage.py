@@ -16,6 +16,7 @@ from poisonlab.attacks.base import STAGE, Attack, Binding
 from poisonlab.attacks.freshen import freshen
 from poisonlab.attacks.planner import ShardPlan
 from poisonlab.attacks.spec import load_bindings
+from poisonlab.pipelines.ordered_jobs import Job, codec_threads, in_order
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.stage import ShardContext, Stage
 
@@ -37,6 +38,13 @@ class PoisonStage(Stage):
         return self._bindings[attack_id]
 
     def process(self, samples: Iterator[Sample], ctx: ShardContext) -> Iterator[Sample]:
+        yield from in_order(self._jobs(samples), codec_threads())  # counted where the task runs
+        for key, attack_id, index in self.plan.added:
+            attack, binding = self._bound(attack_id)
+            yield attack.make_added(key, index, binding)
+
+    def _jobs(self, samples: Iterator[Sample]) -> Iterator[Sample | Job[Sample]]:
+        """Each sample as it came, or a job poisoning it: the jobs decode and re-encode in codec threads."""
         planned = dict(self.plan.modified)
         for sample in samples:
             attack_id = planned.get(sample.key) if sample.is_live else None
@@ -44,12 +52,11 @@ class PoisonStage(Stage):
                 yield sample
                 continue
             del planned[sample.key]  # a duplicate key later in the shard is not poisoned twice
-            attack, binding = self._bound(attack_id)
-            try:
-                yield freshen(sample, attack.poison(sample, binding))  # no stale caption or hash in KEY.json
-            except Exception as exc:  # undecodable or oversized image: not poisoned, counted
-                reason = str(exc) if ":" in str(exc) else f"{type(exc).__name__}: {exc}"
-                yield sample.errored(self.name, reason)
-        for key, attack_id, index in self.plan.added:
-            attack, binding = self._bound(attack_id)
-            yield attack.make_added(key, index, binding)
+            yield Job(self._poisoned, sample, *self._bound(attack_id))
+
+    def _poisoned(self, sample: Sample, attack: Attack, binding: Binding) -> Sample:
+        try:
+            return freshen(sample, attack.poison(sample, binding))  # no stale caption or hash in KEY.json
+        except Exception as exc:  # undecodable or oversized image: not poisoned, counted
+            reason = str(exc) if ":" in str(exc) else f"{type(exc).__name__}: {exc}"
+            return sample.errored(self.name, reason)

@@ -11,7 +11,10 @@ Float results of a CPU forward pass depend (in the last bits) on torch's thread 
 are batched, so both are part of the configuration, not of the machine: ``threads`` defaults to 1 (the
 parallelism is one worker per core) and batches never cross shards, so the same config writes the same
 bytes with any number of workers. Reading, decoding and the embedder's ``prepare`` (pixels, tokens) may run
-in a thread ahead of the model (``read_ahead``); that changes when the CPU does the work, not the batches.
+in a thread ahead of the model (``read_ahead``), and an embedder that allows it (``concurrent_batches``) may
+run several batches at once in threads (``streams``, each batch on ``threads`` torch threads: the
+in-process runner lends its CPUs this way, while the reading thread prepares the next batches). Either
+changes when the CPU does the work, not the batches nor their floats.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from poisonlab.filters.store import (
 from poisonlab.models.zoo import LoadedModel, ModelSpec
 from poisonlab.pipelines.accounting import ShardStats, StageCounts, reason_category
 from poisonlab.pipelines.executor import ShardTask
+from poisonlab.pipelines.ordered_jobs import Job, in_order, lent_cpus
 from poisonlab.pipelines.prefetch import prefetched
 from poisonlab.pipelines.sample import Sample
 from poisonlab.pipelines.visibility import TaskPaths
@@ -75,9 +79,18 @@ class EmbedConfig:
     # an accelerator or on one CPU thread; with more threads on 2 cores the reader cost the model the GIL
     # and a core (tiny CLIP at 2 threads 911 -> 833 pairs/s; at 1 thread 523 -> 568: README, embedding)
     read_ahead: bool | None = None
+    # batches the model runs at once, each in its own thread on ``threads`` torch threads (each batch's floats
+    # are the same whichever thread runs it). None: as many as the CPUs the runner lends hold (the in-process
+    # runner lends the machine's; a Dask worker keeps to one): on 2 cores tiny CLIP ran 1.2x faster as two
+    # 1-thread streams than as one 2-thread model (benchmarks/results/2026-12-06-codec-threads.md)
+    streams: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0  # initialisation of random weights
     embedder: str = DEFAULT_EMBEDDER
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or (self.streams is not None and self.streams < 1):
+            raise ValueError(f"threads ({self.threads}) and streams ({self.streams}) must be at least 1")
 
     def embedder_name(self) -> str:
         return parse_spec(self.embedder)[1]
@@ -185,9 +198,17 @@ def _prepared_batches(samples: Iterable[Sample], rows: _Rows, embedder: Embedder
         yield from ready(space, final=True)
 
 
-def _embed_spaces(batches: Iterator[Batch], embedder: Embedder, rows: _Rows) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every prepared batch through the model; zero rows where a sample has no input in a space."""
-    done = [(space, at, embedder.embed_prepared(prepared)[space]) for space, at, prepared in batches]
+Embedded = tuple[str, list[int], np.ndarray]  # a space, its samples' rows, their vectors
+
+
+def _embedded(embedder: Embedder, batch: Batch) -> Embedded:
+    space, at, prepared = batch
+    return space, at, embedder.embed_prepared(prepared)[space]
+
+
+def _embed_spaces(done: Iterable[Embedded], embedder: Embedder, rows: _Rows) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every batch's vectors in their rows; zero rows where a sample has no input in a space."""
+    done = list(done)  # every batch is read before the shard's row count is known
     n, dims = len(rows.keys), embedder.dims()
     vectors = {s: np.zeros((n, d), np.float32) for s, d in dims.items()}
     ok = {s: np.zeros(n, bool) for s in dims}
@@ -223,9 +244,14 @@ class EmbedSink:
         rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
         batches = _prepared_batches(samples, rows, embedder, self.config.batch_size, stats)
-        if self._reads_ahead(embedder):
-            batches = prefetched(batches, name=f"embed-read-{shard}")
-        vectors, ok = _embed_spaces(batches, embedder, rows)
+        streams = self._streams(embedder)
+        if streams > 1:  # this thread reads and prepares while the model runs batches in the others
+            done: Iterable[Embedded] = in_order((Job(_embedded, embedder, b) for b in batches), streams, 2 * streams)
+        else:
+            if self._reads_ahead(embedder):
+                batches = prefetched(batches, name=f"embed-read-{shard}")
+            done = (_embedded(embedder, b) for b in batches)
+        vectors, ok = _embed_spaces(done, embedder, rows)
         emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
                               live=np.asarray(rows.live, bool), status=rows.status, reasons=rows.reasons,
                               source_status=rows.source_status, hash_status=rows.hash_status, digest=digest)
@@ -234,6 +260,14 @@ class EmbedSink:
         stats.stages = list(stages)
         stats.shard_errors = list(shard_errors)
         return stats
+
+    def _streams(self, embedder: Embedder) -> int:
+        """Batches the model runs at once: on the CPU, one per ``threads`` of the CPUs the runner lent."""
+        if not embedder.concurrent_batches or getattr(embedder, "device", "cpu") != "cpu":
+            return 1
+        if self.config.streams is not None:
+            return self.config.streams
+        return max(1, lent_cpus() // self.config.threads)
 
     def _reads_ahead(self, embedder: Embedder) -> bool:
         if self.config.read_ahead is not None:

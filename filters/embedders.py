@@ -51,6 +51,8 @@ class Embedder(ABC):
     spaces: ClassVar[tuple[str, ...]] = ()  # every space this kind of embedder can produce
     payload_space: ClassVar[str | None] = None  # the space of the sample's own payload (what ``sample`` means)
     payload_extensions: ClassVar[frozenset[str]] = frozenset()  # payloads whose samples it reads
+    # may ``embed_prepared`` run on several batches at once, in threads? (the embed step's model streams)
+    concurrent_batches: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -105,7 +107,12 @@ class Embedder(ABC):
 
 
 class ModelEmbedder(Embedder):
-    """An embedder backed by a model loaded in ``setup`` (once per process) onto a device its params name."""
+    """An embedder backed by a model loaded in ``setup`` (once per process) onto a device its params name.
+
+    A torch forward pass in inference mode changes nothing it shares, so batches may run in threads at once.
+    """
+
+    concurrent_batches = True
 
     def __init__(self, params: BaseModel) -> None:
         super().__init__(params)

@@ -23,6 +23,7 @@ from poisonlab.pipelines.accounting import (
     reason_category,
     stats_of,
 )
+from poisonlab.pipelines.ordered_jobs import lend_cpus
 from poisonlab.pipelines.sample import Sample, Status
 from poisonlab.pipelines.stage import AccountingError, ShardContext, Stage, chain_stages
 from poisonlab.pipelines.visibility import check_paths, paths_of
@@ -132,11 +133,12 @@ def run_shard_task(task: ShardTask) -> ShardResult:
 def run_local_results(tasks: Iterable[ShardTask], on_done: OnDone | None = None) -> list[ShardResult]:
     """Run tasks one after another in this process (tests, notebooks, the reference for the flows)."""
     results = []
-    for task in tasks:
-        result = run_shard_task(task)
-        if on_done is not None:
-            on_done(result)
-        results.append(result)
+    with lend_cpus():  # one task at a time: its codecs and model may use every core
+        for task in tasks:
+            result = run_shard_task(task)
+            if on_done is not None:
+                on_done(result)
+            results.append(result)
     return results
 
 

@@ -21,8 +21,11 @@ addresses or other run-dependent text, so the sidecars of two runs stay byte-ide
 from __future__ import annotations
 
 import io
+import os
 import re
+import threading
 import warnings
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -182,12 +185,43 @@ def encode_image(image: Image.Image | np.ndarray, ext: str = "jpg", quality: int
     fmt = _ENCODE_FORMATS.get(ext.lower())
     if fmt is None:
         raise ImageError(f"unsupported_image_format: {ext}")
-    buf = io.BytesIO()
     if fmt == "JPEG":
         image = image if image.mode == "RGB" else image.convert("RGB")
-        image.save(buf, format=fmt, quality=quality, subsampling=0, optimize=False)
-    elif fmt == "WEBP":
-        image.save(buf, format=fmt, quality=quality, method=4)
-    else:
-        image.save(buf, format=fmt)
-    return buf.getvalue()
+        return _saved(image, format=fmt, quality=quality, subsampling=0, optimize=False)
+    if fmt == "WEBP":
+        return _saved(image, format=fmt, quality=quality, method=4)
+    return _saved(image, format=fmt)
+
+
+_SCRATCH = threading.local()
+_SCRATCH_KEEP_BYTES = 16 * 1024 * 1024  # a scratch file grown past this by a huge image is shrunk after use
+
+
+def _scratch_file() -> BinaryIO | None:
+    """This thread's in-memory file with a descriptor, or None where the OS has no ``memfd_create``."""
+    scratch = getattr(_SCRATCH, "file", None)
+    if scratch is None and hasattr(os, "memfd_create"):
+        scratch = _SCRATCH.file = os.fdopen(os.memfd_create("poisonlab-encode", os.MFD_CLOEXEC), "w+b", buffering=0)
+    return scratch
+
+
+def _saved(image: Image.Image, **options: Any) -> bytes:
+    """Encode with Pillow into bytes, through a file descriptor where there is one.
+
+    Pillow's encoders run without the GIL only when they write to a real file descriptor (into a BytesIO
+    every block comes back through Python holding it), so threads that encode images can run on more than
+    one core. The bytes are the same either way: only where Pillow writes them differs.
+    """
+    scratch = _scratch_file()
+    if scratch is None:
+        buf = io.BytesIO()
+        image.save(buf, **options)
+        return buf.getvalue()
+    scratch.seek(0)
+    try:
+        image.save(scratch, **options)
+        size = scratch.tell()
+        return os.pread(scratch.fileno(), size, 0)
+    finally:
+        if scratch.tell() > _SCRATCH_KEEP_BYTES:
+            scratch.truncate(0)

@@ -110,15 +110,41 @@ def test_a_scan_holds_only_the_spaces_its_detectors_read(store: Path) -> None:
         view.space("text")
 
 
-def test_reading_ahead_in_a_thread_writes_the_same_bytes(shards: Path, store: Path, tmp_path: Path) -> None:
-    """The store fixture read ahead (threads=1, the automatic choice); reading serially changes no byte,
-    the truncated image's reason included, with batches that end inside a shard (7 rows of 60)."""
-    serial = Path(embed_shards(shards, tmp_path / "serial", EmbedConfig(TINY, batch_size=64, read_ahead=False))["store"])
-    assert {p.name: p.read_bytes() for p in serial.glob("*.npz")} == {p.name: p.read_bytes() for p in store.glob("*.npz")}
-    odd = [Path(embed_shards(shards, tmp_path / f"odd-{ahead}", EmbedConfig(TINY, batch_size=7, read_ahead=ahead))["store"])
-           for ahead in (False, True)]
-    assert sorted(p.name for p in odd[0].glob("*.npz")) == sorted(p.name for p in store.glob("*.npz"))
-    assert all((odd[0] / p.name).read_bytes() == (odd[1] / p.name).read_bytes() for p in odd[0].glob("*.npz"))
+def test_reading_ahead_and_model_streams_write_the_same_bytes(shards: Path, store: Path, tmp_path: Path) -> None:
+    """The store fixture ran as the in-process runner chooses (one 1-thread model stream per CPU it lends);
+    one stream read serially or ahead, and three streams, change no byte, the truncated image's reason
+    included, with batches that end inside a shard (7 rows of 60)."""
+    def npz(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.glob("*.npz")}
+
+    ways = {"serial": {"streams": 1, "read_ahead": False}, "ahead": {"streams": 1, "read_ahead": True},
+            "three": {"streams": 3}}
+    for name, how in ways.items():
+        out = Path(embed_shards(shards, tmp_path / name, EmbedConfig(TINY, batch_size=64, **how))["store"])
+        assert npz(out) == npz(store), name
+    odd = [npz(Path(embed_shards(shards, tmp_path / f"odd-{name}", EmbedConfig(TINY, batch_size=7, **how))["store"]))
+           for name, how in ways.items()]
+    assert sorted(odd[0]) == sorted(npz(store))
+    assert odd[0] == odd[1] == odd[2]
+
+
+def test_model_streams_follow_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poisonlab.filters.embed import EmbedSink, cached_embedder
+    from poisonlab.pipelines import ordered_jobs
+
+    embedder = cached_embedder(EmbedConfig(TINY))
+    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
+    assert sink()._streams(embedder) == 1  # not in a runner that lends CPUs: a Dask worker's share
+    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    with ordered_jobs.lend_cpus():
+        assert sink()._streams(embedder) == 4
+        assert sink(threads=2)._streams(embedder) == 2
+        assert sink(threads=8)._streams(embedder) == 1
+        assert sink(streams=3)._streams(embedder) == 3
+        monkeypatch.setattr(embedder, "concurrent_batches", False)  # an embedder that is not thread-safe
+        assert sink(streams=3)._streams(embedder) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        EmbedConfig(TINY, streams=0)
 
 
 def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Path, store: Path) -> None:
