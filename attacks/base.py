@@ -94,6 +94,10 @@ class Attack(ABC):
     eligibility: ClassVar[str] = ""  # what makes a sample eligible beyond having a payload (said when too few are)
     # the dataset modalities (``dataset.json``) the attack works on: the planner refuses any other
     modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    # does poisoning a sample spend its time in codecs that run without the GIL (decoding and re-encoding an
+    # image)? The poison stage then runs it in codec threads; a caption edit stays in the stream's thread,
+    # where handing it to a thread would cost more than the edit
+    runs_codecs: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

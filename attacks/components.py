@@ -82,6 +82,7 @@ class ImageTriggerAttack(Attack):
     """Dirty-label backdoor: trigger the image, replace its caption with one naming the target."""
 
     capabilities = frozenset({IMAGE_TRIGGER})
+    runs_codecs = True
     trigger_name: ClassVar[str]
 
     def trigger(self) -> Trigger:
@@ -179,6 +180,7 @@ class LabelConsistent(Attack):
 
     name = "label_consistent"
     capabilities = frozenset({IMAGE_TRIGGER})
+    runs_codecs = True
     eligibility = "captions naming the target"
 
     def eligible(self, candidate: Candidate, names_target: bool) -> bool:

@@ -5,7 +5,9 @@ Each shard task carries only its own share of the plan (a few keys) and the path
 in the plan are yielded as they came (same bytes, never decoded). A planned sample whose image does not
 decode is not poisoned: it leaves as an error with the reason, and the run's summary counts it. A
 poisoned sample's source fields that the attack made stale (an img2dataset caption, hash or original size
-in ``KEY.json``) are rewritten from what is written (``freshen``).
+in ``KEY.json``) are rewritten from what is written (``freshen``). Attacks that decode and re-encode
+(``runs_codecs``) poison in codec threads where the runner lends CPUs, and every sample still leaves in the
+order it came (``pipelines/ordered_jobs.py``): the same bytes with any number of threads.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class PoisonStage(Stage):
                 yield sample
                 continue
             del planned[sample.key]  # a duplicate key later in the shard is not poisoned twice
-            yield Job(self._poisoned, sample, *self._bound(attack_id))
+            attack, binding = self._bound(attack_id)
+            if attack.runs_codecs:
+                yield Job(self._poisoned, sample, attack, binding)
+            else:
+                yield self._poisoned(sample, attack, binding)
 
     def _poisoned(self, sample: Sample, attack: Attack, binding: Binding) -> Sample:
         try:

@@ -154,8 +154,17 @@ def test_codec_threads_change_no_byte_of_a_poisoning_run(tiny_shards, tmp_path, 
         encoded_in.add(threading.current_thread().name)
         return images.encode_image(*args, **kwargs)
 
+    captioned_in: set[str] = set()
+    caption_poison = components.TextTrigger.poison
+
+    def recorded_caption(self: components.TextTrigger, *args: object) -> object:
+        captioned_in.add(threading.current_thread().name)
+        return caption_poison(self, *args)
+
     monkeypatch.setattr(components, "encode_image", recorded)
+    monkeypatch.setattr(components.TextTrigger, "poison", recorded_caption)
     threaded = tmp_path / "threaded"
     poison_local(tiny_shards, threaded, recipe)  # the in-process runner: 4 codec threads
     assert encoded_in and all(name.startswith("poisonlab-codec") for name in encoded_in)
+    assert captioned_in == {threading.main_thread().name}  # a caption edit is not worth a thread
     assert files(one) == files(threaded)
