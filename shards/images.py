@@ -198,7 +198,11 @@ _SCRATCH_KEEP_BYTES = 16 * 1024 * 1024  # a scratch file grown past this by a hu
 
 
 def _scratch_file() -> BinaryIO | None:
-    """This thread's in-memory file with a descriptor, or None where the OS has no ``memfd_create``."""
+    """This thread's in-memory file with a descriptor; None in the main thread (no other thread of a run
+    needs the GIL while it encodes, and the descriptor's system calls cost it about 3 %) or where the OS has
+    no ``memfd_create``."""
+    if threading.current_thread() is threading.main_thread():
+        return None
     scratch = getattr(_SCRATCH, "file", None)
     if scratch is None and hasattr(os, "memfd_create"):
         scratch = _SCRATCH.file = os.fdopen(os.memfd_create("poisonlab-encode", os.MFD_CLOEXEC), "w+b", buffering=0)

@@ -4,9 +4,11 @@ consumer, and change no byte of a poisoning run."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,9 +119,11 @@ def test_encoding_through_the_scratch_file_gives_pillows_bytes(ext):
                "png": {"format": "PNG"}, "webp": {"format": "WEBP", "quality": 90, "method": 4},
                "bmp": {"format": "BMP"}}[ext]
     small = Image.fromarray(pixels[:8, :8])
-    assert images.encode_image(image, ext, 90) == _pillow_bytes(image, **options)
-    assert images.encode_image(small, ext, 90) == _pillow_bytes(small, **options)  # no tail of the larger one
-    assert images.encode_image(image, ext, 90) == _pillow_bytes(image, **options)
+    expected = [_pillow_bytes(image, **options), _pillow_bytes(small, **options), _pillow_bytes(image, **options)]
+    encode_three = lambda: [images.encode_image(im, ext, 90) for im in (image, small, image)]  # noqa: E731
+    assert encode_three() == expected  # in the main thread: through a BytesIO
+    with ThreadPoolExecutor(1) as pool:  # in a codec thread: through its scratch file, no tail of a larger one
+        assert pool.submit(encode_three).result() == expected
 
 
 def test_threads_encode_the_same_bytes_and_a_huge_image_does_not_stay_in_memory():
@@ -129,10 +133,17 @@ def test_threads_encode_the_same_bytes_and_a_huge_image_does_not_stay_in_memory(
     jobs = (Job(images.encode_image, a, "jpg", 95) for a in arrays)
     assert list(in_order(jobs, threads=3)) == serial
     huge = np.zeros((2500, 2500, 3), dtype=np.uint8)  # an 18.75 MB BMP
-    assert len(images.encode_image(huge, "bmp")) > images._SCRATCH_KEEP_BYTES
-    scratch = images._scratch_file()
-    if scratch is not None:
-        assert scratch.seek(0, io.SEEK_END) == 0
+
+    def encoded_then_scratch_size() -> tuple[int, int | None]:
+        size = len(images.encode_image(huge, "bmp"))
+        scratch = images._scratch_file()
+        return size, (scratch.seek(0, io.SEEK_END) if scratch is not None else None)
+
+    with ThreadPoolExecutor(1) as pool:  # the scratch file belongs to codec threads, not the main one
+        size, left = pool.submit(encoded_then_scratch_size).result()
+    assert size > images._SCRATCH_KEEP_BYTES
+    assert left == (0 if hasattr(os, "memfd_create") else None)
+    assert images._scratch_file() is None
 
 
 # --- a poisoning run -----------------------------------------------------------------------------------
