@@ -5,7 +5,9 @@ without the GIL; the rest of the shard task (reading members, writing the tar, s
 each expensive item to a small pool lets both cores work while the stream stays one ordered iterator: an
 item is yielded only after every item before it, so what is written, and every byte of it, is the same as
 running the stream in one thread. At most ``window`` items are in flight (bounded memory), and a consumer
-that stops early cancels what has not started and waits for what has.
+that stops early cancels what has not started and waits for what has. The embed step runs model batches
+the same way (a torch forward pass also runs without the GIL). How many threads a task may use is what its
+runner lends (``lend_cpus``): the in-process runner lends the machine's CPUs, a Dask worker lends none.
 """
 
 from __future__ import annotations
