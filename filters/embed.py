@@ -201,6 +201,10 @@ def _prepared_batches(samples: Iterable[Sample], rows: _Rows, embedder: Embedder
 Embedded = tuple[str, list[int], np.ndarray]  # a space, its samples' rows, their vectors
 
 
+def _on_accelerator(embedder: Embedder) -> bool:
+    return getattr(embedder, "device", "cpu") != "cpu"
+
+
 def _embedded(embedder: Embedder, batch: Batch) -> Embedded:
     space, at, prepared = batch
     return space, at, embedder.embed_prepared(prepared)[space]
@@ -244,14 +248,7 @@ class EmbedSink:
         rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
         batches = _prepared_batches(samples, rows, embedder, self.config.batch_size, stats)
-        streams = self._streams(embedder)
-        if streams > 1:  # this thread reads and prepares while the model runs batches in the others
-            done: Iterable[Embedded] = in_order((Job(_embedded, embedder, b) for b in batches), streams, 2 * streams)
-        else:
-            if self._reads_ahead(embedder):
-                batches = prefetched(batches, name=f"embed-read-{shard}")
-            done = (_embedded(embedder, b) for b in batches)
-        vectors, ok = _embed_spaces(done, embedder, rows)
+        vectors, ok = _embed_spaces(self._run_batches(batches, embedder, shard), embedder, rows)
         emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
                               live=np.asarray(rows.live, bool), status=rows.status, reasons=rows.reasons,
                               source_status=rows.source_status, hash_status=rows.hash_status, digest=digest)
@@ -261,9 +258,20 @@ class EmbedSink:
         stats.shard_errors = list(shard_errors)
         return stats
 
+    def _run_batches(self, batches: Iterator[Batch], embedder: Embedder, shard: str) -> Iterator[Embedded]:
+        """The model over each batch, in order: in streams while this thread reads and prepares the next
+        batches, or one at a time, with the reading ahead in a thread or not."""
+        streams = self._streams(embedder)
+        if streams > 1:
+            jobs = (Job(_embedded, embedder, b) for b in batches)
+            return in_order(jobs, streams, 2 * streams, name=f"embed-model-{shard}")
+        if self._reads_ahead(embedder):
+            batches = prefetched(batches, name=f"embed-read-{shard}")
+        return (_embedded(embedder, b) for b in batches)
+
     def _streams(self, embedder: Embedder) -> int:
         """Batches the model runs at once: on the CPU, one per ``threads`` of the CPUs the runner lent."""
-        if not embedder.concurrent_batches or getattr(embedder, "device", "cpu") != "cpu":
+        if not embedder.concurrent_batches or _on_accelerator(embedder):
             return 1
         if self.config.streams is not None:
             return self.config.streams
@@ -272,7 +280,7 @@ class EmbedSink:
     def _reads_ahead(self, embedder: Embedder) -> bool:
         if self.config.read_ahead is not None:
             return self.config.read_ahead
-        return self.config.threads == 1 or getattr(embedder, "device", "cpu") != "cpu"
+        return self.config.threads == 1 or _on_accelerator(embedder)
 
     def needed_paths(self, shard: str) -> TaskPaths:
         return TaskPaths(write=(self.store,))

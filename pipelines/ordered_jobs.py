@@ -71,11 +71,12 @@ def lend_cpus() -> Iterator[None]:
         _LENT_CPUS.reset(token)
 
 
-def in_order(items: Iterator[R | Job[R]], threads: int, window: int | None = None) -> Iterator[R]:
+def in_order(items: Iterator[R | Job[R]], threads: int, window: int | None = None,
+             name: str = "poisonlab-codec") -> Iterator[R]:
     """Yield each item, or each ``Job``'s result, in the order they came; jobs run in ``threads`` threads.
 
     With one thread the jobs run here, one after another. A job's exception is raised where its result
-    would have been yielded.
+    would have been yielded. ``name`` prefixes the threads' names.
     """
     if threads <= 1:
         for item in items:
@@ -83,7 +84,7 @@ def in_order(items: Iterator[R | Job[R]], threads: int, window: int | None = Non
         return
     window = window or 4 * threads
     pending: deque[Future[R] | R] = deque()
-    with ThreadPoolExecutor(threads, thread_name_prefix="poisonlab-codec") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
         try:
             for item in items:
                 pending.append(pool.submit(item) if isinstance(item, Job) else item)
