@@ -37,13 +37,13 @@ BATCH = 64
 CASES = (("poisonlab-tiny-32", 32, 4000, 1000), ("ViT-B-32", 64, 256, 64))  # arch, image px, samples, quick
 
 
-def _prepared(src: Path, loaded: LoadedModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prepared_batches(src: Path, loaded: LoadedModel, batch: int = BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every batch of ``src`` as the model takes it: pixels and tokens, prepared outside any clock."""
     samples = [s for shard in list_shards(src) for s in read_shard(src, shard)]
     fast = fast_pixels(loaded.preprocess, loaded.image_size)
     batches = []
-    for start in range(0, len(samples), BATCH):
-        chunk = samples[start:start + BATCH]
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
         pixels = batch_pixels([decode_image(s.payload) for s in chunk], loaded.preprocess, fast)
         batches.append((pixels, loaded.tokenizer([s.text for s in chunk])))
     return batches
@@ -64,7 +64,7 @@ def _case(arch: str, image_size: int, samples: int, repeats: int) -> Row:
         finalize_folder(src, run_local(plan_source_tasks(source, source.shards(), src)))
         config = EmbedConfig(ModelSpec(arch), batch_size=BATCH)  # the default: 1-thread streams, one per core
         loaded = cached_model(config)  # model creation is part of neither clock
-        batches = _prepared(src, loaded)
+        batches = prepared_batches(src, loaded)
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

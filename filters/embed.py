@@ -13,8 +13,10 @@ parallelism is one worker per core) and batches never cross shards, so the same 
 bytes with any number of workers. Reading, decoding and the embedder's ``prepare`` (pixels, tokens) may run
 in a thread ahead of the model (``read_ahead``), and an embedder that allows it (``concurrent_batches``) may
 run several batches at once in threads (``streams``, each batch on ``threads`` torch threads: the
-in-process runner lends its CPUs this way, while the reading thread prepares the next batches). Either
-changes when the CPU does the work, not the batches nor their floats.
+in-process runner lends its CPUs this way, while the reading thread prepares the next batches). On an
+accelerator, where one reading thread cannot keep the model busy, an embedder that allows it
+(``concurrent_inputs``) decodes samples and prepares batches in several threads (``input_threads``), their
+results taken in order. None of these changes the batches or their floats, only when the CPU does the work.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from poisonlab.filters import open_clip_embedder as _open_clip  # noqa: F401  (registers the default embedder)
-from poisonlab.filters.embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, resolve_params
+from poisonlab.filters.embedders import DEFAULT_EMBEDDER, Decoded, Embedder, create_embedder, resolve_params
 from poisonlab.filters.specs import parse_spec
 from poisonlab.filters.store import (
     STORE_DTYPES,
@@ -84,13 +86,19 @@ class EmbedConfig:
     # runner lends the machine's; a Dask worker keeps to one): on 2 cores tiny CLIP ran 1.2x faster as two
     # 1-thread streams than as one 2-thread model (benchmarks/results/2026-12-06-codec-threads.md)
     streams: int | None = None
+    # threads that decode samples and prepare batches (pixels, tokens) ahead of the model, for an embedder that
+    # allows it (``concurrent_inputs``). None: on an accelerator, the CPUs the runner lends, since one reading
+    # thread cannot feed a GPU; on the CPU, 1 (the model's streams hold the cores). The same bytes either way
+    input_threads: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0  # initialisation of random weights
     embedder: str = DEFAULT_EMBEDDER
 
     def __post_init__(self) -> None:
-        if self.threads < 1 or (self.streams is not None and self.streams < 1):
-            raise ValueError(f"threads ({self.threads}) and streams ({self.streams}) must be at least 1")
+        for name in ("threads", "streams", "input_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} ({value}) must be at least 1")
 
     def embedder_name(self) -> str:
         return parse_spec(self.embedder)[1]
@@ -148,8 +156,9 @@ class _Rows:
         self.hash_status: list[str] = []
         self.pending: dict[str, list[tuple[int, Any]]] = {}
 
-    def add(self, sample: Sample, embedder: Embedder) -> str:
-        """Record a sample; returns why it lacks an embedding ("" when it has every space)."""
+    def add(self, sample: Sample, decoded: Decoded | None) -> str:
+        """Record a sample and its decoded inputs (None when it is not live); returns why it lacks an
+        embedding ("" when it has every space)."""
         row = len(self.keys)
         self.keys.append(sample.key)
         self.captions.append(sample.text or "")
@@ -157,10 +166,9 @@ class _Rows:
         self.status.append(sample.status)
         self.source_status.append(str(sample.meta.get("source_status") or ""))
         self.hash_status.append(_hash_status(dict(sample.meta)))
-        if not sample.is_live:
+        if decoded is None:
             why = [f"not_live: {sample.reason or sample.status}"]
         else:
-            decoded = embedder.decode(sample)
             for space, value in decoded.inputs.items():
                 self.pending.setdefault(space, []).append((row, value))
             why = [f"{STAGE}: {m}" for m in decoded.missing]
@@ -168,34 +176,52 @@ class _Rows:
         return why[0] if why else ""
 
 
+RawBatch = tuple[str, list[int], list[Any]]  # a space, its samples' rows, their decoded inputs
 Batch = tuple[str, list[int], Mapping[str, Any]]  # a space, its samples' rows, what the embedder prepared of them
 
 
-def _prepared_batches(samples: Iterable[Sample], rows: _Rows, embedder: Embedder, batch_size: int,
-                      stats: ShardStats) -> Iterator[Batch]:
-    """Read and decode the shard's samples into ``rows``, yielding each space's batches as they fill.
+def _decoded(embedder: Embedder, sample: Sample) -> tuple[Sample, Decoded | None]:
+    return sample, embedder.decode(sample) if sample.is_live else None
+
+
+def _prepared(embedder: Embedder, batch: RawBatch) -> Batch:
+    space, at, values = batch
+    return space, at, embedder.prepare({space: values})
+
+
+def _raw_batches(decoded: Iterable[tuple[Sample, Decoded | None]], rows: _Rows, dims: Iterable[str],
+                 batch_size: int, stats: ShardStats) -> Iterator[RawBatch]:
+    """Record the shard's decoded samples in ``rows``, yielding each space's batches as they fill.
 
     A space's batches are its inputs in row order, ``batch_size`` at a time (the last one shorter), the
-    same whether a shard is read ahead or not: the floats depend on how samples are batched.
+    same whatever runs the decoding: the floats depend on how samples are batched.
     """
-    dims = embedder.dims()
+    dims = list(dims)
 
-    def ready(space: str, final: bool) -> Iterator[Batch]:
+    def ready(space: str, final: bool) -> Iterator[RawBatch]:
         pending = rows.pending.get(space, [])
         while len(pending) >= batch_size or (final and pending):
             batch, pending[:] = pending[:batch_size], pending[batch_size:]
-            yield space, [row for row, _ in batch], embedder.prepare({space: [value for _, value in batch]})
+            yield space, [row for row, _ in batch], [value for _, value in batch]
 
-    for sample in samples:
+    for sample, inputs in decoded:
         stats.samples += 1
         stats.by_status[sample.status] += 1
-        why = rows.add(sample, embedder)
+        why = rows.add(sample, inputs)
         if why:
             stats.reasons[reason_category(why)] += 1
         for space in dims:
             yield from ready(space, final=False)
     for space in dims:
         yield from ready(space, final=True)
+
+
+def _prepared_batches(samples: Iterable[Sample], rows: _Rows, embedder: Embedder, batch_size: int,
+                      stats: ShardStats, threads: int = 1, name: str = "embed-input") -> Iterator[Batch]:
+    """Decode the shard's samples and prepare its batches, in ``threads`` threads, in order."""
+    decoded = in_order((Job(_decoded, embedder, s) for s in samples), threads, name=f"{name}-decode")
+    raw = _raw_batches(decoded, rows, embedder.dims(), batch_size, stats)
+    return in_order((Job(_prepared, embedder, b) for b in raw), threads, threads, name=f"{name}-prepare")
 
 
 Embedded = tuple[str, list[int], np.ndarray]  # a space, its samples' rows, their vectors
@@ -247,7 +273,8 @@ class EmbedSink:
         digest = source_digest(Path(self.source), shard)
         rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
-        batches = _prepared_batches(samples, rows, embedder, self.config.batch_size, stats)
+        batches = _prepared_batches(samples, rows, embedder, self.config.batch_size, stats,
+                                    self._input_threads(embedder), name=f"embed-input-{shard}")
         vectors, ok = _embed_spaces(self._run_batches(batches, embedder, shard), embedder, rows)
         emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
                               live=np.asarray(rows.live, bool), status=rows.status, reasons=rows.reasons,
@@ -276,6 +303,14 @@ class EmbedSink:
         if self.config.streams is not None:
             return self.config.streams
         return max(1, lent_cpus() // self.config.threads)
+
+    def _input_threads(self, embedder: Embedder) -> int:
+        """Threads that decode and prepare inputs: an accelerator's model waits on them, a CPU's does not."""
+        if not embedder.concurrent_inputs:
+            return 1
+        if self.config.input_threads is not None:
+            return self.config.input_threads
+        return lent_cpus() if _on_accelerator(embedder) else 1
 
     def _reads_ahead(self, embedder: Embedder) -> bool:
         if self.config.read_ahead is not None:

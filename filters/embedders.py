@@ -53,6 +53,9 @@ class Embedder(ABC):
     payload_extensions: ClassVar[frozenset[str]] = frozenset()  # payloads whose samples it reads
     # may ``embed_prepared`` run on several batches at once, in threads? (the embed step's model streams)
     concurrent_batches: ClassVar[bool] = False
+    # may ``decode`` and ``prepare`` run on several samples or batches at once, in threads? (the embed step's
+    # input threads, which keep an accelerator fed)
+    concurrent_inputs: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

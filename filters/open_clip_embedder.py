@@ -64,6 +64,7 @@ class OpenClipEmbedder(ModelEmbedder):
     spaces = ("image", "text")
     payload_space = "image"
     payload_extensions = IMAGE_EXTENSIONS
+    concurrent_inputs = True  # Pillow decoding, tensor arithmetic and the tokenizer share nothing mutable
     params: OpenClipParams
 
     def setup(self) -> None:

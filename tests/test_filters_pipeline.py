@@ -110,22 +110,43 @@ def test_a_scan_holds_only_the_spaces_its_detectors_read(store: Path) -> None:
         view.space("text")
 
 
-def test_reading_ahead_and_model_streams_write_the_same_bytes(shards: Path, store: Path, tmp_path: Path) -> None:
+def test_reading_ahead_model_streams_and_input_threads_write_the_same_bytes(shards: Path, store: Path,
+                                                                          tmp_path: Path) -> None:
     """The store fixture ran as the in-process runner chooses (one 1-thread model stream per CPU it lends);
-    one stream read serially or ahead, and three streams, change no byte, the truncated image's reason
-    included, with batches that end inside a shard (7 rows of 60)."""
+    one stream read serially or ahead, three streams, and four threads decoding and preparing inputs (as on
+    a GPU) change no byte, the truncated image's reason included, with batches that end inside a shard (7
+    rows of 60)."""
     def npz(folder: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in folder.glob("*.npz")}
 
     ways = {"serial": {"streams": 1, "read_ahead": False}, "ahead": {"streams": 1, "read_ahead": True},
-            "three": {"streams": 3}}
+            "three": {"streams": 3}, "inputs": {"streams": 1, "read_ahead": True, "input_threads": 4}}
     for name, how in ways.items():
         out = Path(embed_shards(shards, tmp_path / name, EmbedConfig(TINY, batch_size=64, **how))["store"])
         assert npz(out) == npz(store), name
     odd = [npz(Path(embed_shards(shards, tmp_path / f"odd-{name}", EmbedConfig(TINY, batch_size=7, **how))["store"]))
            for name, how in ways.items()]
     assert sorted(odd[0]) == sorted(npz(store))
-    assert odd[0] == odd[1] == odd[2]
+    assert all(other == odd[0] for other in odd[1:])
+
+
+def test_input_threads_feed_an_accelerator_from_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poisonlab.filters.embed import EmbedSink, cached_embedder
+    from poisonlab.pipelines import ordered_jobs
+
+    embedder = cached_embedder(EmbedConfig(TINY))
+    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
+    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    with ordered_jobs.lend_cpus():
+        assert sink()._input_threads(embedder) == 1  # on the CPU the model's streams hold the cores
+        assert sink(input_threads=3)._input_threads(embedder) == 3
+        monkeypatch.setattr(type(embedder), "device", property(lambda self: "cuda"))
+        assert sink()._input_threads(embedder) == 6
+        monkeypatch.setattr(embedder, "concurrent_inputs", False)  # an embedder whose decoding is not thread-safe
+        assert sink(input_threads=3)._input_threads(embedder) == 1
+    assert sink()._input_threads(embedder) == 1
+    with pytest.raises(ValueError, match="input_threads .* at least 1"):
+        EmbedConfig(TINY, input_threads=0)
 
 
 def test_model_streams_follow_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:

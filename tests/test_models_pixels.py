@@ -17,12 +17,14 @@ def _images(size: int, count: int, mode: str = "RGB", seed: int = 0) -> list[Ima
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).convert(mode) for _ in range(count)]
 
 
-@pytest.mark.parametrize("size", [32, 64])
-def test_the_batched_input_is_the_per_image_input_bit_for_bit(size: int) -> None:
+@pytest.mark.parametrize(("size", "count"), [(32, 9), (64, 9), (32, 200), (224, 3)])
+def test_the_batched_input_is_the_per_image_input_bit_for_bit(size: int, count: int) -> None:
+    """Every byte value of every channel occurs; 200 images at 32 px and 3 at 224 px span several blocks."""
     preprocess = open_clip.image_transform(size, is_train=False)
     fast = fast_pixels(preprocess, size)
     assert fast is not None
-    images = _images(size, 9)
+    images = _images(size, count)
+    assert all(len(np.unique(np.stack(images)[..., c])) == 256 for c in range(3))
     batched = batch_pixels(images, preprocess, fast)
     expected = torch.stack([preprocess(im) for im in images])
     assert batched.dtype == expected.dtype and batched.shape == expected.shape
