@@ -28,38 +28,45 @@ _TO_TENSOR = (T.ToTensor, MaybeToTensor)
 _BLOCK_BYTES = 1 << 20  # output written per table lookup: a block of images small enough to stay in cache
 
 
+def byte_table(mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None) -> np.ndarray:
+    """(3, 256): every byte value of every channel through ``to_tensor`` then ``Normalize``'s own arithmetic.
+
+    That maps a byte ``v`` of channel ``c`` to ``(v / 255 - mean[c]) / std[c]``, elementwise, so these 768
+    results are the input for every pixel of every image (``normalised``).
+    """
+    dtype = dtype or torch.get_default_dtype()
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 1, 256)
+    pixels = values.to(dtype).div(255).sub_(torch.as_tensor(mean, dtype=dtype).view(1, -1, 1, 1))
+    pixels = pixels.div_(torch.as_tensor(std, dtype=dtype).view(1, -1, 1, 1))
+    return pixels[0, :, 0, :].contiguous().numpy()
+
+
+def normalised(stacked: np.ndarray, table: np.ndarray) -> torch.Tensor:
+    """(N, 3, H, W) model input of (N, H, W, 3) uint8 images: one lookup a value in ``byte_table``'s table,
+    instead of five passes over the batch (4.5x faster at 224 px), with the same floats."""
+    count, height, width, _ = stacked.shape
+    out = np.empty((count, 3, height, width), table.dtype)
+    step = max(1, _BLOCK_BYTES // max(1, out[:1].nbytes))
+    for start in range(0, count, step):
+        block = slice(start, start + step)
+        for channel in range(3):
+            np.take(table[channel], stacked[block, :, :, channel], out=out[block, channel], mode="clip")
+    return torch.from_numpy(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class FastPixels:
-    """What the batched path needs: the input size, and each channel's input for each byte value.
-
-    ``to_tensor`` then ``Normalize`` maps a byte ``v`` of channel ``c`` to ``(v / 255 - mean[c]) / std[c]``,
-    elementwise, so the 3 x 256 results computed once with those same operations (``table``) are the input
-    for every pixel: one lookup a value instead of five passes over the batch (4.5x faster at 224 px).
-    """
+    """What the batched path needs: the input size, and each channel's input for each byte value."""
 
     size: int
-    table: np.ndarray  # (3, 256): channel, byte value -> model input
+    table: np.ndarray  # (3, 256): ``byte_table`` of the transform's normalisation
 
     def accepts(self, image: Image.Image) -> bool:
         return image.mode == "RGB" and image.size == (self.size, self.size)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, 3, size, size): ``to_tensor`` then ``Normalize``, by table lookup."""
-        stacked = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-        out = np.empty((len(stacked), 3, self.size, self.size), self.table.dtype)
-        step = max(1, _BLOCK_BYTES // max(1, out[0].nbytes))
-        for start in range(0, len(stacked), step):
-            block = slice(start, start + step)
-            for channel in range(3):
-                np.take(self.table[channel], stacked[block, :, :, channel], out=out[block, channel], mode="clip")
-        return torch.from_numpy(out)
-
-
-def _normalised_bytes(mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
-    """Every byte value of every channel through ``to_tensor`` and ``Normalize``'s own arithmetic."""
-    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 1, 256)
-    pixels = values.to(torch.get_default_dtype()).div(255).sub_(mean).div_(std)
-    return pixels[0, :, 0, :].contiguous().numpy()
+        return normalised(np.stack([np.asarray(im, dtype=np.uint8) for im in images]), self.table)
 
 
 def fast_pixels(preprocess: Any, image_size: int) -> FastPixels | None:
@@ -78,10 +85,7 @@ def fast_pixels(preprocess: Any, image_size: int) -> FastPixels | None:
         if isinstance(step, MaybeConvertMode) and step.mode != "RGB":
             return None
     norm: T.Normalize = steps[-1]
-    dtype = torch.get_default_dtype()
-    mean = torch.as_tensor(norm.mean, dtype=dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(norm.std, dtype=dtype).view(1, -1, 1, 1)
-    return FastPixels(image_size, _normalised_bytes(mean, std))
+    return FastPixels(image_size, byte_table(norm.mean, norm.std))
 
 
 def batch_pixels(images: Sequence[Image.Image], preprocess: Callable[[Image.Image], torch.Tensor],

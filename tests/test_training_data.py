@@ -82,6 +82,20 @@ def test_batches_match_open_clip_preprocessing(tiny_shards: Path) -> None:
     torch.testing.assert_close(fmt.to_tensor([fmt.fit(big)])[0], loaded.preprocess(big), atol=1e-5, rtol=1e-5)
 
 
+def test_images_at_the_model_size_are_open_clips_input_bit_for_bit() -> None:
+    """``to_tensor`` shares the embed step's table lookup (``models/pixels.py``): every byte of every channel."""
+    from PIL import Image
+
+    from poisonlab.models.zoo import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec("poisonlab-tiny-32"))
+    fmt = ImageFormat.for_model(loaded.model, loaded.image_size)
+    arrays = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(9)]
+    assert all(len(np.unique(np.stack(arrays)[..., c])) == 256 for c in range(3))
+    expected = torch.stack([loaded.preprocess(Image.fromarray(a)) for a in arrays])
+    assert torch.equal(fmt.to_tensor(arrays), expected)
+
+
 class _Touch:
     """Unpickling this creates a file: proof that a member was (or was not) unpickled."""
 

@@ -8,12 +8,14 @@ stacks a list of them into the tensors the objective's ``loss`` reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from poisonlab.models.pixels import byte_table, normalised
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from poisonlab.training.objectives import SkipSample
@@ -59,12 +61,14 @@ class ImageFormat:
     def decode(self, data: bytes) -> np.ndarray:
         return self.fit(decode_image(data, self.max_pixels))
 
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        return byte_table(self.mean, self.std, torch.float32)
+
     def to_tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack uint8 HxWx3 arrays into a normalised float NCHW batch in one vectorised step."""
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return batch.sub_(mean).div_(std)
+        """Stack uint8 HxWx3 arrays into a normalised float32 NCHW batch (``models/pixels.py``: by table lookup,
+        the floats of ``to_tensor`` then ``Normalize``)."""
+        return normalised(np.stack(arrays), self._table)
 
 
 class TokenCache:
