@@ -20,9 +20,9 @@ IMAGE_SIZE = 256
 QUALITY = 95
 
 
-def generate(out: Path, samples: int, per_shard: int, seed: int) -> Path:
-    """Generated 256 px image-caption shards in ``out``."""
-    source = SynthSource(SynthSpec(samples=samples, seed=seed, image_size=IMAGE_SIZE, samples_per_shard=per_shard))
+def generate(out: Path, samples: int, per_shard: int, seed: int, image_size: int = IMAGE_SIZE) -> Path:
+    """Generated image-caption shards in ``out`` (256 px unless ``image_size`` says otherwise)."""
+    source = SynthSource(SynthSpec(samples=samples, seed=seed, image_size=image_size, samples_per_shard=per_shard))
     finalize_folder(out, run_local(plan_source_tasks(source, source.shards(), out)))
     return out
 

@@ -90,7 +90,7 @@ def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Ro
 def _knn_child(n: int) -> dict[str, float]:
     import faiss
 
-    from poisonlab.filters.index import IndexParams, gpu_count, self_kth_distance
+    from poisonlab.filters.index import IndexParams, gpu_count, ip_to_distance, self_kth_distance
 
     if gpu_count() == 0:
         raise RuntimeError("faiss sees no GPU (faiss-gpu missing, or its CUDA libraries)")
@@ -109,7 +109,7 @@ def _knn_child(n: int) -> dict[str, float]:
     start = time.perf_counter()
     result = self_kth_distance(x, KNN_K, IndexParams(kind="exact"))
     ours = time.perf_counter() - start
-    agree = float(np.mean(np.isclose(result.dist[:, 0], np.sqrt(np.maximum(0, 2 - 2 * sims[:, KNN_K])), atol=1e-3)))
+    agree = float(np.mean(np.isclose(result.dist[:, 0], ip_to_distance(sims[:, KNN_K]), atol=1e-3)))
     return {"ours": ours, "bare": bare, "agree": agree, "gpus": gpu_count(), "seconds": result.seconds}
 
 
@@ -136,7 +136,7 @@ def _train_rows(shards: Path, samples: int, work: Path) -> list[Row]:
 
 def run(quick: bool) -> list[Row]:
     import torch
-    from bench_training import _make_shards
+    from baselines import generate
 
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; the GPU rows need one (the device tool's machine)")
@@ -144,7 +144,7 @@ def run(quick: bool) -> list[Row]:
     samples = 2048 if quick else 8192
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
-        shards = _make_shards(work / "shards", samples, IMAGE_PX, per_shard=1024)  # 8 shards: one per loader
+        shards = generate(work / "shards", samples, 1024, seed=0, image_size=IMAGE_PX)  # 8 shards: one per loader
         rows = _guarded("embed", lambda: _embed_rows(shards, work, samples, 2))
         rows += _guarded("knn", lambda: _knn_rows(100_000 if quick else 1_000_000))
         rows += _guarded("train", lambda: _train_rows(shards, samples, work))

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from baselines import generate
 from run import Row
 
 MODEL = "poisonlab-tiny-32"
@@ -49,16 +50,6 @@ OURS = (
     "batch_size=int(sys.argv[4]), lr=1e-3, warmup_steps=10, log_every=1, device=sys.argv[5], precision=sys.argv[6], "
     "workers=int(sys.argv[7])), progress=False)"
 )
-
-
-def _make_shards(out: Path, samples: int, image_size: int = 32, per_shard: int = 256) -> Path:
-    from poisonlab.pipelines.executor import run_local
-    from poisonlab.shards.plan import finalize_folder, plan_source_tasks
-    from poisonlab.shards.synth import SynthSource, SynthSpec
-
-    src = SynthSource(SynthSpec(samples=samples, seed=0, samples_per_shard=per_shard, image_size=image_size))
-    finalize_folder(out, run_local(plan_source_tasks(src, src.shards(), out)))
-    return out
 
 
 def _env() -> dict[str, str]:
@@ -123,7 +114,7 @@ def run(quick: bool) -> list[Row]:
     setup = Setup(workers=(1,) if quick else (0, 1))
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         work = Path(tmp)
-        shards = _make_shards(work / "shards", samples)
+        shards = generate(work / "shards", samples, 256, seed=0, image_size=32)
         ours, baseline, which = compare(shards, samples, work, setup, rounds)
     return [Row(name=f"train pairs/s ({MODEL}, batch {BATCH}, fp32 CPU)", value=ours, unit="pairs/s",
                 baseline=baseline, baseline_name=f"open_clip_train.main {which}", higher_is_better=True, floor=1.0,
