@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ REQUIRED_ARRAYS = ("edge_index", "x")
 NODE_PREFIX = "node_"  # optional arrays with one row per node
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MAX_HEADER = 4096
+_EAGER_BYTES = 1 << 20  # members up to this size are read with their header (at most 16 MiB a graph)
 _EOCD = b"PK\x05\x06"  # the zip's end-of-central-directory record: 22 bytes plus a comment of at most 64 KiB
 _MAX_DIRECTORY_ENTRY = 46 + 256  # a central-directory entry with a name of up to 256 bytes (no extras needed)
 
@@ -54,17 +56,51 @@ class GraphCaps:
 Arrays = dict[str, np.ndarray]
 
 
-def _header(stream: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of one ``.npy`` member from its header alone; objects are refused here."""
+# What ``np.save`` writes (``np.lib.format``): a dict literal in this exact form. Parsed by this pattern; any
+# other spelling goes to numpy's own parser (``ast.literal_eval``), which is correct but ten times slower.
+_CANONICAL = re.compile(r"\{'descr': '([^'\\]{1,32})', 'fortran_order': (False|True), 'shape': \(((?:\d{1,18}, ?)*\d{0,18})\), \} *\n?")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """One ``.npy`` member's header: what its data must be, and where that data starts."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    offset: int  # where the data starts in the member
+    data: bytes | None = None  # the data, when the member was small enough to read with its header
+
+
+def _parse_header(text: str, prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    match = _CANONICAL.fullmatch(text)
+    if match is None:  # valid but unusual spellings, and every invalid header (numpy says why)
+        read = npformat.read_array_header_1_0 if len(prefix) == 2 else npformat.read_array_header_2_0
+        shape, fortran, dtype = read(io.BytesIO(prefix + text.encode("latin1")), max_header_size=_MAX_HEADER)
+        return shape, fortran, dtype
+    descr, fortran, dims = match.groups()
+    return tuple(int(d) for d in dims.split(",") if d.strip()), fortran == "True", np.dtype(descr)
+
+
+def _header(stream: Any, name: str) -> _Header:
+    """Shape, dtype and data offset of one ``.npy`` member from its header alone; objects are refused here."""
     try:
         version = npformat.read_magic(stream)
-        read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-        shape, _fortran, dtype = read(stream, max_header_size=_MAX_HEADER)
+        width = 2 if version == (1, 0) else 4
+        prefix = stream.read(width)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) != width or length > _MAX_HEADER or version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError("header length or version")
+        raw = stream.read(length)
+        text = raw.decode("utf-8" if version == (3, 0) else "latin1")
+        if len(raw) != length:
+            raise ValueError("truncated header")
+        shape, fortran, dtype = _parse_header(text, prefix)
     except Exception as exc:
         raise GraphError(f"undecodable_graph: array {name!r} has no valid .npy header ({type(exc).__name__})") from None
     if dtype.hasobject:
         raise GraphError(f"refused_graph: array {name!r} holds Python objects (would need unpickling; never loaded)")
-    return tuple(int(d) for d in shape), dtype
+    return _Header(tuple(int(d) for d in shape), dtype, bool(fortran), npformat.MAGIC_LEN + width + length)
 
 
 def _check_caps(shapes: Mapping[str, tuple[int, ...]], caps: GraphCaps) -> None:
@@ -119,7 +155,10 @@ def _open_zip(data: bytes, caps: GraphCaps) -> tuple[zipfile.ZipFile, dict[str, 
     return archive, members
 
 
-def _read_headers(archive: zipfile.ZipFile, members: Mapping[str, str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _read_headers(archive: zipfile.ZipFile, members: Mapping[str, str]) -> dict[str, _Header]:
+    """Every member's header; a member whose directory entry claims at most ``_EAGER_BYTES`` is read whole at
+    the same time (one open instead of two: zipfile never inflates past the claimed size, and a member whose
+    data does not match it fails its CRC)."""
     headers = {}
     for name, member in sorted(members.items()):
         try:
@@ -127,17 +166,44 @@ def _read_headers(archive: zipfile.ZipFile, members: Mapping[str, str]) -> dict[
         except Exception as exc:
             raise GraphError(f"undecodable_graph: array {name!r} cannot be opened ({type(exc).__name__})") from None
         with stream:
-            headers[name] = _header(stream, name)
+            header = _header(stream, name)
+            if archive.getinfo(member).file_size <= _EAGER_BYTES:
+                header = dataclasses.replace(header, data=_read_rest(stream))
+        headers[name] = header
     return headers
 
 
-def _check_types(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
-    (eshape, edtype), (xshape, xdtype) = headers["edge_index"], headers["x"]
+def _read_rest(stream: Any) -> bytes:
+    try:
+        return stream.read()  # the CRC and the inflate are checked here
+    except Exception as exc:
+        raise GraphError(f"undecodable_graph: {type(exc).__name__}") from None
+
+
+def _read_array(archive: zipfile.ZipFile, name: str, member: str, header: _Header) -> np.ndarray:
+    """The member's data as ``np.load`` returns it (a fresh, writable array in the header's order); a large
+    member is read only now, once every header has passed the caps."""
+    if header.data is None:
+        with archive.open(member) as stream:
+            stream.seek(header.offset)
+            body = _read_rest(stream)
+    else:
+        body = header.data
+    count = int(np.prod(header.shape, dtype=np.int64))
+    if len(body) < count * header.dtype.itemsize:
+        raise GraphError(f"undecodable_graph: array {name!r} is shorter than its header's shape {header.shape}")
+    flat = np.frombuffer(body, dtype=header.dtype, count=count).copy()
+    return flat.reshape(header.shape[::-1]).transpose() if header.fortran else flat.reshape(header.shape)
+
+
+def _check_types(headers: Mapping[str, _Header]) -> None:
+    (eshape, edtype), (xshape, xdtype) = [(headers[n].shape, headers[n].dtype) for n in REQUIRED_ARRAYS]
     if edtype != np.dtype(np.int64) or len(eshape) != 2 or eshape[0] != 2:
         raise GraphError(f"invalid_graph: edge_index must be int64 of shape 2 x E, not {edtype} {eshape}")
     if xdtype != np.dtype(np.float32) or len(xshape) != 2:
         raise GraphError(f"invalid_graph: x must be float32 of shape N x F, not {xdtype} {xshape}")
-    for name, (shape, dtype) in headers.items():
+    for name, header in headers.items():
+        shape, dtype = header.shape, header.dtype
         if dtype.kind not in "biuf":
             raise GraphError(f"invalid_graph: array {name!r} has non-numeric dtype {dtype}")
         if name.startswith(NODE_PREFIX) and (not shape or shape[0] != xshape[0]):
@@ -156,12 +222,8 @@ def decode_graph(data: bytes, caps: GraphCaps | None = None) -> Arrays:
     with archive:
         headers = _read_headers(archive, members)
         _check_types(headers)
-        _check_caps({n: s for n, (s, _) in headers.items()}, caps)
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: np.asarray(npz[name]) for name in sorted(members)}
-        except Exception as exc:  # a body shorter than its header, a bad CRC, a failed inflate
-            raise GraphError(f"undecodable_graph: {type(exc).__name__}") from None
+        _check_caps({n: h.shape for n, h in headers.items()}, caps)
+        arrays = {name: _read_array(archive, name, members[name], headers[name]) for name in sorted(members)}
     _check_edges(arrays["edge_index"], arrays["x"].shape[0])
     return arrays
 

@@ -156,3 +156,30 @@ def test_damaged_payloads_only_ever_raise_graph_errors() -> None:
             decode_graph(cut)
         except GraphError:
             pass
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_large_and_fortran_members_read_as_np_load_reads_them(compressed: bool) -> None:
+    """Members over 1 MiB are read after the caps (not with their header); both ways give np.load's arrays."""
+    arrays = {**graph(40_000, 8), "node_w": np.asfortranarray(np.arange(80_000, dtype=np.float32).reshape(40_000, 2))}
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    back, expected = decode_graph(buffer.getvalue()), np.load(io.BytesIO(buffer.getvalue()))
+    for name in arrays:
+        assert back[name].dtype == expected[name].dtype and np.array_equal(back[name], expected[name])
+        assert back[name].flags.f_contiguous == expected[name].flags.f_contiguous and back[name].flags.writeable
+
+
+def test_a_member_shorter_than_its_header_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # a valid CRC over a truncated body
+        archive.writestr("edge_index.npy", _npy(np.zeros((2, 0), np.int64)))
+        archive.writestr("x.npy", _npy(np.ones((4, 3), np.float32))[:-8])
+    with pytest.raises(GraphError, match="undecodable_graph: array 'x' is shorter than its header's shape"):
+        decode_graph(buffer.getvalue())
+
+
+def _npy(array: np.ndarray) -> bytes:
+    body = io.BytesIO()
+    np.lib.format.write_array(body, array)
+    return body.getvalue()

@@ -24,6 +24,7 @@ from poisonlab.training.data import (
     iterate_epoch,
     open_shard_set,
 )
+from poisonlab.training.decoded_cache import DecodedShards, item_bytes
 from poisonlab.training.image_codec import ImageCaptionCodec
 
 FMT = ImageFormat(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -182,3 +183,37 @@ def test_token_cache_matches_the_tokenizer() -> None:
     texts = ["a red circle", "a blue star", "a red circle", "green cross", "yellow diamond"]
     assert torch.equal(cache(texts), tok(texts))
     assert torch.equal(cache(texts[::-1]), tok(texts[::-1]))
+
+
+def _epoch(spec: StreamSpec, epoch: int, codec: ImageCaptionCodec, cache: DecodedShards | None) -> list[tuple]:
+    """Every batch of an epoch as plain values: keys, skips and the input tensors."""
+    return [(b.keys, b.skipped, {n: t.numpy().tobytes() for n, t in b.inputs.items()})
+            for b in iterate_epoch(spec, epoch, codec, 0, cache)]
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 50])
+def test_decoded_shards_replay_the_same_batches_and_skips(tmp_path: Path, shuffle_buffer: int) -> None:
+    """Epochs replayed from the cache give the batches, tensors and per-batch skip counts of reading."""
+    shards = tmp_path / "hostile"
+    _write_hostile_shard(shards, tmp_path / "unpickled")
+    spec = StreamSpec(open_shard_set(shards), batch_size=3, seed=1, shuffle_buffer=shuffle_buffer, partial=True)
+    codec, cache = _codec(), DecodedShards(1 << 20)
+    for epoch in range(3):
+        read = _epoch(spec, epoch, codec, None)
+        assert _epoch(spec, epoch, codec, cache) == read  # epoch 0 fills the cache, 1 and 2 replay it
+        assert sum(sum(s.values()) for _, s, _ in read) == 7 and cache.get("00000") is not None
+    assert cache.used > 6 * 32 * 32 * 3
+
+
+def test_decoded_shards_keep_only_what_fits_the_budget(tiny_shards: Path) -> None:
+    spec = StreamSpec(open_shard_set(tiny_shards), batch_size=16, seed=2, shuffle_buffer=100)
+    codec, cache = _codec(), DecodedShards(100 * 32 * 32 * 3)  # room for one shard of 60 images, not two
+    read = [_epoch(spec, epoch, codec, None) for epoch in range(2)]
+    assert [_epoch(spec, epoch, codec, cache) for epoch in range(2)] == read
+    kept = [s for s in open_shard_set(tiny_shards).shards if cache.get(s) is not None]
+    assert len(kept) == 1 and cache.used <= cache.budget
+
+
+def test_item_bytes_counts_arrays_and_text() -> None:
+    assert item_bytes((np.zeros((4, 4, 3), np.uint8), "abc")) == 48 + 3
+    assert item_bytes(((np.zeros((2, 3), np.float32), np.zeros((2, 5), np.int64)), "ab")) == 24 + 80 + 2

@@ -46,6 +46,15 @@ def test_k_steps_twice_equal_2k_steps(tiny_shards: Path, k: int, workers: int) -
     assert not torch.equal(once.weights["logit_scale"], start.weights["logit_scale"])
 
 
+def test_epochs_replayed_from_decoded_shards_train_the_same_weights(tiny_shards: Path) -> None:
+    """The in-process cache of decoded shards (on by default) changes no float of a 3-epoch run."""
+    settings = TrainSettings(**{**SETTINGS.model_dump(), "epochs": 3})
+    cached, cached_stats = local_update(None, tiny_shards, settings)
+    read, read_stats = local_update(None, tiny_shards, TrainSettings(**{**settings.model_dump(), "cache_bytes": 0}))
+    assert cached_stats.steps == read_stats.steps == 21 and cached_stats.skipped == read_stats.skipped
+    _assert_same_state(cached, read)
+
+
 def test_train_is_the_same_loop_with_a_run_folder(tiny_shards: Path, tmp_path: Path) -> None:
     settings = TrainSettings(**{**SETTINGS.model_dump(), "epochs": 1})
     result = train_run(tiny_shards, tmp_path / "run", settings, progress=False)

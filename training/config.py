@@ -10,7 +10,7 @@ from poisonlab.pipelines.registry import Params
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 
 # Settings that change how fast, not what, a run computes: a resumed run may differ in these.
-RUNTIME_ONLY = frozenset({"device", "log_every", "threads"})
+RUNTIME_ONLY = frozenset({"device", "log_every", "threads", "cache_bytes"})
 
 
 class TrainSettings(Params):
@@ -40,6 +40,9 @@ class TrainSettings(Params):
     shuffle_buffer: int = Field(2000, ge=0, description="samples held by the keyed shuffle buffer")
     workers: int = Field(1, ge=0, description="DataLoader worker processes reading and decoding while the model "
                          "trains (0: in this process); the order is deterministic for a fixed count")
+    cache_bytes: int = Field(512 << 20, ge=0, description="decoded samples kept in memory between epochs when "
+                             "reading in this process (workers 0): later epochs skip reading and decoding the "
+                             "shards that fit; the batches are the same (0: read every epoch)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "amp"] = Field("auto", description="auto: mixed precision on CUDA, fp32 on CPU")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images larger than this are skipped, never decoded")

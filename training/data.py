@@ -35,6 +35,7 @@ from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
 from poisonlab.shards.reader import STAGE as READ_STAGE
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
+from poisonlab.training.decoded_cache import Decoded, DecodedShards
 from poisonlab.training.image_codec import ImageFormat, TokenCache  # noqa: F401  (re-exported: older imports)
 from poisonlab.training.objectives import BatchCodec, SkipSample
 from poisonlab.training.shuffle import buffer_shuffle, shuffle_rng
@@ -159,34 +160,60 @@ def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]
     return sorted(shards, key=lambda s: keyed_u64(seed, "train/shards", f"{epoch}/{Path(s).name}"))
 
 
+def _shard_events(directory: Path, shard: str, policy: ReadPolicy,
+                  keys: Mapping[str, frozenset[str]] | None) -> Iterator[Sample | str]:
+    """The trainable samples of one shard in reader order (only ``keys[shard]`` when given), and the reason
+    for everything else of this set that was passed over."""
+    upstream = _sidecar_live(directory, shard)
+    wanted = None if keys is None else keys.get(shard, frozenset())
+    report = ReadReport()
+    for sample in read_shard(directory, shard, policy, report):
+        if wanted is not None and sample.key not in wanted:
+            continue
+        live_upstream = upstream.get(sample.key, True)
+        if sample.is_live and live_upstream:
+            yield sample
+        elif sample.is_live:
+            yield "sidecar_status: not live"
+        elif live_upstream:
+            yield skip_reason(sample.reason)
+    for problem in report.shard_errors:
+        yield f"shard_error: {problem.split(':')[0]}"
+
+
+def _decode(sample: Sample, codec: BatchCodec) -> Decoded:
+    try:
+        return Decoded(sample.key, codec.decode(sample))
+    except SkipSample as exc:
+        return Decoded(sample.key, skip=str(exc))
+
+
 def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, skips: SkipCounter,
-                  keys: Mapping[str, frozenset[str]] | None = None) -> Iterator[Sample]:
-    """The trainable samples of ``shards`` in reader order (only ``keys[shard]`` when given); everything
-    else of this set counted by reason."""
+                  keys: Mapping[str, frozenset[str]] | None = None,
+                  cached: tuple[DecodedShards, BatchCodec] | None = None) -> Iterator[Sample | Decoded]:
+    """The trainable samples of ``shards``, everything else counted by reason as it is passed. With a cache
+    (and the codec that fills it) they come already decoded, replayed from memory after the first epoch."""
     for shard in shards:
-        upstream = _sidecar_live(directory, shard)
-        wanted = None if keys is None else keys.get(shard, frozenset())
-        report = ReadReport()
-        for sample in read_shard(directory, shard, policy, report):
-            if wanted is not None and sample.key not in wanted:
-                continue
-            live_upstream = upstream.get(sample.key, True)
-            if sample.is_live and live_upstream:
-                yield sample
-            elif sample.is_live:
-                skips.add("sidecar_status: not live")
-            elif live_upstream:
-                skips.add(skip_reason(sample.reason))
-        for problem in report.shard_errors:
-            skips.add(f"shard_error: {problem.split(':')[0]}")
+        events: Iterable[Sample | Decoded | str] | None = None if cached is None else cached[0].get(shard)
+        if events is None:
+            events = _shard_events(directory, shard, policy, keys)
+            if cached is not None:
+                cache, codec = cached
+                events = cache.keep(shard, (e if isinstance(e, str) else _decode(e, codec) for e in events))
+        for event in events:
+            if isinstance(event, str):
+                skips.add(event)
+            else:
+                yield event
 
 
-def _decoded(samples: Iterable[Sample], codec: BatchCodec, skips: SkipCounter) -> Iterator[tuple[str, Any]]:
+def _decoded(samples: Iterable[Sample | Decoded], codec: BatchCodec, skips: SkipCounter) -> Iterator[tuple[str, Any]]:
     for sample in samples:
-        try:
-            yield sample.key, codec.decode(sample)
-        except SkipSample as exc:
-            skips.add(str(exc))
+        outcome = sample if isinstance(sample, Decoded) else _decode(sample, codec)
+        if outcome.skip is None:
+            yield outcome.key, outcome.item
+        else:
+            skips.add(outcome.skip)
 
 
 def _batches(items: Iterable[tuple[str, Any]], batch_size: int, codec: BatchCodec, skips: SkipCounter,
@@ -225,9 +252,10 @@ class StreamSpec:
 class EpochStream(torch.utils.data.IterableDataset):
     """The batches of one epoch as each DataLoader worker makes them from its own shards."""
 
-    def __init__(self, spec: StreamSpec, epoch: int, codec: BatchCodec, policy: ReadPolicy) -> None:
+    def __init__(self, spec: StreamSpec, epoch: int, codec: BatchCodec, policy: ReadPolicy,
+                 cache: DecodedShards | None = None) -> None:
         super().__init__()
-        self.spec, self.epoch, self.codec, self.policy = spec, epoch, codec, policy
+        self.spec, self.epoch, self.codec, self.policy, self.cache = spec, epoch, codec, policy, cache
 
     def __iter__(self) -> Iterator[Batch]:
         spec = self.spec
@@ -236,20 +264,23 @@ class EpochStream(torch.utils.data.IterableDataset):
         ranked = epoch_shard_order([f"{s}.tar" for s in spec.shard_set.shards], spec.seed, self.epoch)
         mine = [name[: -len(".tar")] for name in ranked[worker::workers]]
         skips = SkipCounter()
-        samples: Iterable[Sample] = _live_samples(spec.shard_set.directory, mine, self.policy, skips,
-                                                      spec.shard_set.keys)
+        cached = None if self.cache is None else (self.cache, self.codec)
+        samples: Iterable[Sample | Decoded] = _live_samples(spec.shard_set.directory, mine, self.policy, skips,
+                                                            spec.shard_set.keys, cached)
         if spec.shuffle_buffer > 1:
             samples = buffer_shuffle(samples, spec.shuffle_buffer, shuffle_rng(spec.seed, self.epoch, worker))
         yield from _batches(_decoded(samples, self.codec, skips), spec.batch_size, self.codec, skips, spec.partial)
 
 
-def iterate_epoch(spec: StreamSpec, epoch: int, codec: BatchCodec, start: int = 0) -> Iterator[Batch]:
-    """Batches of one epoch, in a deterministic order for a given (seed, epoch, workers), from ``start``."""
+def iterate_epoch(spec: StreamSpec, epoch: int, codec: BatchCodec, start: int = 0,
+                  cache: DecodedShards | None = None) -> Iterator[Batch]:
+    """Batches of one epoch, in a deterministic order for a given (seed, epoch, workers), from ``start``.
+    ``cache`` (read in this process only) replays the shards an earlier epoch decoded: the same batches."""
     policy = spec.policy or read_policy(spec.shard_set.directory)
-    stream = EpochStream(spec, epoch, codec, policy)
     if spec.workers <= 0:
-        yield from itertools.islice(stream, start, None)
+        yield from itertools.islice(EpochStream(spec, epoch, codec, policy, cache), start, None)
         return
+    stream = EpochStream(spec, epoch, codec, policy)
     workers = min(spec.workers, len(spec.shard_set.shards))
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity)
     yield from itertools.islice(loader, start, None)

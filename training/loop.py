@@ -130,7 +130,7 @@ def _run_epoch(session: Session, max_step: int | None, hooks: LoopHooks, stats: 
     if p.batch == 0:
         torch.manual_seed(keyed_u64(session.settings.seed, "train/torch", str(p.epoch)) % 2**63)
     meter = _EpochMeter(p.batch)
-    for batch in iterate_epoch(session.stream, p.epoch, session.built.codec, start=p.batch):
+    for batch in iterate_epoch(session.stream, p.epoch, session.built.codec, p.batch, session.cache):
         p.batch += 1
         p.add_skipped(batch.skipped)
         meter.skipped.update(batch.skipped)

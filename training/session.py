@@ -17,6 +17,7 @@ import torch
 from poisonlab.shards.reader import ReadPolicy
 from poisonlab.training.config import TrainSettings
 from poisonlab.training.data import DataError, ShardSet, StreamSpec, read_policy
+from poisonlab.training.decoded_cache import DecodedShards
 from poisonlab.training.objectives import Built, TrainingObjective, get_objective
 from poisonlab.training.precision import adamw, autocast_for, pick_device
 from poisonlab.training.schedule import CosineWarmup
@@ -37,6 +38,7 @@ class Session:
     device: torch.device
     stream: StreamSpec
     progress: Progress
+    cache: DecodedShards | None = None  # decoded shards replayed by later epochs (in-process reading only)
 
 
 def schedule_for(shard_set: ShardSet, settings: TrainSettings) -> CosineWarmup:
@@ -104,8 +106,9 @@ def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState
             scaler.load_state_dict(state.grad_scaler)
         progress = Progress.from_dict(state.progress.to_dict())
         _restore_rng(state, device, progress)
+    cache = DecodedShards(settings.cache_bytes) if settings.workers == 0 and settings.cache_bytes else None
     return Session(settings, objective, built, optimizer, scaler, autocast, schedule_for(shard_set, settings),
-                   device, stream, progress)
+                   device, stream, progress, cache)
 
 
 def _restore_rng(state: TrainState, device: torch.device, progress: Progress) -> None:
