@@ -197,7 +197,8 @@ def test_decoded_shards_replay_the_same_batches_and_skips(tmp_path: Path, shuffl
     shards = tmp_path / "hostile"
     _write_hostile_shard(shards, tmp_path / "unpickled")
     spec = StreamSpec(open_shard_set(shards), batch_size=3, seed=1, shuffle_buffer=shuffle_buffer, partial=True)
-    codec, cache = _codec(), DecodedShards(1 << 20)
+    codec = _codec()
+    cache = DecodedShards(codec, 1 << 20)
     for epoch in range(3):
         read = _epoch(spec, epoch, codec, None)
         assert _epoch(spec, epoch, codec, cache) == read  # epoch 0 fills the cache, 1 and 2 replay it
@@ -207,7 +208,8 @@ def test_decoded_shards_replay_the_same_batches_and_skips(tmp_path: Path, shuffl
 
 def test_decoded_shards_keep_only_what_fits_the_budget(tiny_shards: Path) -> None:
     spec = StreamSpec(open_shard_set(tiny_shards), batch_size=16, seed=2, shuffle_buffer=100)
-    codec, cache = _codec(), DecodedShards(100 * 32 * 32 * 3)  # room for one shard of 60 images, not two
+    codec = _codec()
+    cache = DecodedShards(codec, 100 * 32 * 32 * 3)  # room for one shard of 60 images, not two
     read = [_epoch(spec, epoch, codec, None) for epoch in range(2)]
     assert [_epoch(spec, epoch, codec, cache) for epoch in range(2)] == read
     kept = [s for s in open_shard_set(tiny_shards).shards if cache.get(s) is not None]

@@ -35,9 +35,9 @@ from poisonlab.shards.images import DEFAULT_MAX_PIXELS
 from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
 from poisonlab.shards.reader import STAGE as READ_STAGE
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
-from poisonlab.training.decoded_cache import Decoded, DecodedShards
+from poisonlab.training.decoded_cache import Decoded, DecodedShards, decode
 from poisonlab.training.image_codec import ImageFormat, TokenCache  # noqa: F401  (re-exported: older imports)
-from poisonlab.training.objectives import BatchCodec, SkipSample
+from poisonlab.training.objectives import BatchCodec
 from poisonlab.training.shuffle import buffer_shuffle, shuffle_rng
 
 SOURCE_LIVE = LIVE_STATUSES | {"success"}  # img2dataset's live rows are "success"
@@ -181,25 +181,15 @@ def _shard_events(directory: Path, shard: str, policy: ReadPolicy,
         yield f"shard_error: {problem.split(':')[0]}"
 
 
-def _decode(sample: Sample, codec: BatchCodec) -> Decoded:
-    try:
-        return Decoded(sample.key, codec.decode(sample))
-    except SkipSample as exc:
-        return Decoded(sample.key, skip=str(exc))
-
-
 def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, skips: SkipCounter,
                   keys: Mapping[str, frozenset[str]] | None = None,
-                  cached: tuple[DecodedShards, BatchCodec] | None = None) -> Iterator[Sample | Decoded]:
-    """The trainable samples of ``shards``, everything else counted by reason as it is passed. With a cache
-    (and the codec that fills it) they come already decoded, replayed from memory after the first epoch."""
+                  cache: DecodedShards | None = None) -> Iterator[Sample | Decoded]:
+    """The trainable samples of ``shards``, everything else counted by reason as it is passed. Through a
+    cache they come already decoded, and from memory once an earlier epoch kept their shard."""
     for shard in shards:
-        events: Iterable[Sample | Decoded | str] | None = None if cached is None else cached[0].get(shard)
-        if events is None:
-            events = _shard_events(directory, shard, policy, keys)
-            if cached is not None:
-                cache, codec = cached
-                events = cache.keep(shard, (e if isinstance(e, str) else _decode(e, codec) for e in events))
+        events: Iterable[Sample | Decoded | str] = _shard_events(directory, shard, policy, keys)  # lazy: unread yet
+        if cache is not None:
+            events = cache.through(shard, events)
         for event in events:
             if isinstance(event, str):
                 skips.add(event)
@@ -209,7 +199,7 @@ def _live_samples(directory: Path, shards: Iterable[str], policy: ReadPolicy, sk
 
 def _decoded(samples: Iterable[Sample | Decoded], codec: BatchCodec, skips: SkipCounter) -> Iterator[tuple[str, Any]]:
     for sample in samples:
-        outcome = sample if isinstance(sample, Decoded) else _decode(sample, codec)
+        outcome = sample if isinstance(sample, Decoded) else decode(sample, codec)
         if outcome.skip is None:
             yield outcome.key, outcome.item
         else:
@@ -264,9 +254,8 @@ class EpochStream(torch.utils.data.IterableDataset):
         ranked = epoch_shard_order([f"{s}.tar" for s in spec.shard_set.shards], spec.seed, self.epoch)
         mine = [name[: -len(".tar")] for name in ranked[worker::workers]]
         skips = SkipCounter()
-        cached = None if self.cache is None else (self.cache, self.codec)
         samples: Iterable[Sample | Decoded] = _live_samples(spec.shard_set.directory, mine, self.policy, skips,
-                                                            spec.shard_set.keys, cached)
+                                                            spec.shard_set.keys, self.cache)
         if spec.shuffle_buffer > 1:
             samples = buffer_shuffle(samples, spec.shuffle_buffer, shuffle_rng(spec.seed, self.epoch, worker))
         yield from _batches(_decoded(samples, self.codec, skips), spec.batch_size, self.codec, skips, spec.partial)
@@ -275,7 +264,8 @@ class EpochStream(torch.utils.data.IterableDataset):
 def iterate_epoch(spec: StreamSpec, epoch: int, codec: BatchCodec, start: int = 0,
                   cache: DecodedShards | None = None) -> Iterator[Batch]:
     """Batches of one epoch, in a deterministic order for a given (seed, epoch, workers), from ``start``.
-    ``cache`` (read in this process only) replays the shards an earlier epoch decoded: the same batches."""
+    ``cache`` (read in this process only; it holds what ``codec`` decoded) replays the shards an earlier
+    epoch kept: the same batches."""
     policy = spec.policy or read_policy(spec.shard_set.directory)
     if spec.workers <= 0:
         yield from itertools.islice(EpochStream(spec, epoch, codec, policy, cache), start, None)

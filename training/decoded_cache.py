@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from poisonlab.pipelines.sample import Sample
+from poisonlab.training.objectives import BatchCodec, SkipSample
+
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
@@ -29,6 +32,13 @@ class Decoded:
 
 
 Event = Decoded | str  # a live sample, or the reason a sample (or the shard) was passed over while reading
+
+
+def decode(sample: Sample, codec: BatchCodec) -> Decoded:
+    try:
+        return Decoded(sample.key, codec.decode(sample))
+    except SkipSample as exc:
+        return Decoded(sample.key, skip=str(exc))
 
 
 def item_bytes(item: Any) -> int:
@@ -45,9 +55,10 @@ def item_bytes(item: Any) -> int:
 
 
 class DecodedShards:
-    """The events of each fully read shard, while their decoded items fit ``budget`` bytes in all."""
+    """What ``codec`` made of each fully read shard, while the decoded items fit ``budget`` bytes in all."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, codec: BatchCodec, budget: int) -> None:
+        self.codec = codec
         self.budget = budget
         self.used = 0
         self._shards: dict[str, list[Event]] = {}
@@ -55,8 +66,15 @@ class DecodedShards:
     def get(self, shard: str) -> list[Event] | None:
         return self._shards.get(shard)
 
-    def keep(self, shard: str, events: Iterable[Event]) -> Iterator[Event]:
-        """Pass ``events`` through, and keep them for later epochs if the whole shard fits the budget."""
+    def through(self, shard: str, events: Iterable[Sample | str]) -> Iterable[Event]:
+        """The shard's events: replayed when an earlier epoch kept them (``events`` is then never read),
+        else ``events`` decoded on the way and kept if the whole shard fits."""
+        kept = self._shards.get(shard)
+        if kept is not None:
+            return kept
+        return self._keep(shard, (e if isinstance(e, str) else decode(e, self.codec) for e in events))
+
+    def _keep(self, shard: str, events: Iterable[Event]) -> Iterator[Event]:
         kept: list[Event] | None = []
         size = 0
         for event in events:

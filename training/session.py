@@ -106,7 +106,7 @@ def open_session(shard_set: ShardSet, settings: TrainSettings, state: TrainState
             scaler.load_state_dict(state.grad_scaler)
         progress = Progress.from_dict(state.progress.to_dict())
         _restore_rng(state, device, progress)
-    cache = DecodedShards(settings.cache_bytes) if settings.workers == 0 and settings.cache_bytes else None
+    cache = DecodedShards(built.codec, settings.cache_bytes) if settings.workers == 0 and settings.cache_bytes else None
     return Session(settings, objective, built, optimizer, scaler, autocast, schedule_for(shard_set, settings),
                    device, stream, progress, cache)
 
