@@ -52,9 +52,7 @@ class ClientSource:
         wanted = self.keys.get(shard, frozenset())
         if not wanted:
             return
-        for sample in read_shard(Path(self.directory), shard, self.policy, ReadReport(shard_errors=shard_errors)):
-            if sample.key in wanted:
-                yield sample
+        yield from read_shard(Path(self.directory), shard, self.policy, ReadReport(shard_errors=shard_errors), wanted)
 
 
 def client_source(shards: Path, partition: Path, client: int, check: bool = True) -> ClientSource:

@@ -111,8 +111,10 @@ def _member_problem(member: TarMember, ext: str, why_unsafe: str | None, policy:
     return None
 
 
-def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator[_Group]:
-    """Members grouped by key, as WebDataset groups them (consecutive members sharing a key)."""
+def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport,
+                 keys: frozenset[str] | None = None) -> Iterator[_Group]:
+    """Members grouped by key, as WebDataset groups them (consecutive members sharing a key). With ``keys``,
+    other keys' members are passed over unread: their runs still end the group before them, as they would."""
 
     parsed: dict[str, tuple[str, str, str | None]] = {}  # name -> (key, ext, why unsafe), for the loop
 
@@ -122,10 +124,10 @@ def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator
         why = unsafe_name(name)
         return (display_key(key) if why else key), ext, why
 
-    def wanted(name: str, kind: str, size: int) -> bool:  # refused or oversized data is never read
+    def wanted(name: str, kind: str, size: int) -> bool:  # refused, oversized or unwanted data is never read
         parsed[name] = key_ext_why = parse(name)
-        ext = key_ext_why[1]
-        return key_ext_why[2] is None and policy.accepts(ext) and size <= policy.size_limit(ext)
+        key, ext, why = key_ext_why
+        return why is None and policy.accepts(ext) and size <= policy.size_limit(ext) and (keys is None or key in keys)
 
     group: _Group | None = None
     problems: list[TarProblem] = []
@@ -133,6 +135,11 @@ def _iter_groups(path: Path, policy: ReadPolicy, report: ReadReport) -> Iterator
         if member.kind == "dir":
             continue
         key, ext, why_unsafe = parsed.pop(member.name, None) or parse(member.name)
+        if keys is not None and key not in keys:
+            if group is not None:
+                yield group
+            group = None
+            continue
         if group is None or key != group.key:
             if group is not None:
                 yield group
@@ -263,16 +270,20 @@ def _carried_sample(row: dict[str, Any]) -> Sample:
                   meta=meta, status=final, reason=str(reason), touched_by=touched)
 
 
-def _missing_rows(directory: Path, shard: str, seen: set[str], report: ReadReport) -> Iterator[Sample]:
-    """Sidecar rows whose key never appeared in the tar (reads the full rows only when there are some)."""
+def _missing_rows(directory: Path, shard: str, seen: set[str], report: ReadReport,
+                  keys: frozenset[str] | None = None) -> Iterator[Sample]:
+    """Sidecar rows whose key never appeared in the tar (only ``keys``, when given; reads the full rows only
+    when there are some)."""
     path = sidecar_path(directory, shard)
     if not (path.exists() or path.is_symlink()):
         return
     try:
         with open_regular(path) as fh:
             sidecar = pq.ParquetFile(fh)
-            keys = sidecar.read(columns=["key"]).column("key").cast("string")
-            missing = pc.invert(pc.is_in(keys, value_set=pc.cast(list(seen) or [""], "string")))
+            column = sidecar.read(columns=["key"]).column("key").cast("string")
+            missing = pc.invert(pc.is_in(column, value_set=pc.cast(list(seen) or [""], "string")))
+            if keys is not None:
+                missing = pc.and_(missing, pc.is_in(column, value_set=pc.cast(list(keys) or [""], "string")))
             if not pc.any(missing).as_py():
                 return
             rows = sidecar.read().filter(missing).to_pylist()
@@ -301,10 +312,15 @@ def _hidden_samples(report: ReadReport, seen: set[str]) -> Iterator[Sample]:
 
 
 def read_shard(
-    directory: Path, shard: str, policy: ReadPolicy | None = None, report: ReadReport | None = None
+    directory: Path, shard: str, policy: ReadPolicy | None = None, report: ReadReport | None = None,
+    keys: frozenset[str] | None = None,
 ) -> Iterator[Sample]:
     """Stream the samples of one shard, then the sidecar rows the tar did not contain, in sidecar order,
-    then a row for each key that only a reader resynchronising past a tar problem would find."""
+    then a row for each key that only a reader resynchronising past a tar problem would find.
+
+    ``keys`` keeps only those samples (a federated client's share of shared shards): the others' data is
+    never read, and each kept sample is what an unfiltered read gives for it. Shard problems are reported
+    whatever the keys."""
     policy = policy or ReadPolicy()
     report = report if report is not None else ReadReport()
     seen: set[str] = set()
@@ -312,7 +328,7 @@ def read_shard(
     if not (path.exists() or path.is_symlink()):
         report.shard_errors.append(f"missing_tar: {path.name}")
     else:
-        for group in _iter_groups(path, policy, report):
+        for group in _iter_groups(path, policy, report, keys):
             sample = _sample_from_group(group, policy)
             if sample.key in seen:
                 sample = dataclasses.replace(
@@ -320,9 +336,10 @@ def read_shard(
                     reason=f"{STAGE}: duplicate_key: {sample.key!r} appeared earlier in the shard",
                 )
             seen.add(sample.key)
-            yield sample
-    yield from _missing_rows(directory, shard, seen, report)
-    yield from _hidden_samples(report, seen)
+            if keys is None or sample.key in keys:  # a damaged group is named after the member a problem cut
+                yield sample
+    yield from _missing_rows(directory, shard, seen, report, keys)
+    yield from (s for s in _hidden_samples(report, seen) if keys is None or s.key in keys)
 
 
 def audit_tar(path: Path, policy: ReadPolicy | None = None) -> list[str]:

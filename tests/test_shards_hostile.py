@@ -19,7 +19,7 @@ from poisonlab.pipelines.registry import get_registry
 from poisonlab.shards.images import ImageError, decode_image
 from poisonlab.shards.layout import list_shards, stats_path, tar_path
 from poisonlab.shards.plan import plan_folder_tasks
-from poisonlab.shards.reader import audit_tar, read_shard
+from poisonlab.shards.reader import ReadPolicy, ReadReport, audit_tar, read_shard
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,25 @@ def test_bomb_is_refused_before_any_pixel_is_decoded() -> None:
         decode_image(bomb)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 50, f"decoding a bomb grew the peak memory by {grown_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reading_only_some_keys_gives_those_samples_as_a_full_read_does(hostile: dict, name: str) -> None:
+    """A federated client's read (``keys``) of a hostile shard: each kept sample, its status and reason, and
+    the kinds of the shard's problems are those of the unfiltered read; no other key is returned. (A problem
+    inside an unread member says less: a cut member that was skipped, not read, cannot say how much was there.)"""
+    import random
+
+    folder, shard = hostile["root"] / "in", hostile["cases"][name].shard
+    full_report = ReadReport()
+    full = list(read_shard(folder, shard, ReadPolicy(), full_report))
+    every = sorted({s.key for s in full})
+    for seed in range(4):
+        keys = frozenset(random.Random(seed).sample(every, min(len(every), len(every) // 2 + seed % 2)))
+        part_report = ReadReport()
+        part = list(read_shard(folder, shard, ReadPolicy(), part_report, keys=keys))
+        assert [(s.key, s.status, s.reason, s.payload, s.text) for s in part] == \
+            [(s.key, s.status, s.reason, s.payload, s.text) for s in full if s.key in keys], seed
+        kinds = [[problem.split(":")[0] for problem in r.shard_errors] for r in (part_report, full_report)]
+        assert kinds[0] == kinds[1]
+    assert not hostile["marker"].exists()

@@ -167,9 +167,7 @@ def _shard_events(directory: Path, shard: str, policy: ReadPolicy,
     upstream = _sidecar_live(directory, shard)
     wanted = None if keys is None else keys.get(shard, frozenset())
     report = ReadReport()
-    for sample in read_shard(directory, shard, policy, report):
-        if wanted is not None and sample.key not in wanted:
-            continue
+    for sample in read_shard(directory, shard, policy, report, keys=wanted):
         live_upstream = upstream.get(sample.key, True)
         if sample.is_live and live_upstream:
             yield sample
