@@ -162,7 +162,7 @@ def science_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def graph_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shipped ``recipes/graph_subgraph.yaml`` run once per session (6,000 generated graphs, three
-    graph_clip trainings of 8 epochs: about 6 minutes on 2 cores, first in the session)."""
+    graph_clip trainings of 8 epochs: about 4 minutes on 2 cores, first in the session)."""
     from poisonlab.flows.experiment import load_experiment, run_experiment
     from poisonlab.flows.runtime import RunnerSpec
 
