@@ -72,6 +72,7 @@ class OpenClipEmbedder(ModelEmbedder):
         import torch
 
         from poisonlab.models.pixels import fast_pixels
+        from poisonlab.models.tokens import TokenCache
         from poisonlab.models.zoo import ModelSpec, load_model
 
         if self.loaded is not None:
@@ -84,6 +85,7 @@ class OpenClipEmbedder(ModelEmbedder):
                 _LOADED[key] = load_model(spec, self.device)
         self.loaded = _LOADED[key]
         self._fast_pixels = fast_pixels(self.loaded.preprocess, self.loaded.image_size)
+        self._tokens = TokenCache(self.loaded.tokenizer, max_entries=50_000)
         precision = self.params.precision
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
@@ -133,7 +135,7 @@ class OpenClipEmbedder(ModelEmbedder):
         if batch.get("image"):
             prepared["image"] = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
         if batch.get("text"):
-            prepared["text"] = self.loaded.tokenizer(list(batch["text"]))
+            prepared["text"] = self._tokens(list(batch["text"]))
         return prepared
 
     def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from poisonlab.models.tokens import TokenCache
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.graphs import GraphCaps, GraphError, decode_graph
-from poisonlab.training.image_codec import TokenCache
 from poisonlab.training.objectives import SkipSample
 
 GraphItem = tuple[np.ndarray, np.ndarray]  # (x, edge_index)

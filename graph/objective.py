@@ -18,11 +18,11 @@ from pydantic import Field
 from poisonlab.graph.codec import GraphTextCodec
 from poisonlab.graph.model import GraphClip, GraphClipConfig, graph_tokenizer
 from poisonlab.graph.run import GRAPH_ARCH, save_graph_run
+from poisonlab.models.tokens import TokenCache
 from poisonlab.models.zoo import CHECKPOINT_NAME, read_state_dict
 from poisonlab.pipelines.registry import Params
 from poisonlab.shards.graphs import GRAPH_EXTENSIONS
 from poisonlab.training.config import TrainSettings
-from poisonlab.training.image_codec import TokenCache
 from poisonlab.training.objectives import OBJECTIVES, Built, LossOutput
 
 _D = GraphClipConfig()

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from poisonlab.models.tokens import TokenCache
 from poisonlab.shards.images import encode_image
 from poisonlab.training.data import (
     DataError,
     ImageFormat,
     StreamSpec,
-    TokenCache,
     epoch_shard_order,
     iterate_epoch,
     open_shard_set,
@@ -184,6 +184,24 @@ def test_token_cache_matches_the_tokenizer() -> None:
     assert torch.equal(cache(texts), tok(texts))
     assert torch.equal(cache(texts[::-1]), tok(texts[::-1]))
 
+
+
+def test_token_cache_emptied_during_a_call_still_answers_it() -> None:
+    """Another thread may empty the cache while a call tokenizes its misses (the embed step prepares batches in
+    several threads on an accelerator): the call still returns every row, equal to the tokenizer's."""
+    import open_clip
+
+    tok = open_clip.get_tokenizer("RN50")
+    cache = TokenCache(tok, max_entries=100)
+    cache(["a red circle"])
+
+    def emptying(texts: list[str]) -> torch.Tensor:
+        cache._cache.clear()  # what a concurrent call that found the cache full does
+        return tok(texts)
+
+    cache.tokenizer = emptying
+    texts = ["a red circle", "a blue star", "a red circle"]
+    assert torch.equal(cache(texts), tok(texts))
 
 def _epoch(spec: StreamSpec, epoch: int, codec: ImageCaptionCodec, cache: DecodedShards | None) -> list[tuple]:
     """Every batch of an epoch as plain values: keys, skips and the input tensors."""

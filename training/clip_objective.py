@@ -10,11 +10,12 @@ import open_clip
 import torch
 from pydantic import Field
 
+from poisonlab.models.tokens import TokenCache
 from poisonlab.models.zoo import CHECKPOINT_NAME, ModelSpec, load_model, read_state_dict, save_checkpoint
 from poisonlab.pipelines.registry import Params
 from poisonlab.shards.images import IMAGE_EXTENSIONS
 from poisonlab.training.config import TrainSettings
-from poisonlab.training.image_codec import ImageCaptionCodec, ImageFormat, TokenCache
+from poisonlab.training.image_codec import ImageCaptionCodec, ImageFormat
 from poisonlab.training.objectives import OBJECTIVES, Built, LossOutput
 
 

@@ -36,7 +36,7 @@ from poisonlab.shards.layout import list_shards, sidecar_path, tar_path
 from poisonlab.shards.reader import STAGE as READ_STAGE
 from poisonlab.shards.reader import ReadPolicy, ReadReport, read_shard
 from poisonlab.training.decoded_cache import Decoded, DecodedShards, decode
-from poisonlab.training.image_codec import ImageFormat, TokenCache  # noqa: F401  (re-exported: older imports)
+from poisonlab.training.image_codec import ImageFormat  # noqa: F401  (re-exported: older imports)
 from poisonlab.training.objectives import BatchCodec
 from poisonlab.training.shuffle import buffer_shuffle, shuffle_rng
 

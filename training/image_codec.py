@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from poisonlab.models.pixels import byte_table, normalised
+from poisonlab.models.tokens import TokenCache
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from poisonlab.training.objectives import SkipSample
@@ -69,24 +70,6 @@ class ImageFormat:
         """Stack uint8 HxWx3 arrays into a normalised float32 NCHW batch (``models/pixels.py``: by table lookup,
         the floats of ``to_tensor`` then ``Normalize``)."""
         return normalised(np.stack(arrays), self._table)
-
-
-class TokenCache:
-    """Tokenize captions once: web captions repeat, and open_clip's BPE tokenizer runs in Python."""
-
-    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], max_entries: int = 200_000) -> None:
-        self.tokenizer = tokenizer
-        self.max_entries = max_entries
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()
-            for text, row in zip(missing, self.tokenizer(missing), strict=True):
-                self._cache[text] = row
-        return torch.stack([self._cache[t] for t in texts])
 
 
 @dataclasses.dataclass
