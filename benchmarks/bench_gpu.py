@@ -55,7 +55,7 @@ def _bare(loaded, batches, device: str) -> None:  # type: ignore[no-untyped-def]
 def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Row]:
     import shutil
 
-    from bench_embed import prepared_batches
+    from bench_embed import forget_captions, prepared_batches
 
     from poisonlab.filters.embed import EmbedConfig, cached_model
     from poisonlab.filters.pipeline import embed_shards
@@ -75,6 +75,7 @@ def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Ro
         bare.append(time.perf_counter() - start)
         for name, config in configs.items():
             shutil.rmtree(work / "emb", ignore_errors=True)
+            forget_captions(config)
             start = time.perf_counter()
             written = embed_shards(shards, work / "emb", config)["written"]
             ours[name].append(time.perf_counter() - start)

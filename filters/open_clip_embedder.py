@@ -85,7 +85,7 @@ class OpenClipEmbedder(ModelEmbedder):
                 _LOADED[key] = load_model(spec, self.device)
         self.loaded = _LOADED[key]
         self._fast_pixels = fast_pixels(self.loaded.preprocess, self.loaded.image_size)
-        self._tokens = TokenCache(self.loaded.tokenizer, max_entries=50_000)
+        self.tokens = TokenCache(self.loaded.tokenizer, max_entries=50_000)
         precision = self.params.precision
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
@@ -135,7 +135,7 @@ class OpenClipEmbedder(ModelEmbedder):
         if batch.get("image"):
             prepared["image"] = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
         if batch.get("text"):
-            prepared["text"] = self._tokens(list(batch["text"]))
+            prepared["text"] = self.tokens(list(batch["text"]))
         return prepared
 
     def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
