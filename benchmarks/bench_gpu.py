@@ -3,8 +3,9 @@ baseline measured in the same run. Without a CUDA device it says so and measures
 
 * **embed**: ``embed_shards`` of ViT-B-32 at 224 px from shards on CUDA (fp16 autocast, as the embedder runs
   there) against the bare model: ``encode_image`` then ``encode_text`` over the same batches, decoded,
-  preprocessed and tokenised beforehand (host-to-device copies included, synchronised at the end). Twice:
-  with the input threads the in-process runner lends (the default), and with one (as before they existed).
+  preprocessed and tokenised beforehand (host-to-device copies included, synchronised at the end). Three
+  times: as it runs by default (samples decoded in input processes, batches prepared in the lent input
+  threads), without the processes, and with one input thread (as before either existed).
 * **knn**: ``self_kth_distance`` (the default detector's neighbour step) over 1 M x 512-d vectors, exact on
   faiss-gpu, against one bare ``GpuIndexFlatIP`` search of the same vectors. It runs in a child process
   that never imports torch, so faiss's CUDA runtime is the only one there.
@@ -62,8 +63,12 @@ def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Ro
     from poisonlab.models.zoo import ModelSpec
     from poisonlab.pipelines.ordered_jobs import lend_cpus, lent_cpus
 
-    configs = {"lent input threads": EmbedConfig(ModelSpec(ARCH), batch_size=BATCH, device=DEVICE),
-               "1 input thread": EmbedConfig(ModelSpec(ARCH), batch_size=BATCH, device=DEVICE, input_threads=1)}
+    spec = ModelSpec(ARCH)
+    configs = {"input processes and threads (default)": EmbedConfig(spec, batch_size=BATCH, device=DEVICE),
+               "lent input threads, no processes": EmbedConfig(spec, batch_size=BATCH, device=DEVICE,
+                                                               input_processes=0),
+               "1 input thread": EmbedConfig(spec, batch_size=BATCH, device=DEVICE, input_threads=1,
+                                             input_processes=0)}
     loaded = cached_model(configs["1 input thread"])
     batches = prepared_batches(shards, loaded, BATCH)
     _bare(loaded, batches[:2], DEVICE)  # CUDA kernels' first-call costs

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from poisonlab.filters import open_clip_embedder as _open_clip  # noqa: F401  (registers the default embedder)
 from poisonlab.filters.embedders import DEFAULT_EMBEDDER, Decoded, Embedder, create_embedder, resolve_params
+from poisonlab.filters.input_processes import MAX_INPUT_PROCESSES, can_start_processes, decoded_in_processes
 from poisonlab.filters.specs import parse_spec
 from poisonlab.filters.store import (
     STORE_DTYPES,
@@ -90,6 +91,11 @@ class EmbedConfig:
     # allows it (``concurrent_inputs``). None: on an accelerator, the CPUs the runner lends, since one reading
     # thread cannot feed a GPU; on the CPU, 1 (the model's streams hold the cores). The same bytes either way
     input_threads: int | None = None
+    # processes that decode samples (each with its own GIL), for an embedder whose ``decode`` needs no model
+    # (``decodes_in_processes``). None: on an accelerator, one fewer than the CPUs the runner lends (at most
+    # 8), since one process's input side stopped an H100 at ~1,000 pairs/s; on the CPU none (the model's
+    # streams hold the cores); in a Dask worker none (its process may not have children). The same bytes
+    input_processes: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0  # initialisation of random weights
     embedder: str = DEFAULT_EMBEDDER
@@ -99,6 +105,8 @@ class EmbedConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} ({value}) must be at least 1")
+        if self.input_processes is not None and self.input_processes < 0:
+            raise ValueError(f"input_processes ({self.input_processes}) must be 0 or more")
 
     def embedder_name(self) -> str:
         return parse_spec(self.embedder)[1]
@@ -216,10 +224,9 @@ def _raw_batches(decoded: Iterable[tuple[Sample, Decoded | None]], rows: _Rows, 
         yield from ready(space, final=True)
 
 
-def _prepared_batches(samples: Iterable[Sample], rows: _Rows, embedder: Embedder, batch_size: int,
-                      stats: ShardStats, threads: int = 1, name: str = "embed-input") -> Iterator[Batch]:
-    """Decode the shard's samples and prepare its batches, in ``threads`` threads, in order."""
-    decoded = in_order((Job(_decoded, embedder, s) for s in samples), threads, name=f"{name}-decode")
+def _prepared_batches(decoded: Iterable[tuple[Sample, Decoded | None]], rows: _Rows, embedder: Embedder,
+                      batch_size: int, stats: ShardStats, threads: int = 1, name: str = "embed-input") -> Iterator[Batch]:
+    """Batch the shard's decoded samples and prepare the batches, in ``threads`` threads, in order."""
     raw = _raw_batches(decoded, rows, embedder.dims(), batch_size, stats)
     return in_order((Job(_prepared, embedder, b) for b in raw), threads, threads, name=f"{name}-prepare")
 
@@ -273,8 +280,9 @@ class EmbedSink:
         digest = source_digest(Path(self.source), shard)
         rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
-        batches = _prepared_batches(samples, rows, embedder, self.config.batch_size, stats,
-                                    self._input_threads(embedder), name=f"embed-input-{shard}")
+        threads = self._input_threads(embedder)
+        batches = _prepared_batches(self._decoded(samples, embedder, threads, shard), rows, embedder,
+                                    self.config.batch_size, stats, threads, name=f"embed-input-{shard}")
         vectors, ok = _embed_spaces(self._run_batches(batches, embedder, shard), embedder, rows)
         emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
                               live=np.asarray(rows.live, bool), status=rows.status, reasons=rows.reasons,
@@ -295,6 +303,22 @@ class EmbedSink:
         if self._reads_ahead(embedder):
             batches = prefetched(batches, name=f"embed-read-{shard}")
         return (_embedded(embedder, b) for b in batches)
+
+    def _decoded(self, samples: Iterable[Sample], embedder: Embedder, threads: int,
+                 shard: str) -> Iterator[tuple[Sample, Decoded | None]]:
+        """Each sample with its decoded inputs, in order: decoded in processes, or in ``threads`` threads."""
+        processes = self._input_processes(embedder)
+        if processes > 0:
+            return decoded_in_processes(samples, embedder, processes)
+        return in_order((Job(_decoded, embedder, s) for s in samples), threads, name=f"embed-input-{shard}-decode")
+
+    def _input_processes(self, embedder: Embedder) -> int:
+        """Processes that decode samples: where an accelerator waits on this process's input side."""
+        if not embedder.decodes_in_processes or not can_start_processes():
+            return 0
+        if self.config.input_processes is not None:
+            return self.config.input_processes
+        return min(MAX_INPUT_PROCESSES, lent_cpus() - 1) if _on_accelerator(embedder) else 0
 
     def _streams(self, embedder: Embedder) -> int:
         """Batches the model runs at once: on the CPU, one per ``threads`` of the CPUs the runner lent."""

@@ -56,6 +56,9 @@ class Embedder(ABC):
     # may ``decode`` and ``prepare`` run on several samples or batches at once, in threads? (the embed step's
     # input threads, which keep an accelerator fed)
     concurrent_inputs: ClassVar[bool] = False
+    # may ``decode`` run in other processes, on an instance that was never set up (it needs only the params),
+    # with its ``Decoded`` pickled back? (the embed step's input processes, on an accelerator)
+    decodes_in_processes: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -65,6 +65,7 @@ class OpenClipEmbedder(ModelEmbedder):
     payload_space = "image"
     payload_extensions = IMAGE_EXTENSIONS
     concurrent_inputs = True  # Pillow decoding, tensor arithmetic and the tokenizer share nothing mutable
+    decodes_in_processes = True  # decode reads only the params (the pixel cap); a PIL image pickles
     params: OpenClipParams
 
     def setup(self) -> None:

@@ -113,14 +113,15 @@ def test_a_scan_holds_only_the_spaces_its_detectors_read(store: Path) -> None:
 def test_reading_ahead_model_streams_and_input_threads_write_the_same_bytes(shards: Path, store: Path,
                                                                           tmp_path: Path) -> None:
     """The store fixture ran as the in-process runner chooses (one 1-thread model stream per CPU it lends);
-    one stream read serially or ahead, three streams, and four threads decoding and preparing inputs (as on
-    a GPU) change no byte, the truncated image's reason included, with batches that end inside a shard (7
-    rows of 60)."""
+    one stream read serially or ahead, three streams, four threads decoding and preparing inputs, and two
+    processes decoding with two threads preparing (as on a GPU) change no byte, the truncated image's reason
+    included, with batches that end inside a shard (7 rows of 60)."""
     def npz(folder: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in folder.glob("*.npz")}
 
     ways = {"serial": {"streams": 1, "read_ahead": False}, "ahead": {"streams": 1, "read_ahead": True},
-            "three": {"streams": 3}, "inputs": {"streams": 1, "read_ahead": True, "input_threads": 4}}
+            "three": {"streams": 3}, "inputs": {"streams": 1, "read_ahead": True, "input_threads": 4},
+            "processes": {"streams": 1, "read_ahead": True, "input_threads": 2, "input_processes": 2}}
     for name, how in ways.items():
         out = Path(embed_shards(shards, tmp_path / name, EmbedConfig(TINY, batch_size=64, **how))["store"])
         assert npz(out) == npz(store), name
@@ -147,6 +148,44 @@ def test_input_threads_feed_an_accelerator_from_the_cpus_the_runner_lends(monkey
     assert sink()._input_threads(embedder) == 1
     with pytest.raises(ValueError, match="input_threads .* at least 1"):
         EmbedConfig(TINY, input_threads=0)
+
+
+def test_input_processes_decode_for_an_accelerator_where_this_process_may_have_children(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from poisonlab.filters import embed as embed_module
+    from poisonlab.filters.embed import EmbedSink, cached_embedder
+    from poisonlab.pipelines import ordered_jobs
+
+    embedder = cached_embedder(EmbedConfig(TINY))
+    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
+    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    with ordered_jobs.lend_cpus():
+        assert sink()._input_processes(embedder) == 0  # on the CPU the model's streams hold the cores
+        assert sink(input_processes=3)._input_processes(embedder) == 3
+        monkeypatch.setattr(type(embedder), "device", property(lambda self: "cuda"))
+        assert sink()._input_processes(embedder) == 8  # one fewer than the 16 lent CPUs, at most 8
+        assert sink(input_processes=0)._input_processes(embedder) == 0
+        monkeypatch.setattr(embed_module, "can_start_processes", lambda: False)  # a Dask worker's process
+        assert sink(input_processes=3)._input_processes(embedder) == 0
+        monkeypatch.undo()
+    monkeypatch.setattr(embedder, "decodes_in_processes", False)  # an embedder whose decode needs its model
+    assert sink(input_processes=3)._input_processes(embedder) == 0
+    with pytest.raises(ValueError, match="input_processes .* 0 or more"):
+        EmbedConfig(TINY, input_processes=-1)
+
+
+def test_a_decoding_process_that_dies_fails_the_shard_in_one_line_and_the_next_shard_gets_a_fresh_pool(
+        shards: Path) -> None:
+    from crashing_embedder import CrashingEmbedder, CrashParams
+
+    from poisonlab.filters.input_processes import InputProcessError, decoded_in_processes
+
+    samples = list(read_shard(shards, "00000"))
+    with pytest.raises(InputProcessError, match="a decoding process died .* input_processes=0"):
+        list(decoded_in_processes(samples, CrashingEmbedder(CrashParams(crash_key=samples[40].key)), 2, chunk=8))
+    decoded = list(decoded_in_processes(samples, CrashingEmbedder(CrashParams()), 2, chunk=8))
+    assert [s.key for s, _ in decoded] == [s.key for s in samples]
+    assert [d.inputs["size"] for _, d in decoded] == [len(s.payload) for s in samples]  # type: ignore[union-attr]
 
 
 def test_model_streams_follow_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
