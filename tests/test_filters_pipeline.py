@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import tarfile
+from contextlib import AbstractContextManager
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from poisonlab.filters.corpus import load_corpus
-from poisonlab.filters.embed import EmbedConfig
+from poisonlab.filters.embed import EmbedConfig, cached_embedder
 from poisonlab.filters.pipeline import clean_shards, embed_shards
 from poisonlab.filters.scan import scan
 from poisonlab.filters.scores import load_scores
@@ -131,21 +133,34 @@ def test_reading_ahead_model_streams_and_input_threads_write_the_same_bytes(shar
     assert all(other == odd[0] for other in odd[1:])
 
 
-def test_input_threads_feed_an_accelerator_from_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from poisonlab.filters.embed import EmbedSink, cached_embedder
+def _sink(**how: Any) -> Any:
+    from poisonlab.filters.embed import EmbedSink
+
+    return EmbedSink(EmbedConfig(TINY, **how), "store", "src")
+
+
+def _lending(monkeypatch: pytest.MonkeyPatch, cpus: int) -> AbstractContextManager[None]:
+    """The in-process runner's loan on a machine of ``cpus`` CPUs."""
     from poisonlab.pipelines import ordered_jobs
 
+    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    return ordered_jobs.lend_cpus()
+
+
+def _on_cuda(monkeypatch: pytest.MonkeyPatch, embedder: Any) -> None:
+    monkeypatch.setattr(type(embedder), "device", property(lambda self: "cuda"))
+
+
+def test_input_threads_feed_an_accelerator_from_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
     embedder = cached_embedder(EmbedConfig(TINY))
-    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
-    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
-    with ordered_jobs.lend_cpus():
-        assert sink()._input_threads(embedder) == 1  # on the CPU the model's streams hold the cores
-        assert sink(input_threads=3)._input_threads(embedder) == 3
-        monkeypatch.setattr(type(embedder), "device", property(lambda self: "cuda"))
-        assert sink()._input_threads(embedder) == 6
+    with _lending(monkeypatch, 6):
+        assert _sink()._input_threads(embedder) == 1  # on the CPU the model's streams hold the cores
+        assert _sink(input_threads=3)._input_threads(embedder) == 3
+        _on_cuda(monkeypatch, embedder)
+        assert _sink()._input_threads(embedder) == 6
         monkeypatch.setattr(embedder, "concurrent_inputs", False)  # an embedder whose decoding is not thread-safe
-        assert sink(input_threads=3)._input_threads(embedder) == 1
-    assert sink()._input_threads(embedder) == 1
+        assert _sink(input_threads=3)._input_threads(embedder) == 1
+    assert _sink()._input_threads(embedder) == 1
     with pytest.raises(ValueError, match="input_threads .* at least 1"):
         EmbedConfig(TINY, input_threads=0)
 
@@ -153,23 +168,20 @@ def test_input_threads_feed_an_accelerator_from_the_cpus_the_runner_lends(monkey
 def test_input_processes_decode_for_an_accelerator_where_this_process_may_have_children(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from poisonlab.filters import embed as embed_module
-    from poisonlab.filters.embed import EmbedSink, cached_embedder
-    from poisonlab.pipelines import ordered_jobs
 
     embedder = cached_embedder(EmbedConfig(TINY))
-    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
-    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    with ordered_jobs.lend_cpus():
-        assert sink()._input_processes(embedder) == 0  # on the CPU the model's streams hold the cores
-        assert sink(input_processes=3)._input_processes(embedder) == 3
-        monkeypatch.setattr(type(embedder), "device", property(lambda self: "cuda"))
-        assert sink()._input_processes(embedder) == 8  # one fewer than the 16 lent CPUs, at most 8
-        assert sink(input_processes=0)._input_processes(embedder) == 0
-        monkeypatch.setattr(embed_module, "can_start_processes", lambda: False)  # a Dask worker's process
-        assert sink(input_processes=3)._input_processes(embedder) == 0
-        monkeypatch.undo()
+    with _lending(monkeypatch, 16):
+        assert _sink()._input_processes(embedder) == 0  # on the CPU the model's streams hold the cores
+        assert _sink(input_processes=3)._input_processes(embedder) == 3
+        _on_cuda(monkeypatch, embedder)
+        assert _sink()._input_processes(embedder) == 8  # one fewer than the 16 lent CPUs, at most 8
+        assert _sink(input_processes=0)._input_processes(embedder) == 0
+    assert _sink()._input_processes(embedder) == 0  # a Dask worker's share of the CPUs: one
+    monkeypatch.setattr(embed_module, "can_start_processes", lambda: False)  # a daemonic process
+    assert _sink(input_processes=3)._input_processes(embedder) == 0
+    monkeypatch.setattr(embed_module, "can_start_processes", lambda: True)
     monkeypatch.setattr(embedder, "decodes_in_processes", False)  # an embedder whose decode needs its model
-    assert sink(input_processes=3)._input_processes(embedder) == 0
+    assert _sink(input_processes=3)._input_processes(embedder) == 0
     with pytest.raises(ValueError, match="input_processes .* 0 or more"):
         EmbedConfig(TINY, input_processes=-1)
 
@@ -189,20 +201,15 @@ def test_a_decoding_process_that_dies_fails_the_shard_in_one_line_and_the_next_s
 
 
 def test_model_streams_follow_the_cpus_the_runner_lends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from poisonlab.filters.embed import EmbedSink, cached_embedder
-    from poisonlab.pipelines import ordered_jobs
-
     embedder = cached_embedder(EmbedConfig(TINY))
-    sink = lambda **how: EmbedSink(EmbedConfig(TINY, **how), "store", "src")  # noqa: E731
-    assert sink()._streams(embedder) == 1  # not in a runner that lends CPUs: a Dask worker's share
-    monkeypatch.setattr(ordered_jobs.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
-    with ordered_jobs.lend_cpus():
-        assert sink()._streams(embedder) == 4
-        assert sink(threads=2)._streams(embedder) == 2
-        assert sink(threads=8)._streams(embedder) == 1
-        assert sink(streams=3)._streams(embedder) == 3
+    assert _sink()._streams(embedder) == 1  # not in a runner that lends CPUs: a Dask worker's share
+    with _lending(monkeypatch, 4):
+        assert _sink()._streams(embedder) == 4
+        assert _sink(threads=2)._streams(embedder) == 2
+        assert _sink(threads=8)._streams(embedder) == 1
+        assert _sink(streams=3)._streams(embedder) == 3
         monkeypatch.setattr(embedder, "concurrent_batches", False)  # an embedder that is not thread-safe
-        assert sink(streams=3)._streams(embedder) == 1
+        assert _sink(streams=3)._streams(embedder) == 1
     with pytest.raises(ValueError, match="at least 1"):
         EmbedConfig(TINY, streams=0)
 
