@@ -12,7 +12,10 @@ The workers never set an embedder up (no model is loaded in them): an embedder a
 workers start with ``spawn`` (a process that has initialised CUDA cannot fork safely) and stay for the life
 of this process, one pool per size. A daemonic process (a Dask worker's) may not have children: there the
 embed step decodes in threads. A worker that dies (a decoder crashing on a hostile payload) fails the
-shard with one line, and the next shard gets a fresh pool; this process is not taken down with it.
+shard with one line, and the next shard gets a fresh pool; this process is not taken down with it. That
+contains a crash, not a compromise: the decoded inputs come back pickled, as between any two Python
+processes (Dask's included), so a decoder made to run code in a worker is no safer than one in this process.
+Nothing a stranger wrote is unpickled: only what the worker's own ``decode`` returned.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def _forget_pool(processes: int, pool: ProcessPoolExecutor) -> None:
 
 @atexit.register
 def shutdown_pools() -> None:
-    """Stop every pool's workers (at exit; tests call it to start from none)."""
+    """Stop every pool's workers (at exit)."""
     with _POOLS_LOCK:
         pools = list(_POOLS.values())
         _POOLS.clear()
