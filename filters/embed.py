@@ -281,7 +281,7 @@ class EmbedSink:
         rows = _Rows()
         stats = ShardStats(shard=shard, source=self.source)
         threads = self._input_threads(embedder)
-        batches = _prepared_batches(self._decoded(samples, embedder, threads, shard), rows, embedder,
+        batches = _prepared_batches(self._decoded_samples(samples, embedder, threads, shard), rows, embedder,
                                     self.config.batch_size, stats, threads, name=f"embed-input-{shard}")
         vectors, ok = _embed_spaces(self._run_batches(batches, embedder, shard), embedder, rows)
         emb = ShardEmbeddings(keys=rows.keys, captions=rows.captions, vectors=vectors, ok=ok,
@@ -304,8 +304,8 @@ class EmbedSink:
             batches = prefetched(batches, name=f"embed-read-{shard}")
         return (_embedded(embedder, b) for b in batches)
 
-    def _decoded(self, samples: Iterable[Sample], embedder: Embedder, threads: int,
-                 shard: str) -> Iterator[tuple[Sample, Decoded | None]]:
+    def _decoded_samples(self, samples: Iterable[Sample], embedder: Embedder, threads: int,
+                         shard: str) -> Iterator[tuple[Sample, Decoded | None]]:
         """Each sample with its decoded inputs, in order: decoded in processes, or in ``threads`` threads."""
         processes = self._input_processes(embedder)
         if processes > 0:

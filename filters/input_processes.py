@@ -24,19 +24,19 @@ import atexit
 import dataclasses
 import multiprocessing
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
+from itertools import islice, tee
 
 from pydantic import BaseModel
 
 from poisonlab.filters.embedders import Decoded, Embedder
+from poisonlab.pipelines.ordered_jobs import Job, in_order
 from poisonlab.pipelines.sample import Sample
 
 CHUNK = 32  # samples a worker decodes per request: large enough that a request's overhead is small
-MAX_INPUT_PROCESSES = 8  # past this, the reading and bookkeeping left in this process set the pace
+MAX_INPUT_PROCESSES = 8  # a bound, not a measured optimum: the reading and bookkeeping stay in one process
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
@@ -100,49 +100,37 @@ def _chunks(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield chunk
 
 
-Pending = tuple[list[Sample], "Future[list[Decoded]] | None"]
-
-
 def _died(processes: int, pool: ProcessPoolExecutor, exc: BaseException) -> InputProcessError:
     _forget_pool(processes, pool)
     return InputProcessError(f"a decoding process died ({exc}); rerun the shard, or set input_processes=0 to "
                              "decode in this process")
 
 
-def _ready(pending: Pending) -> bool:
-    return pending[1] is None or pending[1].done()
+def _job(factory: type[Embedder], params: BaseModel, chunk: list[Sample]) -> Job[list[Decoded]] | list[Decoded]:
+    """The chunk's live samples to decode in a worker (nothing to send when none is live)."""
+    live = [_sendable(s) for s in chunk if s.is_live]
+    return Job(_decode_chunk, factory, params, live) if live else []
 
 
-def _results(pending: Pending, processes: int, pool: ProcessPoolExecutor) -> Iterator[tuple[Sample, Decoded | None]]:
-    chunk, future = pending
-    try:
-        decoded = iter(future.result() if future is not None else ())
-    except BrokenProcessPool as exc:
-        raise _died(processes, pool, exc) from None
+def _paired(chunk: list[Sample], decoded: list[Decoded]) -> Iterator[tuple[Sample, Decoded | None]]:
+    results = iter(decoded)
     for sample in chunk:
-        yield sample, next(decoded) if sample.is_live else None
+        yield sample, next(results) if sample.is_live else None
 
 
 def decoded_in_processes(samples: Iterable[Sample], embedder: Embedder, processes: int,
                          chunk: int = CHUNK) -> Iterator[tuple[Sample, Decoded | None]]:
     """Each sample with the embedder's ``Decoded`` (None when it is not live), decoded in ``processes``
-    processes, in the order the samples came; at most ``4 * processes`` chunks are in flight."""
+    processes, in the order the samples came; at most ``4 * processes`` chunks are in flight
+    (``pipelines.ordered_jobs.in_order`` over the pool)."""
     pool = _pool(processes)
-    factory, params = type(embedder), embedder.params
-    pending: deque[Pending] = deque()
+    chunks, to_send = tee(_chunks(samples, chunk))
+    jobs = (_job(type(embedder), embedder.params, part) for part in to_send)
+    results = in_order(jobs, processes, 4 * processes, executor=pool)
     try:
-        for part in _chunks(samples, chunk):
-            live = [_sendable(s) for s in part if s.is_live]
-            try:
-                future = pool.submit(_decode_chunk, factory, params, live) if live else None
-            except BrokenProcessPool as exc:
-                raise _died(processes, pool, exc) from None
-            pending.append((part, future))
-            while pending and (len(pending) > 4 * processes or _ready(pending[0])):
-                yield from _results(pending.popleft(), processes, pool)
-        while pending:
-            yield from _results(pending.popleft(), processes, pool)
+        for part, decoded in zip(chunks, results, strict=True):
+            yield from _paired(part, decoded)
+    except BrokenProcessPool as exc:
+        raise _died(processes, pool, exc) from None
     finally:
-        for _, left in pending:
-            if left is not None:
-                left.cancel()
+        results.close()  # cancels the chunks not started

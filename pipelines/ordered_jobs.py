@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Generic, TypeVar
@@ -72,30 +72,39 @@ def lend_cpus() -> Iterator[None]:
 
 
 def in_order(items: Iterator[R | Job[R]], threads: int, window: int | None = None,
-             name: str = "poisonlab-codec") -> Iterator[R]:
+             name: str = "poisonlab-codec", executor: Executor | None = None) -> Iterator[R]:
     """Yield each item, or each ``Job``'s result, in the order they came; jobs run in ``threads`` threads.
 
     With one thread the jobs run here, one after another. A job's exception is raised where its result
-    would have been yielded. ``name`` prefixes the threads' names.
+    would have been yielded. ``name`` prefixes the threads' names. An ``executor`` the caller owns (a
+    process pool: its jobs must pickle) runs the jobs instead of threads started here, and is left running.
     """
+    if executor is not None:
+        yield from _ordered(items, executor, window or 4 * threads)
+        return
     if threads <= 1:
         for item in items:
             yield item() if isinstance(item, Job) else item
         return
-    window = window or 4 * threads
-    pending: deque[Future[R] | R] = deque()
     with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(item) if isinstance(item, Job) else item)
-                while len(pending) > window or (pending and _ready(pending[0])):
-                    yield _result(pending.popleft())
-            while pending:
+        yield from _ordered(items, pool, window or 4 * threads)
+
+
+def _ordered(items: Iterator[R | Job[R]], pool: Executor, window: int) -> Iterator[R]:
+    """``in_order`` over ``pool``: at most ``window`` items in flight; what has not started is cancelled when
+    the consumer stops early."""
+    pending: deque[Future[R] | R] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(item) if isinstance(item, Job) else item)
+            while len(pending) > window or (pending and _ready(pending[0])):
                 yield _result(pending.popleft())
-        finally:
-            for left in pending:
-                if isinstance(left, Future):
-                    left.cancel()
+        while pending:
+            yield _result(pending.popleft())
+    finally:
+        for left in pending:
+            if isinstance(left, Future):
+                left.cancel()
 
 
 def _ready(item: object) -> bool:
