@@ -53,7 +53,9 @@ def _bare(loaded, batches, device: str) -> None:  # type: ignore[no-untyped-def]
         torch.cuda.synchronize()
 
 
-def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Row]:
+def _embed_rows(shards: Path, work: Path, samples: int, repeats: int, compiled: bool = False) -> list[Row]:
+    """``embed`` in its input configurations against the bare model; with ``compiled``, the default
+    configuration with compiled encoders alone (its first run compiles: ``repeats`` must be 2 or more)."""
     import shutil
 
     from bench_embed import forget_captions, prepared_batches
@@ -64,12 +66,14 @@ def _embed_rows(shards: Path, work: Path, samples: int, repeats: int) -> list[Ro
     from poisonlab.pipelines.ordered_jobs import lend_cpus, lent_cpus
 
     spec = ModelSpec(ARCH)
-    configs = {"input processes and threads (default)": EmbedConfig(spec, batch_size=BATCH, device=DEVICE),
+    eager = {"input processes and threads (default)": EmbedConfig(spec, batch_size=BATCH, device=DEVICE),
                "lent input threads, no processes": EmbedConfig(spec, batch_size=BATCH, device=DEVICE,
                                                                input_processes=0),
                "1 input thread": EmbedConfig(spec, batch_size=BATCH, device=DEVICE, input_threads=1,
                                              input_processes=0)}
-    loaded = cached_model(configs["1 input thread"])
+    configs = eager if not compiled else {"compiled encoders, input processes and threads": EmbedConfig(
+        spec, batch_size=BATCH, device=DEVICE, embedder="open_clip:compile=true")}
+    loaded = cached_model(eager["1 input thread"])
     batches = prepared_batches(shards, loaded, BATCH)
     _bare(loaded, batches[:2], DEVICE)  # CUDA kernels' first-call costs
     bare: list[float] = []
@@ -152,6 +156,7 @@ def run(quick: bool) -> list[Row]:
         work = Path(tmp)
         shards = generate(work / "shards", samples, 1024, seed=0, image_size=IMAGE_PX)  # 8 shards: one per loader
         rows = _guarded("embed", lambda: _embed_rows(shards, work, samples, 2))
+        rows += _guarded("embed compiled", lambda: _embed_rows(shards, work, samples, 2, compiled=True))
         rows += _guarded("knn", lambda: _knn_rows(100_000 if quick else 1_000_000))
         rows += _guarded("train", lambda: _train_rows(shards, samples, work))
     return rows

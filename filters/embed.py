@@ -114,7 +114,7 @@ class EmbedConfig:
     def embedder_params(self) -> BaseModel:
         _, name, options = parse_spec(self.embedder)
         shared: dict[str, Any] = {"device": self.device, "precision": self.precision, "seed": self.seed,
-                                  "max_pixels": self.max_pixels}
+                                  "max_pixels": self.max_pixels, "batch_size": self.batch_size}
         if self.model is not None:
             shared.update(arch=self.model.arch, weights=self.model.weights)
         return resolve_params(name, shared, options)

@@ -9,8 +9,8 @@ nothing else.
 Registered with ``get_registry("embedder")`` (``poisonlab components embedder`` lists them); a package
 adds its own through the ``poisonlab.components`` entry point, a test by calling ``EMBEDDERS.register``.
 
-Run settings shared by every embedder (``device``, ``precision``, ``seed``, ``max_pixels``, and the
-``arch``/``weights`` of a ``ModelSpec``) are handed to an embedder only when its parameter model declares
+Run settings shared by every embedder (``device``, ``precision``, ``seed``, ``max_pixels``, ``batch_size``,
+and the ``arch``/``weights`` of a ``ModelSpec``) are handed to an embedder only when its parameter model declares
 them: no embedder is special-cased by name.
 """
 
