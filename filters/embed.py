@@ -372,7 +372,8 @@ def prepare_store(src: Path, out_root: Path, config: EmbedConfig) -> tuple[Path,
                          "--embedder (`poisonlab components embedder`)")
     info = StoreInfo(model_id=embedder.store_id(), embedder=config.embedder_name(), spaces=embedder.dims(),
                      dtype=config.dtype, source=str(Path(src).resolve()), identity=embedder.identity(),
-                     details=embedder.details(), dataset=dataset_ref(Path(src)))
+                     details=embedder.details(), dataset=dataset_ref(Path(src)),
+                     settings={"batch_size": config.batch_size, "threads": config.threads, **embedder.settings()})
     store = Path(out_root) / info.model_id
     write_info(store, info)
     return store, info

@@ -99,6 +99,12 @@ class Embedder(ABC):
         """A readable prefix of the store's folder name."""
         return type(self).__name__.lower()
 
+    def settings(self) -> dict[str, Any]:
+        """Run settings that change what a shard's file holds but not which model wrote it (device kind,
+        precision, compiled kernels, a decoding cap): recorded with the store, which holds one set of them,
+        so the shards a rerun adds agree with the ones it resumes. None by default."""
+        return {}
+
     def fingerprint(self) -> str:
         """The string hashed into the store id: any change of identity is a new store."""
         return json.dumps(self.identity(), sort_keys=True)
@@ -130,6 +136,10 @@ class ModelEmbedder(Embedder):
         import torch
 
         return getattr(self.params, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def settings(self) -> dict[str, Any]:
+        """The kind of device (``cuda:0`` and ``cuda:1`` compute alike; a CPU does not)."""
+        return {"device": self.device.split(":")[0]}
 
 
 def embedder_for(run: Path | None, asked: str | None = None) -> str:

@@ -91,11 +91,18 @@ class OpenClipEmbedder(ModelEmbedder):
         self.loaded = _LOADED[key]
         self._fast_pixels = fast_pixels(self.loaded.preprocess, self.loaded.image_size)
         self.tokens = TokenCache(self.loaded.tokenizer, max_entries=50_000)
+        self._autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self._precision())
+        self._encoders = self._make_encoders()
+
+    def _precision(self) -> str:
         precision = self.params.precision
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
-        self._autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self._encoders = self._make_encoders()
+        return precision
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "precision": self._precision(), "compiled": self.params.compile,
+                "max_pixels": self.params.max_pixels}
 
     def _make_encoders(self) -> dict[str, Any]:
         """Each space's encoder, compiled when asked (one compiled encoder per embedder, shared by its streams)."""
@@ -177,4 +184,4 @@ class OpenClipEmbedder(ModelEmbedder):
         return {"arch": self.params.arch, "weights": self.params.weights,
                 "weights_digest": weights_identity(self.params.weights, self.params.seed, self.params.arch),
                 "embed_dim": self.loaded.embed_dim, "image_size": self.loaded.image_size,
-                "context_length": self.loaded.context_length, "compiled": self.params.compile}
+                "context_length": self.loaded.context_length}

@@ -3,8 +3,10 @@
 Layout (``<root>/<model_id>/``)::
 
     model.json      which embedder (name, identity, details such as weights and their digest), the named
-                    spaces with their dimensions, storage dtype, source, and ``dataset``: the source folder's
-                    fingerprint (``poisonlab.shards.fingerprint``), which scans copy into ``scan.json``
+                    spaces with their dimensions, storage dtype, source, ``dataset``: the source folder's
+                    fingerprint (``poisonlab.shards.fingerprint``), which scans copy into ``scan.json``, and
+                    ``settings``: how every shard was computed (batch size, threads, device kind, precision,
+                    compiled or not), which a rerun into the store must repeat
     00000.npz       keys, captions, one array per space (L2-normalised) with a mask of embedded rows, and
                     what could not be embedded
 
@@ -38,7 +40,8 @@ STORE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 STORE_DTYPES = ("float32", "float16")  # how vectors may be stored (read back as float32); the first is the default
 _STRING_FIELDS = ("keys", "captions", "status", "reasons", "source_status", "hash_status")
-_INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised", "dataset")
+_INFO_FIELDS = ("model_id", "embedder", "spaces", "dtype", "source", "identity", "version", "normalised", "dataset",
+                "settings")
 REEMBED = "re-embed the shards with `poisonlab embed` into a fresh folder"
 
 
@@ -72,12 +75,17 @@ class StoreInfo:
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # embedder facts (arch, weights, ...)
     dataset: DatasetRef | None = None  # the shard folder embedded; None in a store written before it was kept
+    # the run settings every shard was written with (batch size, threads, precision...: the floats depend on
+    # them); empty in a store written before they were kept
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         base = {"model_id": self.model_id, "embedder": self.embedder, "spaces": dict(self.spaces),
                 "dtype": self.dtype, "source": self.source, "identity": self.identity}
         if self.dataset is not None:
             base["dataset"] = self.dataset.to_dict()
+        if self.settings:
+            base["settings"] = dict(self.settings)
         return {**self.details, **base, "version": STORE_VERSION, "normalised": True}
 
     @classmethod
@@ -94,7 +102,7 @@ class StoreInfo:
         details = {k: v for k, v in data.items() if k not in _INFO_FIELDS}
         return cls(str(data["model_id"]), str(data["embedder"]), {str(k): int(v) for k, v in data["spaces"].items()},
                    str(data["dtype"]), str(data["source"]), dict(data.get("identity") or {}), details,
-                   DatasetRef.from_dict(data.get("dataset")))
+                   DatasetRef.from_dict(data.get("dataset")), dict(data.get("settings") or {}))
 
     def resolve(self, space: str) -> str:
         """A stored space name: ``sample`` (``PAYLOAD_SPACE``) is the space the store's embedder declares for
@@ -133,6 +141,8 @@ def write_info(store: Path, info: StoreInfo) -> None:
 
     A store of the same source folder whose fingerprint changed gets the new one: its shard files are
     each checked against their tar's digest (a changed tar is refused), so only sidecar-only changes pass.
+    A store written before run settings were kept has none to check, and is given none (nothing says which
+    settings its shards had).
     """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
@@ -145,9 +155,22 @@ def write_info(store: Path, info: StoreInfo) -> None:
                     f"{store} holds embeddings with {field}={getattr(old, field)!r}, not {getattr(info, field)!r}; "
                     "use another output folder"
                 )
+        _require_same_settings(store, old.settings, info.settings)
+        info = dataclasses.replace(info, settings=old.settings)
         if old.dataset == info.dataset:
             return
     atomic_write_json(path, info.to_dict())
+
+
+def _require_same_settings(store: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse to add shards computed otherwise than the ones already there (their floats would differ)."""
+    if not old:
+        return
+    for name in sorted(old.keys() | new.keys()):
+        if old.get(name) != new.get(name):
+            raise EmbeddingMismatchError(
+                f"{store} holds embeddings computed with {name}={old.get(name)!r}, not {new.get(name)!r} (the "
+                "floats depend on it); embed with the settings of its model.json or into another output folder")
 
 
 def shard_file(store: Path, shard: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tarfile
 from contextlib import AbstractContextManager
 from importlib import import_module
@@ -216,7 +217,7 @@ def test_model_streams_follow_the_cpus_the_runner_lends(monkeypatch: pytest.Monk
 
 def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Path, store: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in store.glob("*.npz")}
-    again = embed_shards(shards, store.parent, EmbedConfig(TINY, batch_size=17))
+    again = embed_shards(shards, store.parent, EmbedConfig(TINY, batch_size=64))
     assert again["store"] == str(store)
     assert {p.name: p.stat().st_mtime_ns for p in store.glob("*.npz")} == before
     # a fresh store from the same seed holds the same embeddings, whatever the batch size
@@ -225,6 +226,42 @@ def test_rerun_skips_done_shards_and_random_weights_are_reproducible(shards: Pat
     assert np.load(shard_file(Path(fresh["store"]), "00001"))["emb.image"].dtype == np.float16
     np.testing.assert_allclose(a.vectors["image"], b.vectors["image"], atol=2e-3)
     assert a.keys == b.keys
+
+
+def test_a_store_keeps_one_set_of_run_settings(shards: Path, store: Path, tmp_path: Path) -> None:
+    """Shards a rerun adds are computed as the ones it resumes: other settings are refused before any work."""
+    assert read_info(store).settings == {"batch_size": 64, "threads": 1, "device": "cpu", "precision": "fp32",
+                                         "compiled": False, "max_pixels": EmbedConfig().max_pixels}
+    partial = tmp_path / "emb"
+    first = partial / store.name
+    first.mkdir(parents=True)
+    shutil.copy(store / "model.json", first)
+    shutil.copy(shard_file(store, "00000"), first)  # a run that stopped after one shard
+    written = shard_file(first, "00000").read_bytes()
+    for other, named in ((EmbedConfig(TINY, batch_size=17), "batch_size=64, not 17"),
+                         (EmbedConfig(TINY, batch_size=64, threads=2), "threads=1, not 2"),
+                         (EmbedConfig(TINY, batch_size=64, precision="bf16"), "precision='fp32', not 'bf16'"),
+                         (EmbedConfig(TINY, batch_size=64, embedder="open_clip:compile=true"), "compiled=False, not True")):
+        with pytest.raises(EmbeddingMismatchError, match=f"computed with {named}"):
+            embed_shards(shards, partial, other)
+    assert sorted(p.name for p in first.glob("*.npz")) == ["00000.npz"]  # nothing written by a refused run
+    assert read_info(first).settings == read_info(store).settings
+    embed_shards(shards, partial, EmbedConfig(TINY, batch_size=64))  # the same settings complete the store
+    assert shard_file(first, "00000").read_bytes() == written
+    for shard in ("00001", "00002", "00003"):
+        assert shard_file(first, shard).read_bytes() == shard_file(store, shard).read_bytes()
+
+
+def test_a_store_without_recorded_settings_is_resumed_and_given_none(shards: Path, store: Path, tmp_path: Path) -> None:
+    """A store written before settings were kept: nothing to compare against, and nothing claimed for it."""
+    first = tmp_path / store.name
+    first.mkdir()
+    shutil.copy(shard_file(store, "00000"), first)
+    record = json.loads((store / "model.json").read_text())
+    del record["settings"]
+    (first / "model.json").write_text(json.dumps(record))
+    assert embed_shards(shards, tmp_path, EmbedConfig(TINY, batch_size=32))["store"] == str(first)
+    assert read_info(first).settings == {} and "settings" not in json.loads((first / "model.json").read_text())
 
 
 def test_clean_keeps_samples_byte_identical_and_accounts_for_everything(shards: Path, scores: Path,
