@@ -362,6 +362,11 @@ def _written(emb: ShardEmbeddings) -> int:
     return int(first.sum()) if first is not None else 0
 
 
+def _batching(config: EmbedConfig, embedder: Embedder) -> dict[str, int]:
+    """The step settings a store keeps for an embedder whose floats follow them."""
+    return {"batch_size": config.batch_size, "threads": config.threads} if embedder.batching_changes_floats else {}
+
+
 def prepare_store(src: Path, out_root: Path, config: EmbedConfig) -> tuple[Path, StoreInfo]:
     """Set the embedder up once here (a refused checkpoint fails before any shard), then create the store."""
     embedder = cached_embedder(config)
@@ -373,7 +378,7 @@ def prepare_store(src: Path, out_root: Path, config: EmbedConfig) -> tuple[Path,
     info = StoreInfo(model_id=embedder.store_id(), embedder=config.embedder_name(), spaces=embedder.dims(),
                      dtype=config.dtype, source=str(Path(src).resolve()), identity=embedder.identity(),
                      details=embedder.details(), dataset=dataset_ref(Path(src)),
-                     settings={"batch_size": config.batch_size, "threads": config.threads, **embedder.settings()})
+                     settings={**_batching(config, embedder), **embedder.settings()})
     store = Path(out_root) / info.model_id
     write_info(store, info)
     return store, info

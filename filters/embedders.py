@@ -59,6 +59,9 @@ class Embedder(ABC):
     # may ``decode`` run in other processes, on an instance that was never set up (it needs only the params),
     # with its ``Decoded`` pickled back? (the embed step's input processes, on an accelerator)
     decodes_in_processes: ClassVar[bool] = False
+    # do a row's floats depend on the batch it ran in and on the torch threads? (a model's kernels sum in an
+    # order that does): then the embed step's batch size and threads are settings its store keeps
+    batching_changes_floats: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -125,6 +128,7 @@ class ModelEmbedder(Embedder):
     """
 
     concurrent_batches = True
+    batching_changes_floats = True
 
     def __init__(self, params: BaseModel) -> None:
         super().__init__(params)

@@ -166,6 +166,7 @@ def test_embedder_runs_are_reproducible_and_resumable(poisoned: Path, toy_store:
     before = {p.name: p.stat().st_mtime_ns for p in toy_store.glob("*.npz")}
     again = embed_shards(poisoned, toy_store.parent, EmbedConfig(embedder="toy_projection:dim=24", batch_size=7))
     assert again["store"] == str(toy_store) and {p.name: p.stat().st_mtime_ns for p in toy_store.glob("*.npz")} == before
+    assert read_info(toy_store).settings == {}, "a row-by-row projection: batching changes none of its floats"
     other = embed_shards(poisoned, toy_store.parent, EmbedConfig(embedder="toy_projection:dim=24,seed=1"))
     assert other["store"] != str(toy_store), "another identity is another store"
 
