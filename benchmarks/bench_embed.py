@@ -12,6 +12,9 @@ The compiled row runs ``embed`` with ``open_clip:compile=true`` against the same
 names ``torch.compile`` as one way to the target); its note also gives a compiled bare loop's rate, so the
 input side's share stays visible. Compiling happens before the clocks start (once per process in a run).
 
+The last row times the host's share of an accelerator's pixels at 224 px: the batch's bytes stacked for
+the lookup on the device (``models/pixels.py``, ``ImageBytes``), against the float lookup on the host.
+
     .venv/bin/python benchmarks/run.py -k embed [--quick]
 """
 
@@ -128,7 +131,33 @@ def _case(arch: str, image_size: int, samples: int, repeats: int, compiled: bool
                     f"{rounds[0]:.2f}-{rounds[-1]:.2f}x")
 
 
+def _staging_row(count: int, repeats: int) -> Row:
+    """The host's pixel work per batch for a model on an accelerator: the batch's bytes stacked for a lookup
+    on the device (``ImageBytes``), against the float lookup done here (what a CPU model gets). Host side
+    only: without CUDA the bytes are not pinned and no device does the lookup."""
+    import open_clip
+    from PIL import Image
+
+    fast = fast_pixels(open_clip.image_transform(224, is_train=False), 224)
+    assert fast is not None
+    rng = torch.Generator().manual_seed(0)
+    images = [Image.fromarray(torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8, generator=rng).numpy())
+              for _ in range(count)]
+    timings: dict[str, list[float]] = {"floats": [], "bytes": []}
+    for _ in range(repeats):
+        for name, step in (("floats", lambda: fast(images)), ("bytes", lambda: fast.image_bytes(images, pin=False))):
+            start = time.perf_counter()
+            step()
+            timings[name].append(time.perf_counter() - start)
+    floats, staged = (count / min(timings[k]) for k in ("floats", "bytes"))
+    return Row("embed input: 224 px pixels for an accelerator, host side", staged, "images/s", floats,
+               "the float table lookup on the host (the CPU model's path)",
+               note=f"batches of {count}, best of {repeats}; 150 KB of bytes an image cross to the device "
+                    "instead of 600 KB of floats, and the device does the lookup")
+
+
 def run(quick: bool) -> list[Row]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return [_case(arch, size, small if quick else samples, 1 if quick else 3, compiled)
+    rows = [_case(arch, size, small if quick else samples, 1 if quick else 3, compiled)
             for arch, size, samples, small, compiled in CASES]
+    return [*rows, _staging_row(BATCH, 3 if quick else 10)]

@@ -90,6 +90,7 @@ class OpenClipEmbedder(ModelEmbedder):
                 _LOADED[key] = load_model(spec, self.device)
         self.loaded = _LOADED[key]
         self._fast_pixels = fast_pixels(self.loaded.preprocess, self.loaded.image_size)
+        self._lookup_on_device = self.device != "cpu"
         self.tokens = TokenCache(self.loaded.tokenizer, max_entries=50_000)
         self._autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self._precision())
         self._encoders = self._make_encoders()
@@ -156,10 +157,20 @@ class OpenClipEmbedder(ModelEmbedder):
         self.setup()
         prepared: dict[str, Any] = {}
         if batch.get("image"):
-            prepared["image"] = batch_pixels(batch["image"], self.loaded.preprocess, self._fast_pixels)
+            prepared["image"] = self._staged(batch["image"]) or batch_pixels(batch["image"], self.loaded.preprocess,
+                                                                             self._fast_pixels)
         if batch.get("text"):
             prepared["text"] = self.tokens(list(batch["text"]))
         return prepared
+
+    def _staged(self, images: Sequence[Any]) -> Any:
+        """Bytes for the lookup on the model's accelerator (``ImageBytes``), where the batch allows the
+        table lookup at all; None on the CPU, where the lookup runs here, in the reading thread."""
+        if not self._lookup_on_device or self._fast_pixels is None:
+            return None
+        if not all(self._fast_pixels.accepts(im) for im in images):
+            return None
+        return self._fast_pixels.image_bytes(images, pin=self.device.startswith("cuda"))
 
     def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
         self.setup()

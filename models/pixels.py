@@ -6,6 +6,11 @@ model's input size, resize and centre crop are identities, so its input is just 
 normalised: done here for the whole batch by looking each byte up in a table filled by ``to_tensor`` and
 ``Normalize``'s own arithmetic (so the same floats). Images of any other size or mode, or a transform this
 module does not recognise, go through the model's own preprocessing.
+
+For a model on an accelerator the lookup moves there (``ImageBytes``): the batch crosses to the device as
+its uint8 bytes, a quarter of the float input's size, from pinned memory, and the device looks each byte up
+in the same table, so the floats are still open_clip's, and the host does no pass over the pixels beyond
+stacking them (at 224 px the lookup was the largest cost the input side had left).
 """
 
 from __future__ import annotations
@@ -67,6 +72,32 @@ class FastPixels:
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, 3, size, size): ``to_tensor`` then ``Normalize``, by table lookup."""
         return normalised(np.stack([np.asarray(im, dtype=np.uint8) for im in images]), self.table)
+
+    def image_bytes(self, images: Sequence[Image.Image], pin: bool) -> ImageBytes:
+        """The batch's bytes, stacked (into pinned memory with ``pin``), for the lookup where the model runs."""
+        stacked = torch.empty((len(images), self.size, self.size, 3), dtype=torch.uint8, pin_memory=pin)
+        np.stack([np.asarray(im, dtype=np.uint8) for im in images], out=stacked.numpy())
+        return ImageBytes(stacked, torch.from_numpy(self.table))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageBytes:
+    """A batch of RGB images as (N, H, W, 3) uint8 and the table that turns them into model input.
+
+    ``to(device)`` is what the embedder calls on any prepared batch: here it copies the bytes and does the
+    lookup on ``device``, giving the tensor ``FastPixels`` gives on the CPU, bit for bit (a lookup computes
+    nothing: every value is one of the table's 768).
+    """
+
+    stacked: torch.Tensor  # uint8 (N, H, W, 3), pinned when the batch is bound for a CUDA device
+    table: torch.Tensor  # (3, 256), ``byte_table``
+
+    def to(self, device: str | torch.device) -> torch.Tensor:
+        """(N, 3, H, W) model input on ``device``."""
+        stacked = self.stacked.to(device, non_blocking=self.stacked.is_pinned())
+        flat = self.table.to(device).reshape(-1)
+        offsets = torch.arange(0, 3 * 256, 256, device=stacked.device)  # each channel's row of the table
+        return flat[stacked.long() + offsets].permute(0, 3, 1, 2).contiguous()
 
 
 def fast_pixels(preprocess: Any, image_size: int) -> FastPixels | None:

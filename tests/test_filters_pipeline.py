@@ -252,6 +252,22 @@ def test_a_store_keeps_one_set_of_run_settings(shards: Path, store: Path, tmp_pa
         assert shard_file(first, shard).read_bytes() == shard_file(store, shard).read_bytes()
 
 
+def test_pixels_looked_up_where_the_model_runs_give_the_same_store(shards: Path, store: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator's input path (the batch's bytes, looked up on the model's device), run on the CPU."""
+    from poisonlab.models.pixels import ImageBytes
+
+    embedder = cached_embedder(EmbedConfig(TINY, batch_size=64))
+    monkeypatch.setattr(embedder, "_lookup_on_device", True)
+    looked_up = []
+    lookup = ImageBytes.to
+    monkeypatch.setattr(ImageBytes, "to", lambda self, device: looked_up.append(len(self.stacked)) or lookup(self, device))
+    other = Path(embed_shards(shards, tmp_path, EmbedConfig(TINY, batch_size=64))["store"])
+    assert sum(looked_up) == 190, "every decoded image went through the device-side lookup"
+    for shard in ("00000", "00001", "00002", "00003"):
+        assert shard_file(other, shard).read_bytes() == shard_file(store, shard).read_bytes()
+
+
 def test_a_store_without_recorded_settings_is_resumed_and_given_none(shards: Path, store: Path, tmp_path: Path) -> None:
     """A store written before settings were kept: nothing to compare against, and nothing claimed for it."""
     first = tmp_path / store.name

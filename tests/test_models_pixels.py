@@ -29,6 +29,9 @@ def test_the_batched_input_is_the_per_image_input_bit_for_bit(size: int, count: 
     expected = torch.stack([preprocess(im) for im in images])
     assert batched.dtype == expected.dtype and batched.shape == expected.shape
     assert torch.equal(batched, expected)
+    staged = fast.image_bytes(images, pin=False)  # the accelerator's path, its lookup run here on the CPU
+    assert staged.stacked.dtype == torch.uint8 and staged.stacked.nbytes * 4 == expected.nbytes
+    assert torch.equal(staged.to("cpu"), expected)
 
 
 def test_images_of_another_size_or_mode_take_the_models_own_path() -> None:
