@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -25,6 +25,9 @@ from poisonlab.filters.store import file_digest
 from poisonlab.pipelines.registry import Params
 from poisonlab.pipelines.sample import Sample
 from poisonlab.shards.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
+
+if TYPE_CHECKING:
+    from poisonlab.models.pixels import ImageBytes
 
 
 class OpenClipParams(Params):
@@ -163,7 +166,7 @@ class OpenClipEmbedder(ModelEmbedder):
             prepared["text"] = self.tokens(list(batch["text"]))
         return prepared
 
-    def _staged(self, images: Sequence[Any]) -> Any:
+    def _staged(self, images: Sequence[Any]) -> ImageBytes | None:
         """Bytes for the lookup on the model's accelerator (``ImageBytes``), where the batch allows the
         table lookup at all; None on the CPU, where the lookup runs here, in the reading thread."""
         if not self._lookup_on_device or self._fast_pixels is None:

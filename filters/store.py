@@ -76,7 +76,7 @@ class StoreInfo:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # embedder facts (arch, weights, ...)
     dataset: DatasetRef | None = None  # the shard folder embedded; None in a store written before it was kept
     # the run settings every shard was written with (batch size, threads, precision...: the floats depend on
-    # them); empty in a store written before they were kept
+    # them; a pixel cap: which images embed); empty in a store written before they were kept
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,14 +163,15 @@ def write_info(store: Path, info: StoreInfo) -> None:
 
 
 def _require_same_settings(store: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """Refuse to add shards computed otherwise than the ones already there (their floats would differ)."""
+    """Refuse to add shards computed otherwise than the ones already there (their floats, or which samples
+    they could embed, would differ)."""
     if not old:
         return
     for name in sorted(old.keys() | new.keys()):
         if old.get(name) != new.get(name):
             raise EmbeddingMismatchError(
-                f"{store} holds embeddings computed with {name}={old.get(name)!r}, not {new.get(name)!r} (the "
-                "floats depend on it); embed with the settings of its model.json or into another output folder")
+                f"{store} holds embeddings computed with {name}={old.get(name)!r}, not {new.get(name)!r} (its "
+                "shards depend on it); embed with the settings of its model.json or into another output folder")
 
 
 def shard_file(store: Path, shard: str) -> Path:
