@@ -114,8 +114,8 @@ def test_a_compiled_embedder_writes_the_same_bytes_in_any_streams_and_stays_at_t
     one, two = store("one", "open_clip:compile=true", 1), store("two", "open_clip:compile=true", 2)
     eager = store("eager", "open_clip", 1)
     assert {p.name: p.read_bytes() for p in one.glob("*.npz")} == {p.name: p.read_bytes() for p in two.glob("*.npz")}
-    assert json.loads((one / "model.json").read_text())["compiled"] is True
-    assert json.loads((eager / "model.json").read_text())["compiled"] is False
+    assert json.loads((one / "model.json").read_text())["settings"]["compiled"] is True
+    assert json.loads((eager / "model.json").read_text())["settings"]["compiled"] is False
     for shard in ("00000", "00001"):
         compiled, plain = read_shard_embeddings(one, shard), read_shard_embeddings(eager, shard)
         for space in ("image", "text"):
