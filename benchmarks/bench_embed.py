@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from baselines import paired
 from run import Row
 
 from poisonlab.filters.embed import EmbedConfig, cached_embedder, cached_model
@@ -143,14 +144,8 @@ def _staging_row(count: int, repeats: int) -> Row:
     rng = torch.Generator().manual_seed(0)
     images = [Image.fromarray(torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8, generator=rng).numpy())
               for _ in range(count)]
-    timings: dict[str, list[float]] = {"floats": [], "bytes": []}
-    for _ in range(repeats):
-        for name, step in (("floats", lambda: fast(images)), ("bytes", lambda: fast.image_bytes(images, pin=False))):
-            start = time.perf_counter()
-            step()
-            timings[name].append(time.perf_counter() - start)
-    floats, staged = (count / min(timings[k]) for k in ("floats", "bytes"))
-    return Row("embed input: 224 px pixels for an accelerator, host side", staged, "images/s", floats,
+    floats, staged, _ = paired(lambda: fast(images), lambda: fast.image_bytes(images, pin=False), repeats)
+    return Row("embed input: 224 px pixels for an accelerator, host side", count / staged, "images/s", count / floats,
                "the float table lookup on the host (the CPU model's path)",
                note=f"batches of {count}, best of {repeats}; 150 KB of bytes an image cross to the device "
                     "instead of 600 KB of floats, and the device does the lookup")

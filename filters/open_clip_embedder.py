@@ -169,11 +169,10 @@ class OpenClipEmbedder(ModelEmbedder):
     def _staged(self, images: Sequence[Any]) -> ImageBytes | None:
         """Bytes for the lookup on the model's accelerator (``ImageBytes``), where the batch allows the
         table lookup at all; None on the CPU, where the lookup runs here, in the reading thread."""
-        if not self._lookup_on_device or self._fast_pixels is None:
+        fast = self._fast_pixels
+        if not self._lookup_on_device or fast is None or not fast.accepts_all(images):
             return None
-        if not all(self._fast_pixels.accepts(im) for im in images):
-            return None
-        return self._fast_pixels.image_bytes(images, pin=self.device.startswith("cuda"))
+        return fast.image_bytes(images, pin=self.device.startswith("cuda"))
 
     def embed_prepared(self, prepared: Mapping[str, Any]) -> dict[str, np.ndarray]:
         self.setup()

@@ -69,15 +69,24 @@ class FastPixels:
     def accepts(self, image: Image.Image) -> bool:
         return image.mode == "RGB" and image.size == (self.size, self.size)
 
+    def accepts_all(self, images: Sequence[Image.Image]) -> bool:
+        """Whether the whole batch can take this path (a batch is prepared one way)."""
+        return bool(images) and all(self.accepts(im) for im in images)
+
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, 3, size, size): ``to_tensor`` then ``Normalize``, by table lookup."""
-        return normalised(np.stack([np.asarray(im, dtype=np.uint8) for im in images]), self.table)
+        return normalised(_stacked(images), self.table)
 
     def image_bytes(self, images: Sequence[Image.Image], pin: bool) -> ImageBytes:
         """The batch's bytes, stacked (into pinned memory with ``pin``), for the lookup where the model runs."""
         stacked = torch.empty((len(images), self.size, self.size, 3), dtype=torch.uint8, pin_memory=pin)
-        np.stack([np.asarray(im, dtype=np.uint8) for im in images], out=stacked.numpy())
+        _stacked(images, out=stacked.numpy())
         return ImageBytes(stacked, torch.from_numpy(self.table))
+
+
+def _stacked(images: Sequence[Image.Image], out: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8: the images' bytes, one after another."""
+    return np.stack([np.asarray(im, dtype=np.uint8) for im in images], out=out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +131,6 @@ def fast_pixels(preprocess: Any, image_size: int) -> FastPixels | None:
 def batch_pixels(images: Sequence[Image.Image], preprocess: Callable[[Image.Image], torch.Tensor],
                  fast: FastPixels | None) -> torch.Tensor:
     """The batch's model input: the vectorised path when every image allows it, else image by image."""
-    if fast is not None and images and all(fast.accepts(im) for im in images):
+    if fast is not None and fast.accepts_all(images):
         return fast(images)
     return torch.stack([preprocess(im) for im in images])
